@@ -1,3 +1,13 @@
 //! p2p-nos node controller. `dataplane` is the only module that touches aya
 //! and the BPF maps.
+pub mod cli;
+pub mod control;
+pub mod daemon;
 pub mod dataplane;
+pub mod datapath;
+pub mod error;
+pub mod files;
+pub mod identity;
+pub mod maps_cmd;
+pub mod paths;
+pub mod sys;

@@ -1,1 +1,447 @@
+//! The only module that touches aya and the BPF maps: loads the embedded
+//! object, attaches XDP, pins and fills the maps, reads pinned maps for the
+//! `maps` commands, and runs BPF_PROG_TEST_RUN for fixtures and benchmarks.
 
+mod pinned;
+
+pub use pinned::{PinnedMaps, is_bpffs_mounted, read_stats_from_pins};
+
+use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aya::maps::{Array, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues};
+use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode};
+use aya::programs::xdp::XdpLinkId;
+use aya::{Ebpf, EbpfLoader};
+use p2p_common::counters::COUNTER_COUNT;
+use p2p_common::maps::{
+    self as names, BlockEntry, BlockKey, Config, Counter, IfaceAddrs, PeerEntry, ROUTE_BUCKETS,
+    ROUTE_GENERATIONS, TRIE_CAPACITY, TrieNode,
+};
+use p2p_common::route_build::{self, RouteError, RouteTable};
+
+/// The eBPF object built by build.rs (empty when bpf-linker was missing).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/p2p"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error(
+        "this binary was built without the eBPF object (bpf-linker missing or AYA_BUILD_SKIP set); run `cargo xtask setup` and rebuild"
+    )]
+    NoObject,
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the kernel verifier rejected {program}: {error}\n--- verifier log ---\n{log}")]
+    Verifier { program: String, error: std::io::Error, log: String },
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("{what}: {source}")]
+    Program { what: String, #[source] source: ProgramError },
+    #[error("map {map}: {source}")]
+    Map { map: &'static str, #[source] source: aya::maps::MapError },
+    #[error("pinning {path}: {source}")]
+    Pin { path: PathBuf, #[source] source: aya::pin::PinError },
+    #[error("attaching XDP to {iface}: {reason}")]
+    Attach { iface: String, reason: String },
+    #[error("building the routing table: {0}")]
+    Route(#[from] RouteError),
+    #[error("reading pinned maps in {dir}: {reason}")]
+    Pinned { dir: PathBuf, reason: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+type Result<T> = std::result::Result<T, DataplaneError>;
+
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, source }
+}
+
+/// Requested XDP attach mode; `Auto` tries driver mode, then SKB (generic).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    Auto,
+    Driver,
+    Skb,
+}
+
+/// Mode an interface actually got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachedMode {
+    Driver,
+    Skb,
+}
+
+impl std::fmt::Display for AttachedMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttachedMode::Driver => "driver",
+            AttachedMode::Skb => "skb",
+        })
+    }
+}
+
+#[derive(Default, Clone, Debug)]
+pub struct LoadOptions {
+    /// Pin every map here (created if absent); `None` = no pins (fixtures).
+    pub pin_dir: Option<PathBuf>,
+    /// Start with aya-log lines enabled (CONFIG policy bit).
+    pub ebpf_log: bool,
+}
+
+pub struct TestRunOutcome {
+    pub verdict: u32,
+    pub frame: Vec<u8>,
+}
+
+/// A loaded datapath object and its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    pin_dir: Option<PathBuf>,
+    config: Config,
+    /// Slots written in the previous PEERS update, to clear stale ones.
+    peer_slots: Vec<u32>,
+    links: Vec<(String, XdpLinkId, &'static str)>,
+}
+
+impl Dataplane {
+    /// Loads the embedded object: creates maps (pinning them if asked) and
+    /// loads both programs, so that a verifier rejection surfaces here.
+    pub fn load(opts: LoadOptions) -> Result<Dataplane> {
+        if OBJECT.is_empty() {
+            return Err(DataplaneError::NoObject);
+        }
+        let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+        // The logger must live as long as the programs (its map is shared).
+        let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
+        for prog in [names::PROG_XDP, names::PROG_XDP_PASS] {
+            let p: &mut Xdp = ebpf
+                .program_mut(prog)
+                .ok_or(DataplaneError::MissingProgram(prog))?
+                .try_into()
+                .map_err(|source| DataplaneError::Program { what: prog.into(), source })?;
+            p.load().map_err(|e| match e {
+                ProgramError::LoadError { io_error, verifier_log } => DataplaneError::Verifier {
+                    program: prog.into(),
+                    error: io_error,
+                    log: verifier_log.to_string(),
+                },
+                source => DataplaneError::Program { what: format!("loading {prog}"), source },
+            })?;
+        }
+        if let Some(dir) = &opts.pin_dir {
+            std::fs::create_dir_all(dir)?;
+            for name in names::ALL_MAPS {
+                let map = ebpf.map(name).ok_or(DataplaneError::MissingMap(name))?;
+                let path = dir.join(name);
+                map.pin(&path).map_err(|source| DataplaneError::Pin { path, source })?;
+            }
+        }
+        let mut dp = Dataplane {
+            ebpf,
+            logger,
+            pin_dir: opts.pin_dir,
+            config: Config::default(),
+            peer_slots: Vec::new(),
+            links: Vec::new(),
+        };
+        if opts.ebpf_log {
+            dp.config.policy |= names::POLICY_LOG;
+        }
+        dp.write_config()?;
+        Ok(dp)
+    }
+
+    /// Fd to poll for aya-log records (readable when lines are waiting).
+    pub fn log_fd(&self) -> Option<i32> {
+        self.logger.as_ref().map(|l| l.as_raw_fd())
+    }
+
+    pub fn flush_logs(&mut self) {
+        if let Some(l) = self.logger.as_mut() {
+            l.flush();
+        }
+    }
+
+    pub fn set_config(&mut self, node_id: [u8; 32], overlay_port: u16, policy: u16) -> Result<()> {
+        self.config.node_id = node_id;
+        self.config.overlay_port = overlay_port;
+        self.config.policy = policy | (self.config.policy & names::POLICY_LOG);
+        self.write_config()
+    }
+
+    pub fn set_logging(&mut self, on: bool) -> Result<()> {
+        if on {
+            self.config.policy |= names::POLICY_LOG;
+        } else {
+            self.config.policy &= !names::POLICY_LOG;
+        }
+        self.write_config()
+    }
+
+    fn write_config(&mut self) -> Result<()> {
+        let config = self.config;
+        let mut a: Array<_, Config> = self.map_mut(names::CONFIG)?;
+        a.set(0, config, 0).map_err(map_err(names::CONFIG))
+    }
+
+    fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self.ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))?;
+        T::try_from(map).map_err(map_err(name))
+    }
+
+    /// Records this node's addresses on an attached interface and makes the
+    /// interface a redirect target.
+    pub fn set_iface(&mut self, ifindex: u32, addrs: IfaceAddrs) -> Result<()> {
+        let mut ifaces: BpfHashMap<_, u32, IfaceAddrs> = self.map_mut(names::IFACES)?;
+        ifaces.insert(ifindex, addrs, 0).map_err(map_err(names::IFACES))?;
+        let mut ports: DevMapHash<_> = self.map_mut(names::TX_PORTS)?;
+        ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| DataplaneError::Attach { iface: format!("ifindex {ifindex}"), reason: format!("TX_PORTS: {e}") })
+    }
+
+    /// Installs a new peer set. Order matters for in-flight packets: new
+    /// slots are written first, then routes are built into the idle
+    /// generation and swapped in by one CONFIG write; only then are slots
+    /// that left the set cleared. A packet that read the old generation
+    /// still finds its peer's slot intact.
+    pub fn set_peers(&mut self, peers: &[(u32, PeerEntry)]) -> Result<()> {
+        let live: Vec<(u32, [u8; 32])> = peers
+            .iter()
+            .filter(|(_, p)| p.flags & names::PEER_LIVE != 0)
+            .map(|(s, p)| (*s, p.node_id))
+            .collect();
+        let table = route_build::build(&self.config.node_id, &live)?;
+        {
+            let mut a: Array<_, PeerEntry> = self.map_mut(names::PEERS)?;
+            for (slot, p) in peers {
+                a.set(*slot, p, 0).map_err(map_err(names::PEERS))?;
+            }
+        }
+        let next_gen = (self.config.route_gen + 1) % ROUTE_GENERATIONS;
+        self.write_routes(next_gen, &table)?;
+        self.config.route_gen = next_gen;
+        self.config.peer_count = live.len() as u32;
+        self.write_config()?;
+        let keep: std::collections::HashSet<u32> = peers.iter().map(|(s, _)| *s).collect();
+        let stale: Vec<u32> = self.peer_slots.iter().copied().filter(|s| !keep.contains(s)).collect();
+        if !stale.is_empty() {
+            // Let packets that read the previous generation finish (XDP runs
+            // in one RCU read section, microseconds) before clearing slots.
+            std::thread::sleep(Duration::from_millis(2));
+            let mut a: Array<_, PeerEntry> = self.map_mut(names::PEERS)?;
+            for s in stale {
+                a.set(s, PeerEntry::default(), 0).map_err(map_err(names::PEERS))?;
+            }
+        }
+        self.peer_slots = keep.into_iter().collect();
+        Ok(())
+    }
+
+    fn write_routes(&mut self, generation: u32, table: &RouteTable) -> Result<()> {
+        {
+            let mut trie: Array<_, TrieNode> = self.map_mut(names::ROUTE_TRIE)?;
+            let base = generation * TRIE_CAPACITY;
+            for (i, n) in table.nodes.iter().enumerate() {
+                trie.set(base + i as u32, n, 0).map_err(map_err(names::ROUTE_TRIE))?;
+            }
+        }
+        let mut routes: Array<_, u32> = self.map_mut(names::ROUTES)?;
+        let base = generation * ROUTE_BUCKETS;
+        for (i, r) in table.buckets.iter().enumerate() {
+            routes.set(base + i as u32, r, 0).map_err(map_err(names::ROUTES))?;
+        }
+        Ok(())
+    }
+
+    pub fn block(&mut self, key: BlockKey, entry: BlockEntry) -> Result<()> {
+        let mut m: BpfHashMap<_, BlockKey, BlockEntry> = self.map_mut(names::BLOCKED)?;
+        m.insert(key, entry, 0).map_err(map_err(names::BLOCKED))
+    }
+
+    pub fn unblock(&mut self, key: &BlockKey) -> Result<()> {
+        let mut m: BpfHashMap<_, BlockKey, BlockEntry> = self.map_mut(names::BLOCKED)?;
+        m.remove(key).map_err(map_err(names::BLOCKED))
+    }
+
+    /// Counters summed over CPUs, indexed by counter index.
+    pub fn stats(&self) -> Result<Vec<Counter>> {
+        let map = self.ebpf.map(names::STATS).ok_or(DataplaneError::MissingMap(names::STATS))?;
+        let a: PerCpuArray<_, Counter> = PerCpuArray::try_from(map).map_err(map_err(names::STATS))?;
+        sum_stats(&a)
+    }
+
+    /// Userspace datapath: publishes its counters through the same STATS map
+    /// (all on CPU 0) so that `maps stats` reads both modes alike.
+    pub fn mirror_stats(&mut self, counters: &[Counter]) -> Result<()> {
+        let ncpu = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io(e))?;
+        let mut a: PerCpuArray<_, Counter> = self.map_mut(names::STATS)?;
+        for (i, c) in counters.iter().enumerate() {
+            let mut v = vec![Counter::default(); ncpu];
+            v[0] = *c;
+            let values = PerCpuValues::try_from(v).map_err(|e| DataplaneError::Io(std::io::Error::other(e)))?;
+            a.set(i as u32, values, 0).map_err(map_err(names::STATS))?;
+        }
+        Ok(())
+    }
+
+    fn xdp(&mut self, prog: &'static str) -> Result<&mut Xdp> {
+        self.ebpf
+            .program_mut(prog)
+            .ok_or(DataplaneError::MissingProgram(prog))?
+            .try_into()
+            .map_err(|source| DataplaneError::Program { what: prog.into(), source })
+    }
+
+    /// Attaches the datapath (or, with `pass_only`, the pass-through program)
+    /// to `iface`. `Auto` tries driver mode, then retries in SKB mode.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode, pass_only: bool) -> Result<AttachedMode> {
+        let prog = if pass_only { names::PROG_XDP_PASS } else { names::PROG_XDP };
+        let ifindex = ifindex(iface).ok_or_else(|| DataplaneError::Attach {
+            iface: iface.into(),
+            reason: "no such interface in this network namespace".into(),
+        })?;
+        let tries: &[(XdpMode, AttachedMode)] = match mode {
+            AttachMode::Auto => &[(XdpMode::Driver, AttachedMode::Driver), (XdpMode::Skb, AttachedMode::Skb)],
+            AttachMode::Driver => &[(XdpMode::Driver, AttachedMode::Driver)],
+            AttachMode::Skb => &[(XdpMode::Skb, AttachedMode::Skb)],
+        };
+        let mut last = String::new();
+        for (xdp_mode, got) in tries {
+            match self.xdp(prog)?.attach_to_if_index(ifindex, *xdp_mode) {
+                Ok(id) => {
+                    self.links.push((iface.to_string(), id, prog));
+                    return Ok(*got);
+                }
+                Err(e) => last = format!("{got} mode: {}", error_chain(&e)),
+            }
+        }
+        Err(DataplaneError::Attach { iface: iface.into(), reason: last })
+    }
+
+    /// Detaches every attachment this process made.
+    pub fn detach_all(&mut self) {
+        for (iface, id, prog) in std::mem::take(&mut self.links) {
+            if let Ok(p) = self.xdp(prog) {
+                if let Err(e) = p.detach(id) {
+                    log::warn!("detaching from {iface}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Removes the pins this dataplane made.
+    pub fn unpin(&mut self) {
+        if let Some(dir) = self.pin_dir.take() {
+            remove_pins(&dir);
+        }
+    }
+
+    /// Runs `p2p_xdp` once on `frame` as if received on `ingress_ifindex`.
+    pub fn test_run(&mut self, frame: &[u8], ingress_ifindex: u32) -> Result<TestRunOutcome> {
+        let ctx = xdp_md(ingress_ifindex);
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        let r = self
+            .xdp(names::PROG_XDP)?
+            .test_run(opts)
+            .map_err(|source| DataplaneError::Program { what: "BPF_PROG_TEST_RUN".into(), source })?;
+        out.truncate(r.data_size_out as usize);
+        Ok(TestRunOutcome { verdict: r.return_value, frame: out })
+    }
+
+    /// Mean time per run of `p2p_xdp` over `repeat` runs.
+    pub fn test_run_repeat(&mut self, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<Duration> {
+        let ctx = xdp_md(ingress_ifindex);
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        opts.repeat = repeat.max(1);
+        let r = self
+            .xdp(names::PROG_XDP)?
+            .test_run(opts)
+            .map_err(|source| DataplaneError::Program { what: "BPF_PROG_TEST_RUN".into(), source })?;
+        Ok(r.duration)
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
+/// `struct xdp_md` for BPF_PROG_TEST_RUN: only the ingress interface is set.
+fn xdp_md(ingress_ifindex: u32) -> [u8; 24] {
+    let mut ctx = [0u8; 24];
+    ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    ctx
+}
+
+fn sum_stats<T: std::borrow::Borrow<MapData>>(a: &PerCpuArray<T, Counter>) -> Result<Vec<Counter>> {
+    let mut out = Vec::with_capacity(COUNTER_COUNT as usize);
+    for i in 0..COUNTER_COUNT {
+        let per_cpu = a.get(&i, 0).map_err(map_err(names::STATS))?;
+        let mut c = Counter::default();
+        for v in per_cpu.iter() {
+            c.packets += v.packets;
+            c.bytes += v.bytes;
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+/// Removes the pinned maps in `dir` and the directory itself.
+pub fn remove_pins(dir: &Path) {
+    for name in names::ALL_MAPS {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+pub fn ifindex(iface: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(iface).ok()?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
+
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let m = inner.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+/// Counters by WIRE.md name.
+pub fn stats_by_name(counters: &[Counter]) -> BTreeMap<&'static str, Counter> {
+    p2p_common::counters::COUNTER_NAMES
+        .iter()
+        .zip(counters.iter().copied().chain(std::iter::repeat(Counter::default())))
+        .map(|(n, c)| (*n, c))
+        .collect()
+}

@@ -1,0 +1,610 @@
+//! `p2p-controller run`: sets the node up, serves the overlay socket and the
+//! control API, and tears everything down on SIGINT/SIGTERM.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use p2p_common::codec::{self, Packet};
+use p2p_common::id::NodeId;
+use p2p_common::maps::{IFACE_HAS_V4, IFACE_HAS_V6, IfaceAddrs, PEER_LIVE, PEER_V4, PeerEntry};
+use p2p_common::wire::*;
+use serde_json::json;
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+
+use crate::cli::{DatapathKind, RunArgs};
+use crate::dataplane::{self, AttachedMode, Dataplane, LoadOptions};
+use crate::datapath::{Counters, Peer, Router, Verdict};
+use crate::error::{Error, Result};
+use crate::files;
+use crate::identity::Identity;
+use crate::paths;
+use crate::sys;
+
+/// A reply the control API is waiting for, matched by msg_id.
+pub struct Waiting {
+    pub sent: Instant,
+    pub ttl_sent: u8,
+    pub tx: oneshot::Sender<(Packet, Duration)>,
+}
+
+#[derive(Default, serde::Serialize)]
+pub struct Delivered {
+    pub data: u64,
+    pub lookup: u64,
+    pub lookup_reply: u64,
+    pub ping: u64,
+    pub pong: u64,
+}
+
+pub struct State {
+    pub router: Router,
+    pub counters: Counters,
+    pub delivered: Delivered,
+    pub delivered_hops: BTreeMap<u8, u64>,
+    pub delivered_ttl: BTreeMap<u8, u64>,
+    pub slow_path: u64,
+    pub lookups_answered: u64,
+    pub records: HashMap<NodeId, (String, String)>,
+    pub waiting: HashMap<u64, Waiting>,
+    /// Peer slots that answered a PING since start.
+    pub answered: HashSet<u32>,
+    pub peer_pings: HashMap<u64, u32>,
+}
+
+pub struct Node {
+    pub instance: String,
+    pub identity: Identity,
+    pub datapath: DatapathKind,
+    pub xdp_mode: Option<AttachedMode>,
+    pub ifaces: Vec<String>,
+    pub overlay_port: u16,
+    pub started: Instant,
+    pub socket: Arc<UdpSocket>,
+    pub state: Mutex<State>,
+    pub dataplane: Mutex<Option<Dataplane>>,
+}
+
+impl Node {
+    pub fn ready(&self) -> bool {
+        let st = self.state.lock().unwrap();
+        let total = st.router.peers().count();
+        st.answered.len() >= total || self.started.elapsed() > Duration::from_secs(5)
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        let ready = self.ready();
+        let st = self.state.lock().unwrap();
+        let hops: BTreeMap<String, u64> = st.delivered_hops.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let ttl: BTreeMap<String, u64> = st.delivered_ttl.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        json!({
+            "instance": self.instance,
+            "peer_id": self.identity.peer_id.to_string(),
+            "node_id": self.identity.node_id.to_string(),
+            "datapath": self.datapath,
+            "xdp_mode": self.xdp_mode,
+            "ifaces": self.ifaces,
+            "overlay_port": self.overlay_port,
+            "peers": st.router.peers().count(),
+            "peers_answered": st.answered.len(),
+            "ready": ready,
+            "delivered": st.delivered,
+            "delivered_hops": hops,
+            "delivered_ttl": ttl,
+            "slow_path": st.slow_path,
+            "lookups_answered": st.lookups_answered,
+            "uptime_s": self.started.elapsed().as_secs(),
+        })
+    }
+
+    /// Sends a packet that originates here: to this node itself, or to the
+    /// XOR-closest peer. Returns where it went (None = this node).
+    pub async fn originate(&self, pkt: &Packet) -> Result<Option<SocketAddr>> {
+        let hop = {
+            let st = self.state.lock().unwrap();
+            match st.router.next_hop(&pkt.dst_key) {
+                None => return Err(Error::Remote("no route: the routing table is inconsistent".into())),
+                Some(None) => None,
+                Some(Some((_, p))) => Some(p.addr),
+            }
+        };
+        if let Some(to) = hop {
+            self.socket.send_to(&pkt.encode(), to).await?;
+        }
+        Ok(hop)
+    }
+
+    /// This node's address as seen from `peer` (the source the kernel picks).
+    pub fn local_addr_towards(&self, peer: SocketAddr) -> IpAddr {
+        let bind: SocketAddr = if peer.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+        std::net::UdpSocket::bind(bind)
+            .and_then(|s| s.connect(peer).map(|_| s))
+            .and_then(|s| s.local_addr())
+            .map(|a| a.ip())
+            .unwrap_or(peer.ip())
+    }
+
+    /// Answers a LOOKUP this node owns from its record store.
+    fn answer_lookup(&self, st: &mut State, pkt: &Packet) -> Option<(SocketAddr, Vec<u8>)> {
+        let (reply_to, key) = codec::parse_lookup_payload(&pkt.payload)?;
+        let (status, value) = match st.records.get(&pkt.dst_key) {
+            Some((k, v)) if key.is_empty() || k.as_bytes() == key => (STATUS_FOUND, v.clone().into_bytes()),
+            _ => (STATUS_NOT_FOUND, Vec::new()),
+        };
+        let owner = SocketAddr::new(self.local_addr_towards(reply_to), self.overlay_port);
+        let mut reply = Packet::new(
+            KIND_LOOKUP_REPLY,
+            self.identity.node_id,
+            pkt.src_id,
+            pkt.msg_id,
+            codec::lookup_reply_payload(status, owner, &value),
+        );
+        // Replies go straight back, unrouted. Their ttl carries the LOOKUP's
+        // ttl on arrival so that the origin can tell the hop count.
+        reply.ttl = pkt.ttl;
+        st.lookups_answered += 1;
+        Some((reply_to, reply.encode()))
+    }
+
+    /// Handles a packet delivered to this node's controller.
+    fn deliver(&self, st: &mut State, pkt: Packet) -> Option<(SocketAddr, Vec<u8>)> {
+        match pkt.kind {
+            KIND_DATA | KIND_LOOKUP => {
+                *st.delivered_hops.entry(pkt.hops).or_default() += 1;
+                *st.delivered_ttl.entry(pkt.ttl).or_default() += 1;
+                if pkt.kind == KIND_DATA {
+                    st.delivered.data += 1;
+                    None
+                } else {
+                    st.delivered.lookup += 1;
+                    self.answer_lookup(st, &pkt)
+                }
+            }
+            KIND_PING => {
+                st.delivered.ping += 1;
+                None
+            }
+            KIND_LOOKUP_REPLY | KIND_PONG => {
+                if pkt.kind == KIND_PONG {
+                    st.delivered.pong += 1;
+                    if let Some(slot) = st.peer_pings.remove(&pkt.msg_id) {
+                        st.answered.insert(slot);
+                    }
+                } else {
+                    st.delivered.lookup_reply += 1;
+                }
+                if let Some(w) = st.waiting.remove(&pkt.msg_id) {
+                    let _ = w.tx.send((pkt, w.sent.elapsed()));
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// One datagram from the overlay socket.
+    async fn on_datagram(&self, buf: &[u8], from: SocketAddr) {
+        let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+        let userspace = self.datapath == DatapathKind::Userspace;
+        let send = {
+            let mut st = self.state.lock().unwrap();
+            let verdict = st.router.process(buf, from);
+            if userspace {
+                st.counters.count(verdict.counter(), buf.len(), from);
+            }
+            match verdict {
+                Verdict::Drop(_) => None,
+                Verdict::Local(pkt) => self.deliver(&mut st, pkt),
+                Verdict::Pong { to, bytes } => Some((to, bytes)),
+                Verdict::Forward { to, bytes, .. } => {
+                    // In XDP mode this is the slow path (XDP counted fwd_slow).
+                    st.slow_path += 1;
+                    Some((to, bytes))
+                }
+            }
+        };
+        if let Some((to, bytes)) = send {
+            if let Err(e) = self.socket.send_to(&bytes, to).await {
+                log::debug!("send to {to}: {e}");
+            }
+        }
+    }
+
+    /// PINGs every peer directly: proves liveness and, as a side effect,
+    /// resolves the neighbour entries that XDP's FIB lookups need.
+    async fn ping_peers(&self, only_silent: bool) {
+        let targets: Vec<(u32, NodeId, SocketAddr, u64)> = {
+            let mut st = self.state.lock().unwrap();
+            let list: Vec<(u32, NodeId, SocketAddr)> = st
+                .router
+                .peers()
+                .filter(|(s, _)| !only_silent || !st.answered.contains(s))
+                .map(|(s, p)| (*s, p.node_id, p.addr))
+                .collect();
+            list.into_iter()
+                .map(|(s, id, a)| {
+                    let msg_id = rand::random::<u64>();
+                    st.peer_pings.insert(msg_id, s);
+                    (s, id, a, msg_id)
+                })
+                .collect()
+        };
+        for (_, id, addr, msg_id) in targets {
+            let now = monotonic_ns();
+            let p = Packet::new(KIND_PING, self.identity.node_id, id, msg_id, now.to_be_bytes().to_vec());
+            let _ = self.socket.send_to(&p.encode(), addr).await;
+        }
+    }
+}
+
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Everything `run` must undo, undone on drop (also on early errors).
+struct Cleanup {
+    pin_dir: Option<PathBuf>,
+    sysctls: Vec<(String, String)>,
+    socket_path: Option<PathBuf>,
+    run_state: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        sys::restore_sysctls(&self.sysctls);
+        if let Some(p) = &self.socket_path {
+            let _ = std::fs::remove_file(p);
+        }
+        if let Some(dir) = &self.pin_dir {
+            dataplane::remove_pins(dir);
+        }
+        let _ = std::fs::remove_file(&self.run_state);
+    }
+}
+
+/// Holds the instance lock (flock) for the process lifetime.
+struct InstanceLock(#[allow(dead_code)] std::fs::File);
+
+fn lock_instance(instance: &str) -> Result<InstanceLock> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(paths::RUN_ROOT)?;
+    let path = paths::lock_file(instance);
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+    // SAFETY: flock on a valid fd.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut pid = String::new();
+        let _ = f.read_to_string(&mut pid);
+        return Err(Error::AlreadyRunning { instance: instance.into(), pid: pid.trim().to_string() });
+    }
+    f.set_len(0)?;
+    f.rewind()?;
+    write!(f, "{}", std::process::id())?;
+    Ok(InstanceLock(f))
+}
+
+/// A previous run of this instance that died without cleaning up: remove
+/// its pins and any XDP program of ours it left on its interfaces.
+fn clear_stale(instance: &str) {
+    let pin_dir = paths::pin_dir(instance);
+    if pin_dir.exists() {
+        log::info!("removing stale pins of instance {instance} in {}", pin_dir.display());
+        dataplane::remove_pins(&pin_dir);
+    }
+    let state = paths::run_state_file(instance);
+    if let Ok(text) = std::fs::read_to_string(&state) {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+            for iface in v["ifaces"].as_array().into_iter().flatten().filter_map(|i| i.as_str()) {
+                detach_if_ours(iface);
+            }
+        }
+        let _ = std::fs::remove_file(&state);
+    }
+}
+
+/// bpf_link attachments vanish with their process; a netlink attachment
+/// (older kernels) stays. Remove it only if it is our program.
+fn detach_if_ours(iface: &str) {
+    let Ok(out) = std::process::Command::new("ip").args(["-d", "-j", "link", "show", "dev", iface]).output() else {
+        return;
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else { return };
+    let name = &v[0]["xdp"]["prog"]["name"];
+    if name.as_str() == Some(p2p_common::maps::PROG_XDP) {
+        log::info!("detaching stale XDP program from {iface}");
+        for mode in ["xdp", "xdpgeneric", "xdpdrv"] {
+            let _ = std::process::Command::new("ip").args(["link", "set", "dev", iface, mode, "off"]).status();
+        }
+    }
+}
+
+pub fn run(args: RunArgs, instance: String) -> Result<()> {
+    if !paths::valid_instance(&instance) {
+        return Err(Error::Usage(format!(
+            "--instance {instance:?}: use letters, digits, '-', '_' or '.' (it names pin and socket paths)"
+        )));
+    }
+    if let Some(ns) = &args.netns {
+        // Before any thread exists: threads inherit the namespace.
+        sys::enter_netns(ns)?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(run_async(args, instance))
+}
+
+async fn run_async(args: RunArgs, instance: String) -> Result<()> {
+    let xdp = args.datapath == DatapathKind::Xdp;
+    if xdp && args.ifaces.is_empty() {
+        return Err(Error::Usage(
+            "--datapath xdp needs at least one --iface to attach to (or use --datapath userspace)".into(),
+        ));
+    }
+    for iface in &args.ifaces {
+        if dataplane::ifindex(iface).is_none() {
+            return Err(Error::NoInterface(iface.clone()));
+        }
+    }
+    if xdp {
+        sys::check_privileges(args.netns.is_some())?;
+        sys::check_bpffs()?;
+    }
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| paths::state_dir(&instance));
+    let (identity, created) = Identity::load_or_create(&state_dir)?;
+    if created {
+        log::info!("created a new node key in {}", state_dir.display());
+    }
+    let peers = match &args.peers {
+        Some(p) => files::load_peers(p, Some(&identity.node_id))?,
+        None => Vec::new(),
+    };
+    let records = match &args.records {
+        Some(p) => files::load_records(p)?,
+        None => Vec::new(),
+    };
+    let _lock = lock_instance(&instance)?;
+    clear_stale(&instance);
+
+    let listen = SocketAddr::new(args.listen, args.overlay_port);
+    let socket = bind_overlay(listen)?;
+
+    let pin_dir = paths::pin_dir(&instance);
+    let socket_path = args.control_socket.clone().unwrap_or_else(|| paths::control_socket(&instance));
+    let mut cleanup = Cleanup {
+        pin_dir: None,
+        sysctls: Vec::new(),
+        socket_path: None,
+        run_state: paths::run_state_file(&instance),
+    };
+
+    // The userspace datapath still pins STATS and friends when it can, so
+    // that `maps` reads both modes alike; without BPF it runs regardless.
+    let load = Dataplane::load(LoadOptions { pin_dir: Some(pin_dir.clone()), ebpf_log: args.ebpf_log });
+    let mut dp = match load {
+        Ok(dp) => {
+            cleanup.pin_dir = Some(pin_dir.clone());
+            Some(dp)
+        }
+        Err(e) if xdp => {
+            dataplane::remove_pins(&pin_dir);
+            return Err(e.into());
+        }
+        Err(e) => {
+            log::warn!("userspace datapath without pinned maps (`maps` will not see this node): {e}");
+            dataplane::remove_pins(&pin_dir);
+            None
+        }
+    };
+
+    let peer_list: Vec<(u32, Peer)> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i as u32, Peer { node_id: p.node_id, addr: SocketAddr::new(p.addr, p.port) }))
+        .collect();
+    let router = Router::new(identity.node_id, peer_list.clone()).map_err(|e| {
+        Error::Usage(format!("the peer set cannot be routed: {e}"))
+    })?;
+
+    let mut xdp_mode = None;
+    if let Some(dp) = dp.as_mut() {
+        dp.set_config(identity.node_id.0, args.overlay_port, 0)?;
+        let entries: Vec<(u32, PeerEntry)> = peer_list
+            .iter()
+            .map(|(slot, p)| {
+                let mut flags = PEER_LIVE;
+                if p.addr.is_ipv4() {
+                    flags |= PEER_V4;
+                }
+                let e = PeerEntry {
+                    node_id: p.node_id.0,
+                    addr: codec::addr_to_mapped(p.addr.ip()),
+                    port: p.addr.port(),
+                    flags,
+                    reputation: 0,
+                    generation: 0,
+                };
+                (*slot, e)
+            })
+            .collect();
+        dp.set_peers(&entries)?;
+        for iface in &args.ifaces {
+            let (v4, v6) = sys::iface_addrs(iface);
+            let mut a = IfaceAddrs::default();
+            if let Some(v4) = v4 {
+                a.v4 = v4.octets();
+                a.flags |= IFACE_HAS_V4;
+            }
+            if let Some(v6) = v6 {
+                a.v6 = v6.octets();
+                a.flags |= IFACE_HAS_V6;
+            }
+            if a.flags == 0 && xdp {
+                log::warn!("{iface} has no IP address: packets cannot be forwarded out of it");
+            }
+            dp.set_iface(dataplane::ifindex(iface).unwrap_or(0), a)?;
+        }
+        if xdp {
+            let state = json!({"pid": std::process::id(), "netns": args.netns, "ifaces": args.ifaces});
+            let _ = std::fs::write(&cleanup.run_state, state.to_string());
+            for iface in &args.ifaces {
+                cleanup.sysctls.extend(sys::enable_forwarding(iface));
+                let got = dp.attach(iface, args.xdp_mode, false)?;
+                log::info!("XDP attached to {iface} in {got} mode");
+                eprintln!("p2p-controller: XDP attached to {iface} in {got} mode");
+                xdp_mode = Some(got);
+            }
+        }
+    }
+
+    let records: HashMap<NodeId, (String, String)> = records
+        .into_iter()
+        .map(|r| (NodeId::from_record_key(r.key.as_bytes()), (r.key, r.value)))
+        .collect();
+
+    let node = Arc::new(Node {
+        instance: instance.clone(),
+        identity,
+        datapath: args.datapath,
+        xdp_mode,
+        ifaces: args.ifaces.clone(),
+        overlay_port: args.overlay_port,
+        started: Instant::now(),
+        socket: Arc::new(socket),
+        state: Mutex::new(State {
+            router,
+            counters: Counters::new(),
+            delivered: Delivered::default(),
+            delivered_hops: BTreeMap::new(),
+            delivered_ttl: BTreeMap::new(),
+            slow_path: 0,
+            lookups_answered: 0,
+            records,
+            waiting: HashMap::new(),
+            answered: HashSet::new(),
+            peer_pings: HashMap::new(),
+        }),
+        dataplane: Mutex::new(dp),
+    });
+
+    crate::control::serve(node.clone(), &socket_path)?;
+    cleanup.socket_path = Some(socket_path.clone());
+
+    eprintln!(
+        "p2p-controller: instance {instance} node {} peer {} datapath {:?} on {listen} ({} peers, {} records); control {}",
+        node.identity.node_id,
+        node.identity.peer_id,
+        args.datapath,
+        node.state.lock().unwrap().router.peers().count(),
+        node.state.lock().unwrap().records.len(),
+        socket_path.display()
+    );
+
+    // Overlay socket.
+    let rx = node.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match rx.socket.recv_from(&mut buf).await {
+                Ok((n, from)) => rx.on_datagram(&buf[..n], from).await,
+                Err(e) => log::debug!("recv: {e}"),
+            }
+        }
+    });
+
+    // Liveness pings: quickly until every peer answered, then every 5 s.
+    let pinger = node.clone();
+    tokio::spawn(async move {
+        let mut tick = 0u64;
+        loop {
+            let all = {
+                let st = pinger.state.lock().unwrap();
+                st.answered.len() >= st.router.peers().count()
+            };
+            if tick % 25 == 0 || !all {
+                pinger.ping_peers(all || tick % 25 != 0).await;
+            }
+            tick += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+
+    // Userspace counters into STATS; aya-log lines out of their ring.
+    let ticker = node.clone();
+    let mirror = args.datapath == DatapathKind::Userspace;
+    let ebpf_log = args.ebpf_log;
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let counters = mirror.then(|| ticker.state.lock().unwrap().counters.0.clone());
+            let mut dp = ticker.dataplane.lock().unwrap();
+            if let Some(dp) = dp.as_mut() {
+                if let Some(c) = counters {
+                    if let Err(e) = dp.mirror_stats(&c) {
+                        log::debug!("mirroring stats: {e}");
+                    }
+                }
+                if ebpf_log {
+                    dp.flush_logs();
+                }
+            }
+        }
+    });
+
+    wait_for_signal().await?;
+    eprintln!("p2p-controller: shutting down instance {instance}");
+    if let Some(mut dp) = node.dataplane.lock().unwrap().take() {
+        dp.detach_all();
+        dp.unpin();
+    }
+    drop(cleanup);
+    Ok(())
+}
+
+fn bind_overlay(addr: SocketAddr) -> Result<UdpSocket> {
+    let sock = std::net::UdpSocket::bind(addr).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            Error::PortInUse { port: addr.port() }
+        } else {
+            Error::Usage(format!("cannot bind the overlay socket {addr}: {e}"))
+        }
+    })?;
+    set_rcvbuf(&sock, 8 << 20);
+    sock.set_nonblocking(true)?;
+    Ok(UdpSocket::from_std(sock)?)
+}
+
+/// Bursts of transit packets must not overflow the default buffer.
+fn set_rcvbuf(sock: &std::net::UdpSocket, bytes: i32) {
+    use std::os::fd::AsRawFd;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt with a valid int.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                &bytes as *const i32 as *const libc::c_void,
+                std::mem::size_of::<i32>() as u32,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! Reads the pinned maps of a running (or crashed) node: the `maps`
+//! commands work without the daemon.
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
+use p2p_common::maps::{
+    self as names, BlockEntry, BlockKey, Config, Counter, PEER_LIVE, PeerEntry, ROUTE_BUCKETS, TRIE_CAPACITY,
+    TrieNode,
+};
+use p2p_common::route::is_leaf;
+
+use super::{DataplaneError, Result, map_err, sum_stats};
+
+/// Handle on a pin directory such as `/sys/fs/bpf/p2p/<instance>`.
+pub struct PinnedMaps {
+    dir: PathBuf,
+}
+
+/// One leaf of the live routing generation: which slot owns how many of the
+/// 65,536 key prefixes (a prefix shared by several leaves counts for each).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RouteLeaf {
+    /// PEERS slot, or `null` for this node.
+    pub slot: Option<u32>,
+    pub node_id: String,
+    pub buckets: u32,
+}
+
+impl PinnedMaps {
+    pub fn open(dir: &Path) -> Result<PinnedMaps> {
+        if !dir.join(names::STATS).exists() {
+            return Err(DataplaneError::Pinned {
+                dir: dir.to_path_buf(),
+                reason: if Path::new("/sys/fs/bpf").join("p2p").exists() || dir.exists() {
+                    "no pinned STATS map here: is the node running with this --instance?".into()
+                } else if !is_bpffs_mounted() {
+                    "bpffs is not mounted at /sys/fs/bpf (run `cargo xtask setup` or `mount -t bpf bpf /sys/fs/bpf`)".into()
+                } else {
+                    "no pinned maps: is a node running with this --instance?".into()
+                },
+            });
+        }
+        Ok(PinnedMaps { dir: dir.to_path_buf() })
+    }
+
+    fn map(&self, name: &'static str) -> Result<Map> {
+        let path = self.dir.join(name);
+        let data = MapData::from_pin(&path).map_err(|e| DataplaneError::Pinned {
+            dir: self.dir.clone(),
+            reason: format!("{name}: {}", super::error_chain(&e)),
+        })?;
+        Map::from_map_data(data).map_err(map_err(name))
+    }
+
+    pub fn stats(&self) -> Result<Vec<Counter>> {
+        let m = self.map(names::STATS)?;
+        let a: PerCpuArray<_, Counter> = PerCpuArray::try_from(m).map_err(map_err(names::STATS))?;
+        sum_stats(&a)
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        let m = self.map(names::CONFIG)?;
+        let a: Array<_, Config> = Array::try_from(m).map_err(map_err(names::CONFIG))?;
+        a.get(&0, 0).map_err(map_err(names::CONFIG))
+    }
+
+    /// Occupied PEERS slots.
+    pub fn peers(&self) -> Result<Vec<(u32, PeerEntry)>> {
+        let m = self.map(names::PEERS)?;
+        let a: Array<_, PeerEntry> = Array::try_from(m).map_err(map_err(names::PEERS))?;
+        let mut out = Vec::new();
+        for (slot, entry) in a.iter().enumerate() {
+            let entry = entry.map_err(map_err(names::PEERS))?;
+            if entry.flags & PEER_LIVE != 0 || entry.node_id != [0; 32] {
+                out.push((slot as u32, entry));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The live generation's leaves with the number of buckets that reach each.
+    pub fn routes(&self) -> Result<(u32, Vec<RouteLeaf>)> {
+        let cfg = self.config()?;
+        let peers: std::collections::HashMap<u32, PeerEntry> = self.peers()?.into_iter().collect();
+        let routes: Array<_, u32> =
+            Array::try_from(self.map(names::ROUTES)?).map_err(map_err(names::ROUTES))?;
+        let trie: Array<_, TrieNode> =
+            Array::try_from(self.map(names::ROUTE_TRIE)?).map_err(map_err(names::ROUTE_TRIE))?;
+        let mut counts: std::collections::BTreeMap<u32, u32> = Default::default();
+        let mut node_cache: std::collections::HashMap<u32, TrieNode> = Default::default();
+        let base = cfg.route_gen * ROUTE_BUCKETS;
+        for b in 0..ROUTE_BUCKETS {
+            let start = routes.get(&(base + b), 0).map_err(map_err(names::ROUTES))?;
+            // Every leaf under this bucket's subtree can answer for it.
+            let mut stack = vec![start];
+            let mut steps = 0;
+            while let Some(r) = stack.pop() {
+                steps += 1;
+                if steps > 4096 {
+                    break;
+                }
+                if is_leaf(r) {
+                    *counts.entry(r & !names::REF_LEAF).or_default() += 1;
+                    continue;
+                }
+                let n = match node_cache.get(&r) {
+                    Some(n) => *n,
+                    None => {
+                        let n = trie
+                            .get(&(cfg.route_gen * TRIE_CAPACITY + r), 0)
+                            .map_err(map_err(names::ROUTE_TRIE))?;
+                        node_cache.insert(r, n);
+                        n
+                    }
+                };
+                stack.extend(n.child);
+            }
+        }
+        let leaves = counts
+            .into_iter()
+            .map(|(slot, buckets)| {
+                if slot == names::SELF_SLOT {
+                    RouteLeaf { slot: None, node_id: hex::encode(cfg.node_id), buckets }
+                } else {
+                    let id = peers.get(&slot).map(|p| hex::encode(p.node_id)).unwrap_or_default();
+                    RouteLeaf { slot: Some(slot), node_id: id, buckets }
+                }
+            })
+            .collect();
+        Ok((cfg.route_gen, leaves))
+    }
+
+    pub fn blocked(&self) -> Result<Vec<(BlockKey, BlockEntry)>> {
+        let m = self.map(names::BLOCKED)?;
+        let h: BpfHashMap<_, BlockKey, BlockEntry> = BpfHashMap::try_from(m).map_err(map_err(names::BLOCKED))?;
+        let mut out = Vec::new();
+        for kv in h.iter() {
+            out.push(kv.map_err(map_err(names::BLOCKED))?);
+        }
+        Ok(out)
+    }
+}
+
+pub fn read_stats_from_pins(dir: &Path) -> Result<Vec<Counter>> {
+    PinnedMaps::open(dir)?.stats()
+}
+
+pub fn is_bpffs_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")))
+        .unwrap_or(false)
+}

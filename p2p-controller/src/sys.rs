@@ -1,0 +1,145 @@
+//! Host checks and settings: privileges, bpffs, sysctls, interface
+//! addresses, network namespaces.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("CapEff:"))
+                .and_then(|l| u64::from_str_radix(l["CapEff:".len()..].trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Loading, pinning and attaching need CAP_BPF (or CAP_SYS_ADMIN on older
+/// kernels), CAP_NET_ADMIN for XDP, and CAP_SYS_ADMIN for setns and bpffs.
+pub fn check_privileges(need_netns: bool) -> Result<()> {
+    let caps = effective_caps();
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if need_netns && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_SYS_ADMIN (for --netns)");
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Privilege(format!(
+            "{} not held; run as root or grant them (e.g. `setcap cap_bpf,cap_net_admin,cap_sys_admin+ep p2p-controller`)",
+            missing.join(", ")
+        )))
+    }
+}
+
+pub fn check_bpffs() -> Result<()> {
+    if crate::dataplane::is_bpffs_mounted() {
+        Ok(())
+    } else {
+        Err(Error::Usage(
+            "bpffs is not mounted at /sys/fs/bpf: run `cargo xtask setup` or `mount -t bpf bpf /sys/fs/bpf`".into(),
+        ))
+    }
+}
+
+/// Enters `/run/netns/<name>` for this thread (and threads it creates
+/// later) with setns, leaving mounts alone so pins stay in the shared bpffs.
+pub fn enter_netns(name: &str) -> Result<()> {
+    let path = Path::new("/run/netns").join(name);
+    let f = std::fs::File::open(&path).map_err(|e| Error::Netns {
+        name: name.into(),
+        reason: format!("cannot open {}: {e} (create it with `ip netns add {name}`)", path.display()),
+    })?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on a valid fd.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(Error::Netns { name: name.into(), reason: format!("setns: {}", std::io::Error::last_os_error()) });
+    }
+    Ok(())
+}
+
+/// Per-interface forwarding sysctls, which bpf_fib_lookup requires.
+/// Returns the previous values to restore on exit.
+pub fn enable_forwarding(iface: &str) -> Vec<(String, String)> {
+    let mut old = Vec::new();
+    for path in [
+        format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"),
+        format!("/proc/sys/net/ipv6/conf/{iface}/forwarding"),
+    ] {
+        if let Ok(prev) = std::fs::read_to_string(&path) {
+            let prev = prev.trim().to_string();
+            if prev != "1" && std::fs::write(&path, "1").is_ok() {
+                old.push((path, prev));
+            }
+        }
+    }
+    old
+}
+
+pub fn restore_sysctls(old: &[(String, String)]) {
+    for (path, value) in old {
+        let _ = std::fs::write(path, value);
+    }
+}
+
+/// IPv4 and global IPv6 addresses of an interface.
+pub fn iface_addrs(iface: &str) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+    let mut v4 = None;
+    let mut v6 = None;
+    // SAFETY: getifaddrs/freeifaddrs pair; pointers only read while valid.
+    unsafe {
+        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut head) != 0 {
+            return (None, None);
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+                continue;
+            }
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy();
+            if name != iface {
+                continue;
+            }
+            match (*ifa.ifa_addr).sa_family as i32 {
+                libc::AF_INET if v4.is_none() => {
+                    let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    v4 = Some(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)));
+                }
+                libc::AF_INET6 => {
+                    let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    let a = Ipv6Addr::from(sa.sin6_addr.s6_addr);
+                    // Link-local addresses can't be a forwarded packet's source.
+                    if v6.is_none() && (a.segments()[0] & 0xffc0) != 0xfe80 {
+                        v6 = Some(a);
+                    }
+                }
+                _ => {}
+            }
+        }
+        libc::freeifaddrs(head);
+    }
+    (v4, v6)
+}
+
+/// First non-loopback interface that has an IPv4 address (for `xtask run -- …`).
+pub fn is_local_addr(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
