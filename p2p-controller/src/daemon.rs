@@ -494,13 +494,15 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
     crate::control::serve(node.clone(), &socket_path)?;
     cleanup.socket_path = Some(socket_path.clone());
 
+    let (npeers, nrecords) = {
+        let st = node.state.lock().unwrap();
+        (st.router.peers().count(), st.records.len())
+    };
     eprintln!(
-        "p2p-controller: instance {instance} node {} peer {} datapath {:?} on {listen} ({} peers, {} records); control {}",
+        "p2p-controller: instance {instance} node {} peer {} datapath {:?} on {listen} ({npeers} peers, {nrecords} records); control {}",
         node.identity.node_id,
         node.identity.peer_id,
         args.datapath,
-        node.state.lock().unwrap().router.peers().count(),
-        node.state.lock().unwrap().records.len(),
         socket_path.display()
     );
 
@@ -525,8 +527,10 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
                 let st = pinger.state.lock().unwrap();
                 st.answered.len() >= st.router.peers().count()
             };
-            if tick % 25 == 0 || !all {
-                pinger.ping_peers(all || tick % 25 != 0).await;
+            if tick % 25 == 0 {
+                pinger.ping_peers(false).await;
+            } else if !all {
+                pinger.ping_peers(true).await;
             }
             tick += 1;
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -131,7 +131,7 @@ impl Dataplane {
                 ProgramError::LoadError { io_error, verifier_log } => DataplaneError::Verifier {
                     program: prog.into(),
                     error: io_error,
-                    log: verifier_log.to_string(),
+                    log: tail_lines(&verifier_log.to_string(), 60),
                 },
                 source => DataplaneError::Program { what: format!("loading {prog}"), source },
             })?;
@@ -444,4 +444,13 @@ pub fn stats_by_name(counters: &[Counter]) -> BTreeMap<&'static str, Counter> {
         .zip(counters.iter().copied().chain(std::iter::repeat(Counter::default())))
         .map(|(n, c)| (*n, c))
         .collect()
+}
+
+/// The end of a verifier log says why; the whole log can be thousands of lines.
+fn tail_lines(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    if lines.len() <= n {
+        return log.to_string();
+    }
+    format!("[… {} earlier lines]\n{}", lines.len() - n, lines[lines.len() - n..].join("\n"))
 }

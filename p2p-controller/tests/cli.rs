@@ -1,0 +1,165 @@
+//! The command-line contract: clear errors (never a panic) for bad input and
+//! bad configuration, and the documented output shapes.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_p2p-controller"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("p2p-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_clean_failure(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, got success: {err}");
+    assert!(!err.contains("panicked"), "panicked: {err}");
+    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+}
+
+fn is_root() -> bool {
+    // SAFETY: trivial syscall.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn id_creates_then_reuses_the_key_and_prints_json() {
+    let d = tmp("id");
+    let run = || bin().args(["id", "--json", "--state-dir"]).arg(&d).output().unwrap();
+    let a = run();
+    assert!(a.status.success(), "{}", stderr(&a));
+    let v: serde_json::Value = serde_json::from_slice(&a.stdout).unwrap();
+    assert_eq!(v["node_id"].as_str().unwrap().len(), 64);
+    assert!(v["peer_id"].as_str().unwrap().starts_with("12D3KooW"));
+    let b = run();
+    assert_eq!(a.stdout, b.stdout, "the identity must persist");
+}
+
+#[test]
+fn malformed_peer_file_names_line_and_field() {
+    let d = tmp("peers");
+    let peers = d.join("peers.json");
+    std::fs::write(
+        &peers,
+        "[\n  {\"node_id\": \"00\", \"addr\": \"10.0.0.1\", \"port\": 9470}\n]\n",
+    )
+    .unwrap();
+    let o = bin()
+        .args(["--instance", "cli-test-peers", "run", "--datapath", "userspace", "--overlay-port", "0", "--state-dir"])
+        .arg(d.join("state"))
+        .arg("--peers")
+        .arg(&peers)
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, "line 2");
+    assert_clean_failure(&o, "node_id");
+}
+
+#[test]
+fn missing_interface_is_named() {
+    let d = tmp("iface");
+    let o = bin()
+        .args(["--instance", "cli-test-iface", "run", "--iface", "nosuchif0", "--state-dir"])
+        .arg(d.join("state"))
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, "nosuchif0");
+}
+
+#[test]
+fn xdp_without_interface_is_refused() {
+    let d = tmp("noiface");
+    let o = bin().args(["--instance", "cli-test-noif", "run", "--state-dir"]).arg(d.join("s")).output().unwrap();
+    assert_clean_failure(&o, "--iface");
+}
+
+#[test]
+fn maps_without_pins_says_what_to_do() {
+    let d = tmp("maps");
+    let o = bin().args(["maps", "stats", "--pin-dir"]).arg(d.join("none")).output().unwrap();
+    assert_clean_failure(&o, "pinned");
+}
+
+#[test]
+fn daemon_commands_without_daemon_say_so() {
+    let d = tmp("nodaemon");
+    let o = bin().args(["status", "--control-socket"]).arg(d.join("x.sock")).output().unwrap();
+    assert_clean_failure(&o, "p2p-controller run --instance");
+    let o = bin().args(["send", "nothex", "data"]).output().unwrap();
+    assert_clean_failure(&o, "NODE_ID");
+}
+
+#[test]
+fn bad_instance_name_is_refused() {
+    let o = bin().args(["--instance", "../etc", "run", "--datapath", "userspace"]).output().unwrap();
+    assert_clean_failure(&o, "--instance");
+}
+
+#[test]
+fn port_in_use_is_reported() {
+    if !is_root() {
+        eprintln!("skipped: needs root (the run directory /run/p2p-nos)");
+        return;
+    }
+    let holder = std::net::UdpSocket::bind("[::]:0").unwrap();
+    let port = holder.local_addr().unwrap().port().to_string();
+    let d = tmp("port");
+    let o = bin()
+        .args(["--instance", "cli-test-port", "run", "--datapath", "userspace", "--overlay-port", &port])
+        .arg("--state-dir")
+        .arg(d.join("s"))
+        .arg("--control-socket")
+        .arg(d.join("c.sock"))
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, "already in use");
+}
+
+#[test]
+fn userspace_node_serves_status_and_stops_on_sigterm() {
+    if !is_root() {
+        eprintln!("skipped: needs root (the run directory /run/p2p-nos)");
+        return;
+    }
+    let d = tmp("daemon");
+    let sock = d.join("c.sock");
+    let probe = std::net::UdpSocket::bind("[::]:0").unwrap();
+    let port = probe.local_addr().unwrap().port().to_string();
+    drop(probe);
+    let mut child = bin()
+        .args(["--instance", "cli-test-daemon", "run", "--datapath", "userspace", "--overlay-port", &port])
+        .arg("--state-dir")
+        .arg(d.join("s"))
+        .arg("--control-socket")
+        .arg(&sock)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    for _ in 0..200 {
+        let o = bin().args(["status", "--json", "--control-socket"]).arg(&sock).output().unwrap();
+        if o.status.success() {
+            status = Some(serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap());
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let exit = child.wait().unwrap();
+    let status = status.expect("daemon never answered status");
+    assert_eq!(status["datapath"], "userspace");
+    assert_eq!(status["overlay_port"].as_u64().unwrap().to_string(), port);
+    assert_eq!(status["delivered"]["data"], 0);
+    assert!(exit.success(), "SIGTERM must be a clean exit: {exit:?}");
+    assert!(!sock.exists(), "the control socket is removed on exit");
+}
