@@ -56,7 +56,7 @@ pub fn build(self_id: &[u8; 32], peers: &[(u32, [u8; 32])]) -> Result<RouteTable
         }
         leaves.push((id, REF_LEAF | slot));
     }
-    leaves.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    leaves.sort_unstable_by_key(|a| a.0);
     for w in leaves.windows(2) {
         if w[0].0 == w[1].0 {
             return Err(RouteError::DuplicateId { slot_a: w[0].1 & !REF_LEAF, slot_b: w[1].1 & !REF_LEAF });

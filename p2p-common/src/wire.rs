@@ -82,7 +82,7 @@ impl OverlayHeader {
 /// True for the kinds version 1 knows.
 #[inline(always)]
 pub fn kind_known(kind: u8) -> bool {
-    kind >= KIND_LOOKUP && kind <= KIND_PONG
+    (KIND_LOOKUP..=KIND_PONG).contains(&kind)
 }
 
 /// LOOKUP payload head; the record key bytes follow it.

@@ -160,7 +160,7 @@ async fn lookup(node: &Arc<Node>, key: &str, timeout: Duration) -> Result<Value>
     let reply_addr = std::net::SocketAddr::new(node.local_addr_towards(first_hop), node.overlay_port);
     let pkt = Packet::new(KIND_LOOKUP, node.identity.node_id, dst, msg_id, codec::lookup_payload(reply_addr, key.as_bytes()));
     let rx = wait_for(node, msg_id, pkt.ttl);
-    node.socket.send_to(&pkt.encode(), first_hop).await?;
+    node.send_to(&pkt.encode(), first_hop)?;
     let (reply, rtt) = await_reply(node, msg_id, rx, timeout).await?;
     let (status, owner, value) = codec::parse_lookup_reply_payload(&reply.payload)
         .ok_or_else(|| Error::Remote("malformed LOOKUP_REPLY payload".into()))?;

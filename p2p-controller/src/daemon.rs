@@ -12,7 +12,6 @@ use p2p_common::id::NodeId;
 use p2p_common::maps::{IFACE_HAS_V4, IFACE_HAS_V6, IfaceAddrs, PEER_LIVE, PEER_V4, PeerEntry};
 use p2p_common::wire::*;
 use serde_json::json;
-use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 
 use crate::cli::{DatapathKind, RunArgs};
@@ -63,7 +62,9 @@ pub struct Node {
     pub ifaces: Vec<String>,
     pub overlay_port: u16,
     pub started: Instant,
-    pub socket: Arc<UdpSocket>,
+    /// Overlay socket (dual-stack, blocking): the relay thread receives on
+    /// it, anyone may send on it.
+    pub socket: Arc<std::net::UdpSocket>,
     pub state: Mutex<State>,
     pub dataplane: Mutex<Option<Dataplane>>,
 }
@@ -112,7 +113,7 @@ impl Node {
             }
         };
         if let Some(to) = hop {
-            self.socket.send_to(&pkt.encode(), to).await?;
+            self.send_to(&pkt.encode(), to)?;
         }
         Ok(hop)
     }
@@ -185,32 +186,34 @@ impl Node {
         }
     }
 
-    /// One datagram from the overlay socket.
-    async fn on_datagram(&self, buf: &[u8], from: SocketAddr) {
+    /// One datagram from the overlay socket; returns what to send back out.
+    fn on_datagram(&self, buf: &[u8], from: SocketAddr) -> Option<(SocketAddr, Vec<u8>)> {
         let from = SocketAddr::new(from.ip().to_canonical(), from.port());
         let userspace = self.datapath == DatapathKind::Userspace;
-        let send = {
-            let mut st = self.state.lock().unwrap();
-            let verdict = st.router.process(buf, from);
-            if userspace {
-                st.counters.count(verdict.counter(), buf.len(), from);
-            }
-            match verdict {
-                Verdict::Drop(_) => None,
-                Verdict::Local(pkt) => self.deliver(&mut st, pkt),
-                Verdict::Pong { to, bytes } => Some((to, bytes)),
-                Verdict::Forward { to, bytes, .. } => {
-                    // In XDP mode this is the slow path (XDP counted fwd_slow).
-                    st.slow_path += 1;
-                    Some((to, bytes))
-                }
-            }
-        };
-        if let Some((to, bytes)) = send {
-            if let Err(e) = self.socket.send_to(&bytes, to).await {
-                log::debug!("send to {to}: {e}");
+        let mut st = self.state.lock().unwrap();
+        let verdict = st.router.process(buf, from);
+        if userspace {
+            st.counters.count(verdict.counter(), buf.len(), from);
+        }
+        match verdict {
+            Verdict::Drop(_) => None,
+            Verdict::Local(pkt) => self.deliver(&mut st, pkt),
+            Verdict::Pong { to, bytes } => Some((to, bytes)),
+            Verdict::Forward { to, bytes, .. } => {
+                // In XDP mode this is the slow path (XDP counted fwd_slow).
+                st.slow_path += 1;
+                Some((to, bytes))
             }
         }
+    }
+
+    /// Sends on the overlay socket (IPv4 destinations as mapped addresses).
+    pub fn send_to(&self, bytes: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+        let to = match to {
+            SocketAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
+            v6 => v6,
+        };
+        self.socket.send_to(bytes, to)
     }
 
     /// PINGs every peer directly: proves liveness and, as a side effect,
@@ -235,7 +238,7 @@ impl Node {
         for (_, id, addr, msg_id) in targets {
             let now = monotonic_ns();
             let p = Packet::new(KIND_PING, self.identity.node_id, id, msg_id, now.to_be_bytes().to_vec());
-            let _ = self.socket.send_to(&p.encode(), addr).await;
+            let _ = self.send_to(&p.encode(), addr);
         }
     }
 }
@@ -370,7 +373,13 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
     let _lock = lock_instance(&instance)?;
     clear_stale(&instance);
 
-    let listen = SocketAddr::new(args.listen, args.overlay_port);
+    // One dual-stack IPv6 socket serves both families (IPv4 as mapped).
+    let listen_ip = match args.listen {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+        v6 => v6,
+    };
+    let listen = SocketAddr::new(listen_ip, args.overlay_port);
     let socket = bind_overlay(listen)?;
 
     let pin_dir = paths::pin_dir(&instance);
@@ -506,17 +515,16 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         socket_path.display()
     );
 
-    // Overlay socket.
+    // Overlay socket: its own thread, batched.
     let rx = node.clone();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        loop {
-            match rx.socket.recv_from(&mut buf).await {
-                Ok((n, from)) => rx.on_datagram(&buf[..n], from).await,
-                Err(e) => log::debug!("recv: {e}"),
-            }
-        }
-    });
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_flag = stopping.clone();
+    let relay = std::thread::Builder::new().name("overlay-rx".into()).spawn(move || {
+        let sock = rx.socket.clone();
+        crate::relay::serve(&sock, |buf, from| rx.on_datagram(buf, from), || {
+            stop_flag.load(std::sync::atomic::Ordering::Relaxed)
+        });
+    })?;
 
     // Liveness pings: quickly until every peer answered, then every 5 s.
     let pinger = node.clone();
@@ -527,7 +535,7 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
                 let st = pinger.state.lock().unwrap();
                 st.answered.len() >= st.router.peers().count()
             };
-            if tick % 25 == 0 {
+            if tick.is_multiple_of(25) {
                 pinger.ping_peers(false).await;
             } else if !all {
                 pinger.ping_peers(true).await;
@@ -547,11 +555,10 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
             let counters = mirror.then(|| ticker.state.lock().unwrap().counters.0.clone());
             let mut dp = ticker.dataplane.lock().unwrap();
             if let Some(dp) = dp.as_mut() {
-                if let Some(c) = counters {
-                    if let Err(e) = dp.mirror_stats(&c) {
+                if let Some(c) = counters
+                    && let Err(e) = dp.mirror_stats(&c) {
                         log::debug!("mirroring stats: {e}");
                     }
-                }
                 if ebpf_log {
                     dp.flush_logs();
                 }
@@ -560,6 +567,8 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
     });
 
     wait_for_signal().await?;
+    stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = relay.join();
     eprintln!("p2p-controller: shutting down instance {instance}");
     if let Some(mut dp) = node.dataplane.lock().unwrap().take() {
         dp.detach_all();
@@ -569,7 +578,7 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
     Ok(())
 }
 
-fn bind_overlay(addr: SocketAddr) -> Result<UdpSocket> {
+fn bind_overlay(addr: SocketAddr) -> Result<std::net::UdpSocket> {
     let sock = std::net::UdpSocket::bind(addr).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             Error::PortInUse { port: addr.port() }
@@ -578,8 +587,9 @@ fn bind_overlay(addr: SocketAddr) -> Result<UdpSocket> {
         }
     })?;
     set_rcvbuf(&sock, 8 << 20);
-    sock.set_nonblocking(true)?;
-    Ok(UdpSocket::from_std(sock)?)
+    // The relay thread wakes up this often to notice shutdown.
+    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    Ok(sock)
 }
 
 /// Bursts of transit packets must not overflow the default buffer.

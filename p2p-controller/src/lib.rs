@@ -10,4 +10,5 @@ pub mod files;
 pub mod identity;
 pub mod maps_cmd;
 pub mod paths;
+pub mod relay;
 pub mod sys;

@@ -333,11 +333,10 @@ impl Dataplane {
     /// Detaches every attachment this process made.
     pub fn detach_all(&mut self) {
         for (iface, id, prog) in std::mem::take(&mut self.links) {
-            if let Ok(p) = self.xdp(prog) {
-                if let Err(e) = p.detach(id) {
+            if let Ok(p) = self.xdp(prog)
+                && let Err(e) = p.detach(id) {
                     log::warn!("detaching from {iface}: {e}");
                 }
-            }
         }
     }
 
