@@ -67,24 +67,30 @@ pub fn build(self_id: &[u8; 32], peers: &[(u32, [u8; 32])]) -> Result<RouteTable
     let root = build_range(&leaves, &mut nodes, &mut depth);
 
     let mut buckets = vec![0u32; ROUTE_BUCKETS as usize];
-    let mut worst = 0;
-    for (prefix, slot) in buckets.iter_mut().enumerate() {
-        let mut key = [0u8; 32];
-        key[0] = (prefix >> 8) as u8;
-        key[1] = prefix as u8;
-        let mut r = root;
-        while !is_leaf(r) && nodes[r as usize].bit < 16 {
-            r = nodes[r as usize].child[key_bit(&key, nodes[r as usize].bit)];
-        }
-        if !is_leaf(r) {
-            worst = worst.max(depth[r as usize]);
-        }
-        *slot = r;
-    }
+    fill_buckets(&nodes, root, 0, 0, &mut buckets);
+    let worst = buckets.iter().map(|&r| if is_leaf(r) { 0 } else { depth[r as usize] }).max().unwrap_or(0);
     if worst > MAX_TRIE_DEPTH {
         return Err(RouteError::TooDeep { depth: worst });
     }
     Ok(RouteTable { buckets, nodes })
+}
+
+/// Sets every bucket whose first `bit` bits are `prefix` to the reference
+/// the walk reaches after consuming the branch bits below 16: O(buckets).
+fn fill_buckets(nodes: &[TrieNode], r: u32, bit: u32, prefix: u32, out: &mut [u32]) {
+    const BITS: u32 = crate::maps::ROUTE_PREFIX_BITS;
+    if bit == BITS || is_leaf(r) || nodes[r as usize].bit as u32 >= BITS {
+        let shift = BITS - bit;
+        let start = (prefix << shift) as usize;
+        out[start..start + (1usize << shift)].fill(r);
+        return;
+    }
+    let n = nodes[r as usize];
+    for v in 0..2u32 {
+        // A bit the trie does not branch on leaves the reference unchanged.
+        let next = if n.bit as u32 == bit { n.child[v as usize] } else { r };
+        fill_buckets(nodes, next, bit + 1, (prefix << 1) | v, out);
+    }
 }
 
 /// Returns the reference for `leaves` (sorted, distinct, non-empty);
