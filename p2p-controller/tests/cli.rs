@@ -163,3 +163,46 @@ fn userspace_node_serves_status_and_stops_on_sigterm() {
     assert!(exit.success(), "SIGTERM must be a clean exit: {exit:?}");
     assert!(!sock.exists(), "the control socket is removed on exit");
 }
+
+#[test]
+fn missing_capabilities_are_named() {
+    if !is_root() || Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: needs root and setpriv (util-linux) to drop privileges");
+        return;
+    }
+    let d = tmp("caps");
+    std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(env!("CARGO_BIN_EXE_p2p-controller"))
+        .args(["--instance", "cli-test-caps", "run", "--iface", "lo", "--state-dir"])
+        .arg(d.join("s"))
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, "CAP_BPF");
+    assert_clean_failure(&o, "CAP_NET_ADMIN");
+}
+
+#[test]
+fn absent_bpffs_is_reported() {
+    if !is_root() || Command::new("unshare").arg("--version").output().is_err() {
+        eprintln!("skipped: needs root and unshare (util-linux) for a private mount namespace");
+        return;
+    }
+    let d = tmp("bpffs");
+    // A private mount namespace without /sys/fs/bpf: the host's mount is untouched.
+    let o = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "umount -l /sys/fs/bpf 2>/dev/null; mountpoint -q /sys/fs/bpf && exit 99; exec {} --instance cli-test-bpffs run --iface lo --state-dir {}",
+            env!("CARGO_BIN_EXE_p2p-controller"),
+            d.join("s").display()
+        ))
+        .output()
+        .unwrap();
+    if o.status.code() == Some(99) {
+        eprintln!("skipped: could not hide bpffs in a private mount namespace");
+        return;
+    }
+    assert_clean_failure(&o, "bpffs is not mounted");
+}
