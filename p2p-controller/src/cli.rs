@@ -98,6 +98,8 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         xdp_mode: AttachMode,
     },
+    #[command(hide = true)]
+    Bench(crate::dataplane::bench::BenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -116,6 +116,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Bench(args) => p2p_controller::dataplane::bench::run(args),
         Command::XdpPass { netns, ifaces, xdp_mode } => {
             if let Some(ns) = &netns {
                 sys::enter_netns(ns)?;

@@ -1,1 +1,59 @@
-fn main(){}
+//! `cargo xtask …`: project automation, one module per command.
+//!
+//! - `setup`: install what building and running need (idempotent).
+//! - `doctor`: report prerequisites and the kernel's XDP support, change nothing.
+//! - `test`: setup, fmt, clippy, build, unit tests, namespace tests.
+//! - `run`: setup, release build, a 4-node LAN testbed with live counters;
+//!   `run -- ARGS` runs `p2p-controller run ARGS` on this box instead.
+//! - `bench`: benchmarks (not yet).
+
+mod bench;
+mod doctor;
+mod prereq;
+mod run;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "p2p-nos project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the toolchain pieces, system packages and bpf-linker; mount bpffs. Idempotent.
+    Setup,
+    /// Report every prerequisite and the kernel's XDP support without changing anything.
+    Doctor,
+    /// Setup, fmt and clippy checks, build, unit tests, then the namespace tests one at a time.
+    Test(test::TestArgs),
+    /// Setup, release build, then a 4-node LAN testbed with live per-node counters until Ctrl-C.
+    /// `cargo xtask run -- ARGS…` instead runs `p2p-controller run ARGS…` on this box.
+    Run(run::RunArgs),
+    /// Benchmarks (not yet).
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::setup().and_then(|s| s.into_result()),
+        Command::Doctor => doctor::doctor(),
+        Command::Test(args) => test::test(args),
+        Command::Run(args) => run::run(args),
+        Command::Bench(args) => bench::bench(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! object, attaches XDP, pins and fills the maps, reads pinned maps for the
 //! `maps` commands, and runs BPF_PROG_TEST_RUN for fixtures and benchmarks.
 
+pub mod bench;
 mod pinned;
 
 pub use pinned::{PinnedMaps, is_bpffs_mounted, read_stats_from_pins};
@@ -349,7 +350,7 @@ impl Dataplane {
 
     /// Runs `p2p_xdp` once on `frame` as if received on `ingress_ifindex`.
     pub fn test_run(&mut self, frame: &[u8], ingress_ifindex: u32) -> Result<TestRunOutcome> {
-        let ctx = xdp_md(ingress_ifindex);
+        let ctx = xdp_md(ingress_ifindex, frame.len());
         let mut out = vec![0u8; frame.len() + 256];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
@@ -365,7 +366,7 @@ impl Dataplane {
 
     /// Mean time per run of `p2p_xdp` over `repeat` runs.
     pub fn test_run_repeat(&mut self, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<Duration> {
-        let ctx = xdp_md(ingress_ifindex);
+        let ctx = xdp_md(ingress_ifindex, frame.len());
         let mut out = vec![0u8; frame.len() + 256];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
@@ -386,9 +387,12 @@ impl Drop for Dataplane {
     }
 }
 
-/// `struct xdp_md` for BPF_PROG_TEST_RUN: only the ingress interface is set.
-fn xdp_md(ingress_ifindex: u32) -> [u8; 24] {
+/// `struct xdp_md` for BPF_PROG_TEST_RUN: `data_end` covers the whole frame
+/// (left at 0, the kernel puts the frame in fragments and the program sees
+/// an empty linear part) and the ingress interface is set.
+fn xdp_md(ingress_ifindex: u32, frame_len: usize) -> [u8; 24] {
     let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame_len as u32).to_ne_bytes());
     ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
     ctx
 }

@@ -1,0 +1,51 @@
+//! Maps of the benchmark object. Values are plain integers and byte arrays
+//! so that the controller needs no shared struct for them.
+
+use aya_ebpf::{
+    btf_maps::{Array, DevMap, PerCpuArray},
+    macros::btf_map,
+};
+
+/// Overlay UDP port the counter matches (host order, in a u32).
+#[btf_map]
+pub static BENCH_PORT: Array<u32, 1> = Array::new();
+
+/// Per-CPU [packets, bytes] of the counter or the minimal forwarder.
+#[btf_map]
+pub static BENCH_COUNT: PerCpuArray<u64, 2> = PerCpuArray::new();
+
+/// Minimal forwarder's rewrite: see the FWD_* offsets.
+#[btf_map]
+pub static BENCH_FWD: Array<[u8; 32], 1> = Array::new();
+
+/// Generator's frame template: the first GEN_HDR_BYTES are written into
+/// every frame.
+#[btf_map]
+pub static BENCH_FRAME: Array<[u64; GEN_HDR_WORDS], 1> = Array::new();
+
+/// Ethernet + IPv4 + UDP + overlay header = 138 bytes, rounded up to words.
+pub const GEN_HDR_WORDS: usize = 18;
+
+/// Minimal forwarder's egress: entry 0.
+#[btf_map]
+pub static BENCH_TX: DevMap<1> = DevMap::new();
+
+/// BENCH_FWD layout: destination MAC, source MAC, IPv4 source, IPv4
+/// destination, overlay port (big-endian); the rest is zero.
+pub const FWD_DST_MAC: usize = 0;
+pub const FWD_SRC_MAC: usize = 6;
+pub const FWD_SRC_IP: usize = 12;
+pub const FWD_DST_IP: usize = 16;
+pub const FWD_PORT: usize = 20;
+
+#[inline(always)]
+pub fn count(bytes: usize) {
+    if let Some(p) = BENCH_COUNT.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU's program run touches it.
+        unsafe { *p += 1 };
+    }
+    if let Some(b) = BENCH_COUNT.get_ptr_mut(1) {
+        // SAFETY: as above.
+        unsafe { *b += bytes as u64 };
+    }
+}

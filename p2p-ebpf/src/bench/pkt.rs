@@ -1,0 +1,176 @@
+//! Ethernet/IPv4/UDP parsing and the minimal forwarder's rewrite.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
+    helpers::bpf_fib_lookup,
+    programs::XdpContext,
+};
+use core::mem::size_of;
+
+use super::maps::{FWD_DST_IP, FWD_DST_MAC, FWD_SRC_IP, FWD_SRC_MAC, GEN_HDR_WORDS};
+
+const ETH_LEN: usize = 14;
+const IPV4_LEN: usize = 20;
+const ETH_P_IP: u16 = 0x0800;
+const IPPROTO_UDP: u8 = 17;
+
+#[repr(C)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub proto: [u8; 2],
+}
+
+#[repr(C)]
+pub struct Ipv4Hdr {
+    pub vihl: u8,
+    pub tos: u8,
+    pub tot_len: [u8; 2],
+    pub id: [u8; 2],
+    pub frag_off: [u8; 2],
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: [u8; 2],
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+}
+
+#[repr(C)]
+pub struct UdpHdr {
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub len: [u8; 2],
+    pub check: [u8; 2],
+}
+
+pub struct Udp4 {
+    pub eth: *mut EthHdr,
+    pub ip: *mut Ipv4Hdr,
+    pub udp: *mut UdpHdr,
+}
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *mut T)
+}
+
+/// An IPv4 (no options, not a fragment) UDP frame to `port`.
+#[inline(always)]
+pub fn udp4_to(ctx: &XdpContext, port: u16) -> Option<Udp4> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    if u16::from_be_bytes(unsafe { (*eth).proto }) != ETH_P_IP {
+        return None;
+    }
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_LEN)?;
+    let (vihl, proto, frag) = unsafe { ((*ip).vihl, (*ip).proto, u16::from_be_bytes((*ip).frag_off)) };
+    if vihl != 0x45 || proto != IPPROTO_UDP || frag & 0x3fff != 0 {
+        return None;
+    }
+    let udp: *mut UdpHdr = ptr_at(ctx, ETH_LEN + IPV4_LEN)?;
+    if u16::from_be_bytes(unsafe { (*udp).dport }) != port {
+        return None;
+    }
+    Some(Udp4 { eth, ip, udp })
+}
+
+#[inline(always)]
+fn word(b: &[u8], i: usize) -> u32 {
+    ((b[i] as u32) << 8) | b[i + 1] as u32
+}
+
+#[inline(always)]
+fn fold(mut s: u32) -> u16 {
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s as u16
+}
+
+/// Fixed rewrite: MACs and IPv4 addresses from `cfg`, the IPv4 header
+/// checksum in full, the UDP checksum patched for the address change
+/// (RFC 1624; the generator's frames carry complete checksums).
+#[inline(always)]
+pub fn rewrite(p: &Udp4, cfg: &[u8; 32]) {
+    // SAFETY: the pointers were bounds-checked by `udp4_to`.
+    unsafe {
+        let eth = &mut *p.eth;
+        let ip = &mut *p.ip;
+        let udp = &mut *p.udp;
+        let mut i = 0;
+        while i < 6 {
+            eth.dst[i] = cfg[FWD_DST_MAC + i];
+            eth.src[i] = cfg[FWD_SRC_MAC + i];
+            i += 1;
+        }
+        let old_src = ip.src;
+        let old_dst = ip.dst;
+        let new_src = [cfg[FWD_SRC_IP], cfg[FWD_SRC_IP + 1], cfg[FWD_SRC_IP + 2], cfg[FWD_SRC_IP + 3]];
+        let new_dst = [cfg[FWD_DST_IP], cfg[FWD_DST_IP + 1], cfg[FWD_DST_IP + 2], cfg[FWD_DST_IP + 3]];
+        ip.src = new_src;
+        ip.dst = new_dst;
+        // IPv4 header checksum over the 20 rewritten bytes.
+        ip.check = [0, 0];
+        let h = &*(p.ip as *const [u8; 20]);
+        let mut s = 0u32;
+        let mut k = 0;
+        while k < 20 {
+            s += word(h, k);
+            k += 2;
+        }
+        ip.check = (!fold(s)).to_be_bytes();
+        // UDP: 0 means "no checksum" over IPv4; leave it so.
+        let c = u16::from_be_bytes(udp.check) as u32;
+        if c != 0 {
+            let mut s = (!c) & 0xffff;
+            s += (!word(&old_src, 0)) & 0xffff;
+            s += (!word(&old_src, 2)) & 0xffff;
+            s += (!word(&old_dst, 0)) & 0xffff;
+            s += (!word(&old_dst, 2)) & 0xffff;
+            s += word(&new_src, 0) + word(&new_src, 2) + word(&new_dst, 0) + word(&new_dst, 2);
+            let mut out = !fold(s);
+            if out == 0 {
+                out = 0xffff;
+            }
+            udp.check = out.to_be_bytes();
+        }
+    }
+}
+
+/// Copies the template's words over the start of the frame; false if the
+/// frame is shorter than the template.
+#[inline(always)]
+pub fn write_headers(ctx: &XdpContext, tpl: &[u64; GEN_HDR_WORDS]) -> bool {
+    let Some(p) = ptr_at::<[u64; GEN_HDR_WORDS]>(ctx, 0) else { return false };
+    let mut i = 0;
+    while i < GEN_HDR_WORDS {
+        // SAFETY: bounds checked above; unaligned stores are fine in XDP.
+        unsafe { core::ptr::write_unaligned((p as *mut u64).add(i), tpl[i]) };
+        i += 1;
+    }
+    true
+}
+
+/// `bpf_fib_lookup` for the frame's IPv4 source towards the configured
+/// destination, from the ingress interface; true on success.
+#[inline(always)]
+pub fn fib_v4(ctx: &XdpContext, cfg: &[u8; 32]) -> bool {
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else { return false };
+    // SAFETY: plain C struct, all-zero is its initial state; ip bounds-checked.
+    unsafe {
+        let mut fib: FibParams = core::mem::zeroed();
+        fib.family = 2;
+        fib.l4_protocol = IPPROTO_UDP;
+        fib.ifindex = ctx.ingress_ifindex() as u32;
+        fib.__bindgen_anon_1.tot_len = u16::from_be_bytes((*ip).tot_len);
+        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes((*ip).src);
+        fib.__bindgen_anon_4.ipv4_dst =
+            u32::from_ne_bytes([cfg[FWD_DST_IP], cfg[FWD_DST_IP + 1], cfg[FWD_DST_IP + 2], cfg[FWD_DST_IP + 3]]);
+        let rc = bpf_fib_lookup(ctx.as_ptr(), &mut fib, size_of::<FibParams>() as i32, 0);
+        rc == BPF_FIB_LKUP_RET_SUCCESS as i64
+    }
+}
