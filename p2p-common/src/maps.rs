@@ -71,7 +71,8 @@ pub struct Config {
     /// Live generation of ROUTES / ROUTE_TRIE: 0 or 1.
     pub route_gen: u32,
     pub peer_count: u32,
-    pub _pad: u32,
+    /// Entries in BLOCKED: 0 lets the datapath skip its two hash look-ups.
+    pub blocked_count: u32,
 }
 const _: () = assert!(size_of::<Config>() == 48);
 

@@ -76,7 +76,7 @@ fn process(ctx: &XdpContext, cfg: &Config) -> Verdict {
         Parsed::Overlay(p) => p,
     };
     // Steps 3 to 5.
-    if filter::blocked(&p) {
+    if cfg.blocked_count != 0 && filter::blocked(&p) {
         return Verdict::new(XDP_DROP, DROP_BLOCKED);
     }
     if filter::over_rate(&p) {

@@ -267,13 +267,23 @@ impl Dataplane {
     }
 
     pub fn block(&mut self, key: BlockKey, entry: BlockEntry) -> Result<()> {
-        let mut m: BpfHashMap<_, BlockKey, BlockEntry> = self.map_mut(names::BLOCKED)?;
-        m.insert(key, entry, 0).map_err(map_err(names::BLOCKED))
+        let count = {
+            let mut m: BpfHashMap<_, BlockKey, BlockEntry> = self.map_mut(names::BLOCKED)?;
+            m.insert(key, entry, 0).map_err(map_err(names::BLOCKED))?;
+            m.keys().count() as u32
+        };
+        self.config.blocked_count = count;
+        self.write_config()
     }
 
     pub fn unblock(&mut self, key: &BlockKey) -> Result<()> {
-        let mut m: BpfHashMap<_, BlockKey, BlockEntry> = self.map_mut(names::BLOCKED)?;
-        m.remove(key).map_err(map_err(names::BLOCKED))
+        let count = {
+            let mut m: BpfHashMap<_, BlockKey, BlockEntry> = self.map_mut(names::BLOCKED)?;
+            m.remove(key).map_err(map_err(names::BLOCKED))?;
+            m.keys().count() as u32
+        };
+        self.config.blocked_count = count;
+        self.write_config()
     }
 
     /// Counters summed over CPUs, indexed by counter index.
