@@ -130,11 +130,7 @@ pub fn addr_to_mapped(ip: IpAddr) -> [u8; 16] {
 
 /// Inverse of [`addr_to_mapped`]: IPv4-mapped addresses come back as IPv4.
 pub fn mapped_to_addr(b: [u8; 16]) -> IpAddr {
-    if is_v4_mapped(&b) {
-        IpAddr::V4(Ipv4Addr::new(b[12], b[13], b[14], b[15]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(b))
-    }
+    if is_v4_mapped(&b) { IpAddr::V4(Ipv4Addr::new(b[12], b[13], b[14], b[15])) } else { IpAddr::V6(Ipv6Addr::from(b)) }
 }
 
 /// LOOKUP payload: reply endpoint, then the record key bytes.

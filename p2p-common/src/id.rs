@@ -55,14 +55,10 @@ impl FromStr for NodeId {
     type Err = ParseNodeIdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.len() != 64 {
-            return Err(ParseNodeIdError(format!(
-                "a node ID is 64 hex digits, got {} characters",
-                s.len()
-            )));
+            return Err(ParseNodeIdError(format!("a node ID is 64 hex digits, got {} characters", s.len())));
         }
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out)
-            .map_err(|e| ParseNodeIdError(format!("a node ID is 64 hex digits: {e}")))?;
+        hex::decode_to_slice(s, &mut out).map_err(|e| ParseNodeIdError(format!("a node ID is 64 hex digits: {e}")))?;
         Ok(NodeId(out))
     }
 }

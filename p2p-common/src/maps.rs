@@ -18,10 +18,8 @@ pub const EVENTS: &str = "EVENTS";
 pub const TX_PORTS: &str = "TX_PORTS";
 
 /// Every map the object declares, in the order the README lists them.
-pub const ALL_MAPS: [&str; 12] = [
-    CONFIG, ROUTES, ROUTE_TRIE, PEERS, IFACES, BLOCKED, RATE, LINK_KEYS, LAST_SEEN, STATS, EVENTS,
-    TX_PORTS,
-];
+pub const ALL_MAPS: [&str; 12] =
+    [CONFIG, ROUTES, ROUTE_TRIE, PEERS, IFACES, BLOCKED, RATE, LINK_KEYS, LAST_SEEN, STATS, EVENTS, TX_PORTS];
 
 /// Program names in the object.
 pub const PROG_XDP: &str = "p2p_xdp";

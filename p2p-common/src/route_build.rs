@@ -17,12 +17,17 @@ pub struct RouteTable {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteError {
     /// Two entries (or a peer and this node) share a node ID.
-    DuplicateId { slot_a: u32, slot_b: u32 },
+    DuplicateId {
+        slot_a: u32,
+        slot_b: u32,
+    },
     /// A slot number collides with the leaf encoding.
     BadSlot(u32),
     TooManyPeers(usize),
     /// Some key would need more trie steps than the datapath takes.
-    TooDeep { depth: u32 },
+    TooDeep {
+        depth: u32,
+    },
 }
 
 impl fmt::Display for RouteError {
@@ -33,10 +38,9 @@ impl fmt::Display for RouteError {
             }
             RouteError::BadSlot(s) => write!(f, "peer slot {s} is out of range"),
             RouteError::TooManyPeers(n) => write!(f, "{n} peers exceed the routing capacity"),
-            RouteError::TooDeep { depth } => write!(
-                f,
-                "the peer set needs {depth} trie steps, more than the datapath's {MAX_TRIE_DEPTH}"
-            ),
+            RouteError::TooDeep { depth } => {
+                write!(f, "the peer set needs {depth} trie steps, more than the datapath's {MAX_TRIE_DEPTH}")
+            }
         }
     }
 }
@@ -192,12 +196,7 @@ mod tests {
                 1 if !peers.is_empty() => peers[rng.gen_range(0..peers.len())].1,
                 _ => rng.r#gen(),
             };
-            assert_eq!(
-                t.next_hop(&key),
-                Some(brute_force_next_hop(self_id, peers, &key)),
-                "key {}",
-                hex::encode(key)
-            );
+            assert_eq!(t.next_hop(&key), Some(brute_force_next_hop(self_id, peers, &key)), "key {}", hex::encode(key));
         }
     }
 

@@ -87,8 +87,12 @@ async fn dispatch(node: &Arc<Node>, req: &Value) -> Result<Value> {
             let pkt = Packet::new(KIND_DATA, node.identity.node_id, dst, rand::random(), data.as_bytes().to_vec());
             match node.originate(&pkt).await? {
                 Some(via) => Ok(json!({"sent": true, "via": via.to_string(), "msg_id": pkt.msg_id})),
-                None if dst == node.identity.node_id => Ok(json!({"sent": true, "via": null, "delivered_locally": true})),
-                None => Err(Error::Remote(format!("no route to {dst}: this node is the closest and it is not that node"))),
+                None if dst == node.identity.node_id => {
+                    Ok(json!({"sent": true, "via": null, "delivered_locally": true}))
+                }
+                None => {
+                    Err(Error::Remote(format!("no route to {dst}: this node is the closest and it is not that node")))
+                }
             }
         }
         Some("ping") => {
@@ -106,7 +110,9 @@ async fn dispatch(node: &Arc<Node>, req: &Value) -> Result<Value> {
                 };
             }
             let (reply, rtt) = await_reply(node, msg_id, rx, timeout_arg(req)).await?;
-            Ok(json!({"rtt_us": rtt.as_micros() as u64, "from": reply.src_id.to_string(), "via": via.map(|v| v.to_string())}))
+            Ok(
+                json!({"rtt_us": rtt.as_micros() as u64, "from": reply.src_id.to_string(), "via": via.map(|v| v.to_string())}),
+            )
         }
         Some(other) => Err(Error::Usage(format!("unknown command {other:?}"))),
         None => Err(Error::Usage("missing \"cmd\"".into())),
@@ -115,11 +121,7 @@ async fn dispatch(node: &Arc<Node>, req: &Value) -> Result<Value> {
 
 fn wait_for(node: &Node, msg_id: u64, ttl_sent: u8) -> oneshot::Receiver<(Packet, Duration)> {
     let (tx, rx) = oneshot::channel();
-    node.state
-        .lock()
-        .unwrap()
-        .waiting
-        .insert(msg_id, Waiting { sent: std::time::Instant::now(), ttl_sent, tx });
+    node.state.lock().unwrap().waiting.insert(msg_id, Waiting { sent: std::time::Instant::now(), ttl_sent, tx });
     rx
 }
 
@@ -158,7 +160,8 @@ async fn lookup(node: &Arc<Node>, key: &str, timeout: Duration) -> Result<Value>
         }));
     };
     let reply_addr = std::net::SocketAddr::new(node.local_addr_towards(first_hop), node.overlay_port);
-    let pkt = Packet::new(KIND_LOOKUP, node.identity.node_id, dst, msg_id, codec::lookup_payload(reply_addr, key.as_bytes()));
+    let pkt =
+        Packet::new(KIND_LOOKUP, node.identity.node_id, dst, msg_id, codec::lookup_payload(reply_addr, key.as_bytes()));
     let rx = wait_for(node, msg_id, pkt.ttl);
     node.send_to(&pkt.encode(), first_hop)?;
     let (reply, rtt) = await_reply(node, msg_id, rx, timeout).await?;

@@ -15,8 +15,8 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use crate::cli::{DatapathKind, RunArgs};
-use crate::dataplane::{self, AttachedMode, Dataplane, LoadOptions};
 use crate::datapath::{Counters, Peer, Router, Verdict};
+use crate::dataplane::{self, AttachedMode, Dataplane, LoadOptions};
 use crate::error::{Error, Result};
 use crate::files;
 use crate::identity::Identity;
@@ -256,6 +256,7 @@ struct Cleanup {
     sysctls: Vec<(String, String)>,
     socket_path: Option<PathBuf>,
     run_state: PathBuf,
+    lock_file: PathBuf,
 }
 
 impl Drop for Cleanup {
@@ -268,6 +269,7 @@ impl Drop for Cleanup {
             dataplane::remove_pins(dir);
         }
         let _ = std::fs::remove_file(&self.run_state);
+        let _ = std::fs::remove_file(&self.lock_file);
     }
 }
 
@@ -389,6 +391,7 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         sysctls: Vec::new(),
         socket_path: None,
         run_state: paths::run_state_file(&instance),
+        lock_file: paths::lock_file(&instance),
     };
 
     // The userspace datapath still pins STATS and friends when it can, so
@@ -415,9 +418,8 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         .enumerate()
         .map(|(i, p)| (i as u32, Peer { node_id: p.node_id, addr: SocketAddr::new(p.addr, p.port) }))
         .collect();
-    let router = Router::new(identity.node_id, peer_list.clone()).map_err(|e| {
-        Error::Usage(format!("the peer set cannot be routed: {e}"))
-    })?;
+    let router = Router::new(identity.node_id, peer_list.clone())
+        .map_err(|e| Error::Usage(format!("the peer set cannot be routed: {e}")))?;
 
     let mut xdp_mode = None;
     if let Some(dp) = dp.as_mut() {
@@ -470,10 +472,8 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         }
     }
 
-    let records: HashMap<NodeId, (String, String)> = records
-        .into_iter()
-        .map(|r| (NodeId::from_record_key(r.key.as_bytes()), (r.key, r.value)))
-        .collect();
+    let records: HashMap<NodeId, (String, String)> =
+        records.into_iter().map(|r| (NodeId::from_record_key(r.key.as_bytes()), (r.key, r.value))).collect();
 
     let node = Arc::new(Node {
         instance: instance.clone(),
@@ -521,9 +521,11 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
     let stop_flag = stopping.clone();
     let relay = std::thread::Builder::new().name("overlay-rx".into()).spawn(move || {
         let sock = rx.socket.clone();
-        crate::relay::serve(&sock, |buf, from| rx.on_datagram(buf, from), || {
-            stop_flag.load(std::sync::atomic::Ordering::Relaxed)
-        });
+        crate::relay::serve(
+            &sock,
+            |buf, from| rx.on_datagram(buf, from),
+            || stop_flag.load(std::sync::atomic::Ordering::Relaxed),
+        );
     })?;
 
     // Liveness pings: quickly until every peer answered, then every 5 s.
@@ -556,9 +558,10 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
             let mut dp = ticker.dataplane.lock().unwrap();
             if let Some(dp) = dp.as_mut() {
                 if let Some(c) = counters
-                    && let Err(e) = dp.mirror_stats(&c) {
-                        log::debug!("mirroring stats: {e}");
-                    }
+                    && let Err(e) = dp.mirror_stats(&c)
+                {
+                    log::debug!("mirroring stats: {e}");
+                }
                 if ebpf_log {
                     dp.flush_logs();
                 }

@@ -19,7 +19,9 @@ pub enum Error {
     Netns { name: String, reason: String },
     #[error("interface {0} does not exist in this network namespace")]
     NoInterface(String),
-    #[error("UDP port {port} is already in use (another node or program listens on it); pick another with --overlay-port")]
+    #[error(
+        "UDP port {port} is already in use (another node or program listens on it); pick another with --overlay-port"
+    )]
     PortInUse { port: u16 },
     #[error("instance {instance} is already running (pid {pid}); stop it or use another --instance")]
     AlreadyRunning { instance: String, pid: String },

@@ -60,7 +60,10 @@ pub fn parse_peers(path: &Path, text: &str, self_id: Option<&NodeId>) -> Result<
     let mut seen = HashSet::new();
     for (i, p) in peers.iter().enumerate() {
         let line = lines.get(i).copied().unwrap_or(0);
-        let bad = |reason: String| Error::File { path: path.into(), reason: format!("entry {} (line {line}): {reason}", i + 1) };
+        let bad = |reason: String| Error::File {
+            path: path.into(),
+            reason: format!("entry {} (line {line}): {reason}", i + 1),
+        };
         if !seen.insert(p.node_id) {
             return Err(bad(format!("node_id {} appears twice", p.node_id)));
         }
@@ -152,7 +155,9 @@ mod tests {
 
     #[test]
     fn errors_name_line_and_field() {
-        let text = format!("[\n {{\"node_id\": \"{ID_A}\", \"addr\": \"10.0.0.1\", \"port\": 9470}},\n {{\"node_id\": \"xyz\", \"addr\": \"10.0.0.2\", \"port\": 9470}}\n]");
+        let text = format!(
+            "[\n {{\"node_id\": \"{ID_A}\", \"addr\": \"10.0.0.1\", \"port\": 9470}},\n {{\"node_id\": \"xyz\", \"addr\": \"10.0.0.2\", \"port\": 9470}}\n]"
+        );
         let e = p(&text).unwrap_err().to_string();
         assert!(e.contains("node_id") && e.contains("line 3"), "{e}");
         let e = p(&format!(r#"[{{"node_id": "{ID_A}", "addr": "10.0.0.300", "port": 1}}]"#)).unwrap_err().to_string();
@@ -161,9 +166,12 @@ mod tests {
         assert!(e.contains("70000"), "{e}");
         let e = p(&format!(r#"[{{"node_id": "{ID_A}", "addr": "10.0.0.3"}}]"#)).unwrap_err().to_string();
         assert!(e.contains("missing field `port`"), "{e}");
-        let e = p(&format!(r#"[{{"node_id": "{ID_A}", "addr": "10.0.0.3", "port": 1, "x": 2}}]"#)).unwrap_err().to_string();
+        let e =
+            p(&format!(r#"[{{"node_id": "{ID_A}", "addr": "10.0.0.3", "port": 1, "x": 2}}]"#)).unwrap_err().to_string();
         assert!(e.contains("unknown field `x`"), "{e}");
-        let dup = format!("[\n{{\"node_id\": \"{ID_A}\", \"addr\": \"10.0.0.1\", \"port\": 1}},\n{{\"node_id\": \"{ID_A}\", \"addr\": \"10.0.0.2\", \"port\": 1}}]");
+        let dup = format!(
+            "[\n{{\"node_id\": \"{ID_A}\", \"addr\": \"10.0.0.1\", \"port\": 1}},\n{{\"node_id\": \"{ID_A}\", \"addr\": \"10.0.0.2\", \"port\": 1}}]"
+        );
         let e = p(&dup).unwrap_err().to_string();
         assert!(e.contains("entry 2 (line 3)") && e.contains("twice"), "{e}");
         assert!(p("{}").is_err());

@@ -32,8 +32,9 @@ impl Identity {
         let file_err = |reason: String| Error::File { path: path.clone(), reason };
         match fs::read(&path) {
             Ok(bytes) => {
-                let kp = Keypair::from_protobuf_encoding(&bytes)
-                    .map_err(|e| file_err(format!("not a valid node key ({e}); move it away to create a new identity")))?;
+                let kp = Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
+                    file_err(format!("not a valid node key ({e}); move it away to create a new identity"))
+                })?;
                 let mode = fs::metadata(&path)?.permissions().mode() & 0o777;
                 if mode & 0o077 != 0 {
                     log::warn!("{} is readable by others (mode {mode:o}); tightening to 0600", path.display());

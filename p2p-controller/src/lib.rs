@@ -3,8 +3,8 @@
 pub mod cli;
 pub mod control;
 pub mod daemon;
-pub mod dataplane;
 pub mod datapath;
+pub mod dataplane;
 pub mod error;
 pub mod files;
 pub mod identity;

@@ -60,7 +60,11 @@ fn dispatch(cli: Cli) -> Result<()> {
                 println!("instance      {}", v["instance"].as_str().unwrap_or(""));
                 println!("peer_id       {}", v["peer_id"].as_str().unwrap_or(""));
                 println!("node_id       {}", v["node_id"].as_str().unwrap_or(""));
-                println!("datapath      {} {}", v["datapath"].as_str().unwrap_or(""), v["xdp_mode"].as_str().unwrap_or(""));
+                println!(
+                    "datapath      {} {}",
+                    v["datapath"].as_str().unwrap_or(""),
+                    v["xdp_mode"].as_str().unwrap_or("")
+                );
                 println!("interfaces    {}", v["ifaces"]);
                 println!("overlay port  {}", v["overlay_port"]);
                 println!("peers         {} ({} answered ping)", v["peers"], v["peers_answered"]);

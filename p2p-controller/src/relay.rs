@@ -21,10 +21,8 @@ where
     let mut bufs = vec![[0u8; BUF]; BATCH];
     // SAFETY: zeroed sockaddr_in6 / iovec / mmsghdr are valid initial values.
     let mut addrs: Vec<libc::sockaddr_in6> = vec![unsafe { MaybeUninit::zeroed().assume_init() }; BATCH];
-    let mut iovs: Vec<libc::iovec> = bufs
-        .iter_mut()
-        .map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: BUF })
-        .collect();
+    let mut iovs: Vec<libc::iovec> =
+        bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: BUF }).collect();
     let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { MaybeUninit::zeroed().assume_init() }; BATCH];
     let mut out: Vec<(libc::sockaddr_in6, Vec<u8>)> = Vec::with_capacity(BATCH);
     loop {
@@ -39,9 +37,8 @@ where
             h.msg_flags = 0;
         }
         // SAFETY: msgs/iovs/addrs outlive the call and are sized BATCH.
-        let n = unsafe {
-            libc::recvmmsg(fd, msgs.as_mut_ptr(), BATCH as u32, libc::MSG_WAITFORONE, std::ptr::null_mut())
-        };
+        let n =
+            unsafe { libc::recvmmsg(fd, msgs.as_mut_ptr(), BATCH as u32, libc::MSG_WAITFORONE, std::ptr::null_mut()) };
         if n <= 0 {
             if stop() {
                 return;

@@ -77,10 +77,9 @@ pub fn enter_netns(name: &str) -> Result<()> {
 /// Returns the previous values to restore on exit.
 pub fn enable_forwarding(iface: &str) -> Vec<(String, String)> {
     let mut old = Vec::new();
-    for path in [
-        format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"),
-        format!("/proc/sys/net/ipv6/conf/{iface}/forwarding"),
-    ] {
+    for path in
+        [format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"), format!("/proc/sys/net/ipv6/conf/{iface}/forwarding")]
+    {
         if let Ok(prev) = std::fs::read_to_string(&path) {
             let prev = prev.trim().to_string();
             if prev != "1" && std::fs::write(&path, "1").is_ok() {

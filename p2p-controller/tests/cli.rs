@@ -48,11 +48,7 @@ fn id_creates_then_reuses_the_key_and_prints_json() {
 fn malformed_peer_file_names_line_and_field() {
     let d = tmp("peers");
     let peers = d.join("peers.json");
-    std::fs::write(
-        &peers,
-        "[\n  {\"node_id\": \"00\", \"addr\": \"10.0.0.1\", \"port\": 9470}\n]\n",
-    )
-    .unwrap();
+    std::fs::write(&peers, "[\n  {\"node_id\": \"00\", \"addr\": \"10.0.0.1\", \"port\": 9470}\n]\n").unwrap();
     let o = bin()
         .args(["--instance", "cli-test-peers", "run", "--datapath", "userspace", "--overlay-port", "0", "--state-dir"])
         .arg(d.join("state"))

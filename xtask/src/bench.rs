@@ -563,10 +563,7 @@ fn forward(rig: &Rig, args: &BenchArgs) -> Result<Value> {
             }
             let stats = b.stats();
             drop(b);
-            println!(
-                "  round {round} userspace capacity (peak) {peak:.0} pps (B fwd {})",
-                counter(&stats, "fwd")
-            );
+            println!("  round {round} userspace capacity (peak) {peak:.0} pps (B fwd {})", counter(&stats, "fwd"));
             user.push(peak);
             runs.push(
                 json!({"round": round, "mode": "userspace", "capacity_pps": peak, "sweep": steps, "b_stats": stats}),

@@ -5,13 +5,15 @@
 //! - `test`: setup, fmt, clippy, build, unit tests, namespace tests.
 //! - `run`: setup, release build, a 4-node LAN testbed with live counters;
 //!   `run -- ARGS` runs `p2p-controller run ARGS` on this box instead.
-//! - `bench`: benchmarks (not yet).
+//! - `bench`: benchmarks.
+//! - `sim`: routing simulation at scale.
 
 mod bench;
 mod doctor;
 mod prereq;
 mod run;
 mod setup;
+mod sim;
 mod test;
 mod util;
 
@@ -38,6 +40,9 @@ enum Command {
     Run(run::RunArgs),
     /// Benchmarks (not yet).
     Bench(bench::BenchArgs),
+    /// Routing simulation: the datapath's table builder and next-hop walk over N
+    /// simulated nodes with Kademlia-shaped tables (k=20), with and without churn.
+    Sim(sim::SimArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +53,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::test(args),
         Command::Run(args) => run::run(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Sim(args) => sim::sim(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

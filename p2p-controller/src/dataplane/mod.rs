@@ -13,13 +13,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aya::maps::{Array, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues};
-use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::programs::xdp::XdpLinkId;
+use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use p2p_common::counters::COUNTER_COUNT;
 use p2p_common::maps::{
-    self as names, BlockEntry, BlockKey, Config, Counter, IfaceAddrs, PeerEntry, ROUTE_BUCKETS,
-    ROUTE_GENERATIONS, TRIE_CAPACITY, TrieNode,
+    self as names, BlockEntry, BlockKey, Config, Counter, IfaceAddrs, PeerEntry, ROUTE_BUCKETS, ROUTE_GENERATIONS,
+    TRIE_CAPACITY, TrieNode,
 };
 use p2p_common::route_build::{self, RouteError, RouteTable};
 
@@ -41,11 +41,23 @@ pub enum DataplaneError {
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("{what}: {source}")]
-    Program { what: String, #[source] source: ProgramError },
+    Program {
+        what: String,
+        #[source]
+        source: ProgramError,
+    },
     #[error("map {map}: {source}")]
-    Map { map: &'static str, #[source] source: aya::maps::MapError },
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
     #[error("pinning {path}: {source}")]
-    Pin { path: PathBuf, #[source] source: aya::pin::PinError },
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
     #[error("attaching XDP to {iface}: {reason}")]
     Attach { iface: String, reason: String },
     #[error("building the routing table: {0}")]
@@ -207,9 +219,10 @@ impl Dataplane {
         let mut ifaces: BpfHashMap<_, u32, IfaceAddrs> = self.map_mut(names::IFACES)?;
         ifaces.insert(ifindex, addrs, 0).map_err(map_err(names::IFACES))?;
         let mut ports: DevMapHash<_> = self.map_mut(names::TX_PORTS)?;
-        ports
-            .insert(ifindex, ifindex, None, 0)
-            .map_err(|e| DataplaneError::Attach { iface: format!("ifindex {ifindex}"), reason: format!("TX_PORTS: {e}") })
+        ports.insert(ifindex, ifindex, None, 0).map_err(|e| DataplaneError::Attach {
+            iface: format!("ifindex {ifindex}"),
+            reason: format!("TX_PORTS: {e}"),
+        })
     }
 
     /// Installs a new peer set. Order matters for in-flight packets: new
@@ -218,11 +231,8 @@ impl Dataplane {
     /// that left the set cleared. A packet that read the old generation
     /// still finds its peer's slot intact.
     pub fn set_peers(&mut self, peers: &[(u32, PeerEntry)]) -> Result<()> {
-        let live: Vec<(u32, [u8; 32])> = peers
-            .iter()
-            .filter(|(_, p)| p.flags & names::PEER_LIVE != 0)
-            .map(|(s, p)| (*s, p.node_id))
-            .collect();
+        let live: Vec<(u32, [u8; 32])> =
+            peers.iter().filter(|(_, p)| p.flags & names::PEER_LIVE != 0).map(|(s, p)| (*s, p.node_id)).collect();
         let table = route_build::build(&self.config.node_id, &live)?;
         {
             let mut a: Array<_, PeerEntry> = self.map_mut(names::PEERS)?;
@@ -345,9 +355,10 @@ impl Dataplane {
     pub fn detach_all(&mut self) {
         for (iface, id, prog) in std::mem::take(&mut self.links) {
             if let Ok(p) = self.xdp(prog)
-                && let Err(e) = p.detach(id) {
-                    log::warn!("detaching from {iface}: {e}");
-                }
+                && let Err(e) = p.detach(id)
+            {
+                log::warn!("detaching from {iface}: {e}");
+            }
         }
     }
 

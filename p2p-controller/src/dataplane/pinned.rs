@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use p2p_common::maps::{
-    self as names, BlockEntry, BlockKey, Config, Counter, PEER_LIVE, PeerEntry, ROUTE_BUCKETS, TRIE_CAPACITY,
-    TrieNode,
+    self as names, BlockEntry, BlockKey, Config, Counter, PEER_LIVE, PeerEntry, ROUTE_BUCKETS, TRIE_CAPACITY, TrieNode,
 };
 use p2p_common::route::is_leaf;
 
@@ -35,7 +34,8 @@ impl PinnedMaps {
                 reason: if Path::new("/sys/fs/bpf").join("p2p").exists() || dir.exists() {
                     "no pinned STATS map here: is the node running with this --instance?".into()
                 } else if !is_bpffs_mounted() {
-                    "bpffs is not mounted at /sys/fs/bpf (run `cargo xtask setup` or `mount -t bpf bpf /sys/fs/bpf`)".into()
+                    "bpffs is not mounted at /sys/fs/bpf (run `cargo xtask setup` or `mount -t bpf bpf /sys/fs/bpf`)"
+                        .into()
                 } else {
                     "no pinned maps: is a node running with this --instance?".into()
                 },
@@ -83,8 +83,7 @@ impl PinnedMaps {
     pub fn routes(&self) -> Result<(u32, Vec<RouteLeaf>)> {
         let cfg = self.config()?;
         let peers: std::collections::HashMap<u32, PeerEntry> = self.peers()?.into_iter().collect();
-        let routes: Array<_, u32> =
-            Array::try_from(self.map(names::ROUTES)?).map_err(map_err(names::ROUTES))?;
+        let routes: Array<_, u32> = Array::try_from(self.map(names::ROUTES)?).map_err(map_err(names::ROUTES))?;
         let trie: Array<_, TrieNode> =
             Array::try_from(self.map(names::ROUTE_TRIE)?).map_err(map_err(names::ROUTE_TRIE))?;
         let mut counts: std::collections::BTreeMap<u32, u32> = Default::default();
@@ -107,9 +106,8 @@ impl PinnedMaps {
                 let n = match node_cache.get(&r) {
                     Some(n) => *n,
                     None => {
-                        let n = trie
-                            .get(&(cfg.route_gen * TRIE_CAPACITY + r), 0)
-                            .map_err(map_err(names::ROUTE_TRIE))?;
+                        let n =
+                            trie.get(&(cfg.route_gen * TRIE_CAPACITY + r), 0).map_err(map_err(names::ROUTE_TRIE))?;
                         node_cache.insert(r, n);
                         n
                     }
