@@ -5,6 +5,8 @@
 //!   BPF_F_TEST_XDP_LIVE_FRAMES on A's veth; the frame is the run's input
 //!   and the program only sends it (`XDP_TX`, turned into a redirect to the
 //!   ingress device by the kernel) after rewriting its first bytes.
+//! - `bench_gen_cpu` + `bench_cpu_tx`: the same, sent from another CPU's
+//!   cpumap thread (so that the receiver's NAPI runs there).
 //! - `bench_count`: at C, counts UDP frames to the overlay port into a
 //!   per-CPU counter and drops them; everything else passes.
 //! - `bench_minfwd`: the ceiling at B: parse Ethernet/IPv4/UDP to the overlay
@@ -41,6 +43,34 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn bench_pass(_ctx: XdpContext) -> u32 {
     XDP_PASS
+}
+
+/// Generator variant that hands each frame to another CPU (BENCH_CPUS entry
+/// BENCH_GEN[0]) whose cpumap thread sends it with `bench_cpu_tx`: the
+/// receiver's NAPI then runs on that CPU, without threaded NAPI.
+#[xdp]
+pub fn bench_gen_cpu(ctx: XdpContext) -> u32 {
+    let Some(tpl) = maps::BENCH_FRAME.get(0) else { return XDP_ABORTED };
+    if !pkt::write_headers(&ctx, tpl) {
+        return XDP_ABORTED;
+    }
+    let cpu = match maps::BENCH_GEN.get(0) {
+        Some(c) => *c,
+        None => return XDP_ABORTED,
+    };
+    match maps::BENCH_CPUS.redirect(cpu, 0) {
+        Ok(a) => a,
+        Err(a) => a,
+    }
+}
+
+/// Second stage of `bench_gen_cpu`, on the target CPU: out through BENCH_TX[0].
+#[xdp(map = "cpumap")]
+pub fn bench_cpu_tx(_ctx: XdpContext) -> u32 {
+    match maps::BENCH_TX.redirect(0, 0) {
+        Ok(a) => a,
+        Err(a) => a,
+    }
 }
 
 /// Counter: overlay-port UDP frames are counted and dropped.

@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, DevMap, PerCpuArray};
+use aya::maps::{Array, CpuMap, DevMap, PerCpuArray};
 use aya::programs::{ProgramError, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use clap::{Args, Subcommand};
@@ -33,6 +33,10 @@ use crate::error::{Error, Result};
 static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/p2p-bench"));
 
 const PROG_GEN: &str = "bench_gen";
+const PROG_GEN_CPU: &str = "bench_gen_cpu";
+const PROG_CPU_TX: &str = "bench_cpu_tx";
+const MAP_GEN: &str = "BENCH_GEN";
+const MAP_CPUS: &str = "BENCH_CPUS";
 const PROG_PASS: &str = "bench_pass";
 const PROG_COUNT: &str = "bench_count";
 const PROG_MINFWD: &str = "bench_minfwd";
@@ -94,6 +98,11 @@ pub struct GenArgs {
     pub pps: u64,
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
+    /// Send from this CPU's cpumap thread instead of the calling CPU, so that
+    /// the receiver's NAPI (softirq) runs on that CPU (an alternative to
+    /// threaded NAPI).
+    #[arg(long)]
+    pub via_cpu: Option<u32>,
     /// Frames per kernel batch (BPF_F_TEST_XDP_LIVE_FRAMES batch size, ≤256).
     #[arg(long, default_value_t = 64)]
     pub batch: u32,
@@ -418,7 +427,10 @@ fn gen_cmd(a: GenArgs) -> Result<()> {
     if frame.len() < GEN_HDR_WORDS * 8 {
         return Err(Error::Usage(format!("--payload {}: at least 8 bytes", a.payload)));
     }
-    let mut ebpf = load(&[PROG_GEN, PROG_PASS])?;
+    let mut ebpf = match a.via_cpu {
+        Some(_) => load(&[PROG_GEN_CPU, PROG_CPU_TX, PROG_PASS])?,
+        None => load(&[PROG_GEN, PROG_PASS])?,
+    };
     {
         let mut tpl = [0u64; GEN_HDR_WORDS];
         for (i, w) in tpl.iter_mut().enumerate() {
@@ -428,6 +440,9 @@ fn gen_cmd(a: GenArgs) -> Result<()> {
         let mut m: Array<_, [u64; GEN_HDR_WORDS]> = Array::try_from(map).map_err(map_err(MAP_FRAME))?;
         m.set(0, tpl, 0).map_err(map_err(MAP_FRAME))?;
     }
+    if let Some(cpu) = a.via_cpu {
+        via_cpu_setup(&mut ebpf, cpu, idx)?;
+    }
     // Something must run XDP on A's side as well (DESIGN.md).
     attach(&mut ebpf, PROG_PASS, &a.iface)?;
     let ctx = xdp_md(idx, frame.len());
@@ -436,7 +451,7 @@ fn gen_cmd(a: GenArgs) -> Result<()> {
     let start = Instant::now();
     let mut sent: u64 = 0;
     let chunk = (a.pps / 4000).max(1);
-    let prog = xdp(&mut ebpf, PROG_GEN)?;
+    let prog = xdp(&mut ebpf, if a.via_cpu.is_some() { PROG_GEN_CPU } else { PROG_GEN })?;
     let send = |prog: &Xdp, n: u32| -> Result<()> {
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(&frame);
@@ -479,6 +494,60 @@ fn gen_cmd(a: GenArgs) -> Result<()> {
         println!("sent {sent} frames of {} bytes in {secs:.2} s: {:.0} pps", frame.len(), sent as f64 / secs);
     }
     Ok(())
+}
+
+/// BENCH_GEN = cpu, BENCH_TX[0] = the generator's device, BENCH_CPUS[cpu] =
+/// a queue with `bench_cpu_tx`; the cpumap thread gets this process's nice
+/// value (it does the receiver's work too).
+fn via_cpu_setup(ebpf: &mut Ebpf, cpu: u32, ifindex: u32) -> Result<()> {
+    {
+        let map = ebpf.map_mut(MAP_GEN).ok_or(DataplaneError::MissingMap(MAP_GEN))?;
+        let mut m: Array<_, u32> = Array::try_from(map).map_err(map_err(MAP_GEN))?;
+        m.set(0, cpu, 0).map_err(map_err(MAP_GEN))?;
+    }
+    {
+        let map = ebpf.map_mut(MAP_TX).ok_or(DataplaneError::MissingMap(MAP_TX))?;
+        let mut tx: DevMap<_> = DevMap::try_from(map).map_err(map_err(MAP_TX))?;
+        tx.set(0, ifindex, None, 0).map_err(|e| DataplaneError::Attach {
+            iface: format!("ifindex {ifindex}"),
+            reason: format!("{MAP_TX}: {e}"),
+        })?;
+    }
+    let fd = xdp(ebpf, PROG_CPU_TX)?.fd().map_err(prog_err(PROG_CPU_TX))?.try_clone().map_err(DataplaneError::Io)?;
+    let map = ebpf.map_mut(MAP_CPUS).ok_or(DataplaneError::MissingMap(MAP_CPUS))?;
+    let map_id = map_id(map);
+    let mut cpus: CpuMap<_> = CpuMap::try_from(map).map_err(map_err(MAP_CPUS))?;
+    cpus.set(cpu, 2048, Some(&fd), 0)
+        .map_err(|e| DataplaneError::Attach { iface: format!("cpu {cpu}"), reason: format!("{MAP_CPUS}: {e}") })?;
+    // SAFETY: plain syscalls.
+    let nice = unsafe {
+        *libc::__errno_location() = 0;
+        libc::getpriority(libc::PRIO_PROCESS, 0)
+    };
+    if let Some(id) = map_id {
+        let name = format!("cpumap/{cpu}/map:{id}");
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for e in dir.flatten() {
+                let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+                if comm.trim_end() == name
+                    && let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok())
+                {
+                    // SAFETY: plain syscall.
+                    unsafe { libc::setpriority(libc::PRIO_PROCESS, pid, nice) };
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn map_id(map: &aya::maps::Map) -> Option<u32> {
+    use aya::maps::Map;
+    let data = match map {
+        Map::CpuMap(d) => d,
+        _ => return None,
+    };
+    data.info().ok().map(|i| i.id())
 }
 
 // ---------------------------------------------------------------- count

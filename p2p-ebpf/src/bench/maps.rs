@@ -2,7 +2,7 @@
 //! so that the controller needs no shared struct for them.
 
 use aya_ebpf::{
-    btf_maps::{Array, DevMap, PerCpuArray},
+    btf_maps::{Array, CpuMap, DevMap, PerCpuArray},
     macros::btf_map,
 };
 
@@ -26,7 +26,15 @@ pub static BENCH_FRAME: Array<[u64; GEN_HDR_WORDS], 1> = Array::new();
 /// Ethernet + IPv4 + UDP + overlay header = 138 bytes, rounded up to words.
 pub const GEN_HDR_WORDS: usize = 18;
 
-/// Minimal forwarder's egress: entry 0.
+/// `bench_gen_cpu`: target CPU (entry 0).
+#[btf_map]
+pub static BENCH_GEN: Array<u32, 1> = Array::new();
+
+/// `bench_gen_cpu`: CPU -> queue and `bench_cpu_tx`.
+#[btf_map]
+pub static BENCH_CPUS: CpuMap<64> = CpuMap::new();
+
+/// Minimal forwarder's egress, and the generator's device for `bench_cpu_tx`: entry 0.
 #[btf_map]
 pub static BENCH_TX: DevMap<1> = DevMap::new();
 
