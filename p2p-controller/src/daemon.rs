@@ -459,6 +459,17 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
             }
             dp.set_iface(dataplane::ifindex(iface).unwrap_or(0), a)?;
         }
+        if !xdp {
+            // A veth drops frames that a peer's XDP sent it (XDP_TX,
+            // redirect) unless an XDP program runs on it: hold the
+            // pass-through one, so XDP neighbours can reach this node.
+            for iface in &args.ifaces {
+                match dp.attach(iface, args.xdp_mode, true) {
+                    Ok(got) => log::info!("pass-through XDP on {iface} ({got} mode)"),
+                    Err(e) => log::warn!("no pass-through XDP on {iface}: {e}"),
+                }
+            }
+        }
         if xdp {
             let state = json!({"pid": std::process::id(), "netns": args.netns, "ifaces": args.ifaces});
             let _ = std::fs::write(&cleanup.run_state, state.to_string());
