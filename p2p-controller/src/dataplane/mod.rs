@@ -371,34 +371,30 @@ impl Dataplane {
 
     /// Runs `p2p_xdp` once on `frame` as if received on `ingress_ifindex`.
     pub fn test_run(&mut self, frame: &[u8], ingress_ifindex: u32) -> Result<TestRunOutcome> {
+        let (out, verdict, _) = self.run_prog(frame, ingress_ifindex, 1)?;
+        Ok(TestRunOutcome { verdict, frame: out })
+    }
+
+    /// Mean time per run of `p2p_xdp` over `repeat` runs.
+    pub fn test_run_repeat(&mut self, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<Duration> {
+        Ok(self.run_prog(frame, ingress_ifindex, repeat.max(1))?.2)
+    }
+
+    /// BPF_PROG_TEST_RUN of `p2p_xdp`: output frame, verdict, mean duration.
+    fn run_prog(&mut self, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<(Vec<u8>, u32, Duration)> {
         let ctx = xdp_md(ingress_ifindex, frame.len());
         let mut out = vec![0u8; frame.len() + 256];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.data_out = Some(&mut out);
         opts.ctx_in = Some(&ctx);
+        opts.repeat = repeat;
         let r = self
             .xdp(names::PROG_XDP)?
             .test_run(opts)
             .map_err(|source| DataplaneError::Program { what: "BPF_PROG_TEST_RUN".into(), source })?;
         out.truncate(r.data_size_out as usize);
-        Ok(TestRunOutcome { verdict: r.return_value, frame: out })
-    }
-
-    /// Mean time per run of `p2p_xdp` over `repeat` runs.
-    pub fn test_run_repeat(&mut self, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<Duration> {
-        let ctx = xdp_md(ingress_ifindex, frame.len());
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        opts.ctx_in = Some(&ctx);
-        opts.repeat = repeat.max(1);
-        let r = self
-            .xdp(names::PROG_XDP)?
-            .test_run(opts)
-            .map_err(|source| DataplaneError::Program { what: "BPF_PROG_TEST_RUN".into(), source })?;
-        Ok(r.duration)
+        Ok((out, r.return_value, r.duration))
     }
 }
 
