@@ -785,18 +785,24 @@ fn fwd_case(rig: &mut Rig, v6: bool, target: u8, size: usize, csum: Csum, kind: 
     (f, out)
 }
 
-#[test]
-fn step7_fwd_xdp_tx() {
-    fixture("step7_fwd_xdp_tx", |rig| {
-        for (v6, target) in [(false, P_TX4), (true, P_TX6)] {
+/// One forwarding fixture: every payload size of both families, rotating
+/// the incoming checksum form and the packet kind; checks each output frame
+/// against the egress link's addresses.
+fn fwd_fixture(
+    name: &str,
+    targets: [(bool, u8); 2],
+    csums: [Csum; 3],
+    kinds: [u8; 3],
+    verdict: u32,
+    link: fn(bool) -> (IpAddr, IpAddr, [u8; 6], [u8; 6]),
+) {
+    fixture(name, move |rig| {
+        for (v6, target) in targets {
             let sizes = if v6 { SIZES_V6 } else { SIZES_V4 };
             for (n, size) in sizes.into_iter().enumerate() {
-                let csum = [Csum::Full, Csum::Partial, Csum::Zero][n % 3];
-                let kind = [KIND_DATA, KIND_LOOKUP, KIND_PING][n % 3];
-                let (f, out) = fwd_case(rig, v6, target, size, csum, kind, XDP_TX);
-                let (src, dst): (IpAddr, IpAddr) =
-                    if v6 { (if1_v6().into(), nb1_v6().into()) } else { (IF1_V4.into(), NB1_V4.into()) };
-                check_forwarded(&f, &out, src, dst, IF1_MAC, NB1_MAC);
+                let (f, out) = fwd_case(rig, v6, target, size, csums[n % 3], kinds[n % 3], verdict);
+                let (src, dst, smac, dmac) = link(v6);
+                check_forwarded(&f, &out, src, dst, smac, dmac);
             }
         }
         rig.check_stats();
@@ -804,21 +810,39 @@ fn step7_fwd_xdp_tx() {
 }
 
 #[test]
-fn step7_fwd_redirect() {
-    fixture("step7_fwd_redirect", |rig| {
-        for (v6, target) in [(false, P_RD4), (true, P_RD6)] {
-            let sizes = if v6 { SIZES_V6 } else { SIZES_V4 };
-            for (n, size) in sizes.into_iter().enumerate() {
-                let csum = [Csum::Partial, Csum::Zero, Csum::Full][n % 3];
-                let kind = [KIND_LOOKUP, KIND_PING, KIND_DATA][n % 3];
-                let (f, out) = fwd_case(rig, v6, target, size, csum, kind, XDP_REDIRECT);
-                let (src, dst): (IpAddr, IpAddr) =
-                    if v6 { (if2_v6().into(), nb2_v6().into()) } else { (IF2_V4.into(), NB2_V4.into()) };
-                check_forwarded(&f, &out, src, dst, IF2_MAC, NB2_MAC);
+fn step7_fwd_xdp_tx() {
+    fwd_fixture(
+        "step7_fwd_xdp_tx",
+        [(false, P_TX4), (true, P_TX6)],
+        [Csum::Full, Csum::Partial, Csum::Zero],
+        [KIND_DATA, KIND_LOOKUP, KIND_PING],
+        XDP_TX,
+        |v6| {
+            if v6 {
+                (if1_v6().into(), nb1_v6().into(), IF1_MAC, NB1_MAC)
+            } else {
+                (IF1_V4.into(), NB1_V4.into(), IF1_MAC, NB1_MAC)
             }
-        }
-        rig.check_stats();
-    });
+        },
+    );
+}
+
+#[test]
+fn step7_fwd_redirect() {
+    fwd_fixture(
+        "step7_fwd_redirect",
+        [(false, P_RD4), (true, P_RD6)],
+        [Csum::Partial, Csum::Zero, Csum::Full],
+        [KIND_LOOKUP, KIND_PING, KIND_DATA],
+        XDP_REDIRECT,
+        |v6| {
+            if v6 {
+                (if2_v6().into(), nb2_v6().into(), IF2_MAC, NB2_MAC)
+            } else {
+                (IF2_V4.into(), NB2_V4.into(), IF2_MAC, NB2_MAC)
+            }
+        },
+    );
 }
 
 #[test]
