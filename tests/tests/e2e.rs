@@ -15,7 +15,7 @@ use p2p_tests::node::packets;
 use p2p_tests::topo::{Chain, Lan, Pair};
 use p2p_tests::traffic::{self, Pace, collect, keys_owned_by, send_paced, socket_in};
 use p2p_tests::util::{TempDir, json_u64};
-use p2p_tests::{Node, NodeSpec, XdpPass, require};
+use p2p_tests::{Controller, Node, NodeSpec, XdpPass, require};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -231,13 +231,7 @@ fn malformed_packets_dropped_and_counted() -> Result<()> {
         return Ok(());
     };
     let ctl = &env.ctl;
-    let tmp = TempDir::new("malformed")?;
-    let topo = Pair::new()?;
-    let a = NodeSpec::new(ctl, tmp.path(), "A", &topo.a, &["eth0"], IpAddr::V4(Pair::A))?;
-    let b = NodeSpec::new(ctl, tmp.path(), "B", &topo.b, &["eth0"], IpAddr::V4(Pair::B))?;
-    let mut na = Node::start(ctl, &a, &[b.peer_entry()])?;
-    let mut nb = Node::start(ctl, &b, &[a.peer_entry()])?;
-    na.wait_ready(READY)?;
+    let (_tmp, topo, a, b, _na, mut nb) = pair_nodes(ctl, "malformed")?;
     nb.wait_ready(READY)?;
 
     let before_stats = nb.stats()?;
@@ -267,6 +261,18 @@ fn malformed_packets_dropped_and_counted() -> Result<()> {
     Ok(())
 }
 
+/// Two XDP nodes A — B that know each other; A is ready.
+fn pair_nodes(ctl: &Controller, name: &str) -> Result<(TempDir, Pair, NodeSpec, NodeSpec, Node, Node)> {
+    let tmp = TempDir::new(name)?;
+    let topo = Pair::new()?;
+    let a = NodeSpec::new(ctl, tmp.path(), "A", &topo.a, &["eth0"], IpAddr::V4(Pair::A))?;
+    let b = NodeSpec::new(ctl, tmp.path(), "B", &topo.b, &["eth0"], IpAddr::V4(Pair::B))?;
+    let mut na = Node::start(ctl, &a, &[b.peer_entry()])?;
+    let nb = Node::start(ctl, &b, &[a.peer_entry()])?;
+    na.wait_ready(READY)?;
+    Ok((tmp, topo, a, b, na, nb))
+}
+
 /// Sends `n` DATA from A to B (dst_key = B) and waits until B delivered them.
 fn data_flows(topo: &Pair, a: &NodeSpec, nb: &Node, n: u64) -> Result<()> {
     let sock = socket_in(topo.a.name(), SocketAddr::new(IpAddr::V4(Pair::A), 0))?;
@@ -288,13 +294,7 @@ fn restart_after_kill_9() -> Result<()> {
         return Ok(());
     };
     let ctl = &env.ctl;
-    let tmp = TempDir::new("restart")?;
-    let topo = Pair::new()?;
-    let a = NodeSpec::new(ctl, tmp.path(), "A", &topo.a, &["eth0"], IpAddr::V4(Pair::A))?;
-    let b = NodeSpec::new(ctl, tmp.path(), "B", &topo.b, &["eth0"], IpAddr::V4(Pair::B))?;
-    let mut na = Node::start(ctl, &a, &[b.peer_entry()])?;
-    let mut nb = Node::start(ctl, &b, &[a.peer_entry()])?;
-    na.wait_ready(READY)?;
+    let (_tmp, topo, a, _b, _na, mut nb) = pair_nodes(ctl, "restart")?;
     let first = nb.wait_ready(READY)?;
     data_flows(&topo, &a, &nb, 100)?;
 
