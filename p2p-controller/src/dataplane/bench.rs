@@ -704,6 +704,9 @@ fn make_scratch(name: &str) -> Result<ScratchNetns> {
 const FWD_RUNS_PER_CALL: u32 = 254;
 
 fn testrun_cmd(a: TestrunArgs) -> Result<()> {
+    // SIGINT/SIGTERM end the run between measurements, so that the scratch
+    // namespace and pins are removed.
+    let sigs = block_signals();
     let name = a.netns_name.clone().unwrap_or_else(|| format!("pbench-tr-{}", std::process::id()));
     let _ns = make_scratch(&name)?;
     crate::sys::enter_netns(&name)?;
@@ -748,7 +751,7 @@ fn testrun_cmd(a: TestrunArgs) -> Result<()> {
     // program can also be found by its CONFIG map (raw fallback below).
     let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/{name}"));
     let mut dp = Dataplane::load(LoadOptions { pin_dir: Some(pin_dir.clone()), ebpf_log: false })?;
-    let result = testrun_datapath(&mut dp, &a, &pin_dir, idx, repeat, &frame_to);
+    let result = testrun_datapath(&mut dp, &a, &pin_dir, idx, repeat, &frame_to, &sigs);
     dp.unpin();
     let (rows, method) = result?;
     let v = json!({
@@ -793,6 +796,7 @@ fn testrun_datapath(
     idx: u32,
     repeat: u32,
     frame_to: &dyn Fn([u8; 32]) -> Vec<u8>,
+    sigs: &libc::sigset_t,
 ) -> Result<(Vec<serde_json::Value>, String)> {
     dp.set_config(random_id(), DEFAULT_OVERLAY_PORT, 0)?;
     dp.set_iface(idx, IfaceAddrs { v4: TR_ADDR.octets(), flags: IFACE_HAS_V4, v6: [0; 16] })?;
@@ -818,6 +822,9 @@ fn testrun_datapath(
         let mut samples = Vec::new();
         let mut verdicts = std::collections::BTreeMap::<u32, usize>::new();
         for _ in 0..a.keys.max(1) {
+            if signal_pending(sigs) {
+                return Err(Error::Usage("interrupted".into()));
+            }
             let frame = frame_to(random_id());
             let ctx = xdp_md(idx, frame.len());
             if raw.is_none() {
