@@ -31,4 +31,5 @@ mod pod {
     unsafe impl aya::Pod for crate::maps::LinkSecret {}
     unsafe impl aya::Pod for crate::maps::Counter {}
     unsafe impl aya::Pod for crate::maps::Event {}
+    unsafe impl aya::Pod for crate::maps::NextHopCache {}
 }

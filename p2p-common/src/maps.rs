@@ -16,6 +16,7 @@ pub const LAST_SEEN: &str = "LAST_SEEN";
 pub const STATS: &str = "STATS";
 pub const EVENTS: &str = "EVENTS";
 pub const TX_PORTS: &str = "TX_PORTS";
+pub const NEXT_HOPS: &str = "NEXT_HOPS";
 
 /// Every map the object declares, in the order the README lists them.
 pub const ALL_MAPS: [&str; 12] =
@@ -189,3 +190,27 @@ pub struct Event {
     pub _pad: u32,
 }
 const _: () = assert!(size_of::<Event>() == 16);
+
+/// How long the datapath reuses a FIB/neighbour answer for a peer slot
+/// before asking the kernel again (a changed neighbour MAC or route is
+/// picked up within this time).
+pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+
+/// NEXT_HOPS[slot], per CPU: the last successful FIB answer for a peer, so
+/// that forwarding skips `bpf_fib_lookup` (the costliest step) most of the
+/// time. Valid while unexpired, for the same ingress interface and the same
+/// peer generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHopCache {
+    pub expires_ns: u64,
+    /// This node's address on the egress interface (IPv4 in the first 4 bytes).
+    pub src: [u8; 16],
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub egress: u32,
+    pub ingress: u32,
+    pub peer_generation: u32,
+    pub _pad: [u32; 2],
+}
+const _: () = assert!(size_of::<NextHopCache>() == 56);

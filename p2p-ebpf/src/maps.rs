@@ -10,8 +10,8 @@ use p2p_common::{
     counters::COUNTER_COUNT,
     maps::{
         BlockEntry, BlockKey, Config, Counter, EVENTS_BYTES, Event, IfaceAddrs, LinkKey, LinkSecret, MAX_BLOCKED,
-        MAX_IFACES, MAX_LINK_KEYS, MAX_PEERS, PeerEntry, ROUTE_BUCKETS, ROUTE_GENERATIONS, TRIE_CAPACITY, TokenBucket,
-        TrieNode,
+        MAX_IFACES, MAX_LINK_KEYS, MAX_PEERS, NextHopCache, PeerEntry, ROUTE_BUCKETS, ROUTE_GENERATIONS, TRIE_CAPACITY,
+        TokenBucket, TrieNode,
     },
 };
 
@@ -62,3 +62,7 @@ pub static EVENTS: RingBuf<Event, { EVENTS_BYTES as usize }> = RingBuf::new();
 /// Redirect targets: ifindex -> ifindex of every attached interface.
 #[btf_map]
 pub static TX_PORTS: DevMapHash<{ MAX_IFACES as usize }> = DevMapHash::new();
+
+/// Peer slot -> cached FIB answer (egress, MACs, source address), per CPU.
+#[btf_map]
+pub static NEXT_HOPS: PerCpuArray<NextHopCache, { MAX_PEERS as usize }> = PerCpuArray::new();

@@ -12,17 +12,19 @@ use aya_ebpf::{
         xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
         xdp_md,
     },
-    helpers::{bpf_csum_diff, bpf_fib_lookup},
+    helpers::{bpf_csum_diff, bpf_fib_lookup, bpf_ktime_get_ns},
     programs::XdpContext,
 };
 use p2p_common::{
     counters::{DROP_MALFORMED, DROP_NO_ROUTE, DROP_TTL, FWD, FWD_SLOW, LOCAL, PONG},
-    maps::{Config, EVENT_NO_NEIGH, Event, IFACE_HAS_V4, IFACE_HAS_V6, PEER_V4, PeerEntry},
+    maps::{
+        Config, EVENT_NO_NEIGH, Event, IFACE_HAS_V4, IFACE_HAS_V6, NEXT_HOP_TTL_NS, NextHopCache, PEER_V4, PeerEntry,
+    },
     wire::{DEFAULT_TTL, KIND_PONG, OverlayHeader},
 };
 
 use crate::{
-    maps::{EVENTS, IFACES, TX_PORTS},
+    maps::{EVENTS, IFACES, NEXT_HOPS, TX_PORTS},
     parse::{ETH_LEN, EthHdr, IPPROTO_UDP, IPV4_LEN, IPV6_LEN, Ipv4Hdr, Ipv6Hdr, Overlay, UDP_LEN, UdpHdr},
     ptr::{ptr_at, ptr_at_mut},
     stats::Verdict,
@@ -124,6 +126,70 @@ fn forward_to<const V6: bool>(raw: *mut xdp_md, cfg: &Config, peer: &PeerEntry, 
     let p = &p;
     let slow = Verdict::new(XDP_PASS, FWD_SLOW).pack();
     let ingress = ctx.ingress_ifindex() as u32;
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(hop) = NEXT_HOPS.get_ptr_mut(slot) else {
+        return slow;
+    };
+    let hop = unsafe { &mut *hop };
+    if hop.expires_ns <= now || hop.ingress != ingress || hop.peer_generation != peer.generation {
+        match fib_next_hop::<V6>(ctx, p, cfg, peer, slot, ingress) {
+            Ok(fresh) => {
+                *hop = fresh;
+                hop.expires_ns = now + NEXT_HOP_TTL_NS;
+            }
+            Err(()) => return slow,
+        }
+    }
+    let egress = hop.egress;
+
+    unsafe {
+        let eth = &mut *p.eth;
+        eth.dst = hop.dmac;
+        eth.src = hop.smac;
+        if p.v6 {
+            let ip = &mut *(p.l3 as *mut Ipv6Hdr);
+            copy_bytes::<16>(&mut ip.src, &hop.src);
+            copy_bytes::<16>(&mut ip.dst, &peer.addr);
+            ip.hop_limit = IP_TTL;
+        } else {
+            let ip = &mut *(p.l3 as *mut Ipv4Hdr);
+            ip.src = [hop.src[0], hop.src[1], hop.src[2], hop.src[3]];
+            ip.dst = [peer.addr[12], peer.addr[13], peer.addr[14], peer.addr[15]];
+            ip.ttl = IP_TTL;
+            ipv4_csum(ip);
+        }
+        let udp = &mut *p.udp;
+        udp.sport = cfg.overlay_port.to_be_bytes();
+        udp.dport = peer.port.to_be_bytes();
+        let ov = &mut *p.ov;
+        ov.ttl -= 1;
+        ov.hops = ov.hops.saturating_add(1);
+    }
+    if udp_csum(ctx, p).is_err() {
+        return Verdict::new(XDP_DROP, DROP_MALFORMED).pack();
+    }
+    if egress == ingress {
+        return Verdict::new(XDP_TX, FWD).pack();
+    }
+    match TX_PORTS.redirect(egress, 0) {
+        Ok(action) => Verdict::new(action, FWD).pack(),
+        // The port vanished since the check above; the frame is rewritten already.
+        Err(_) => Verdict::new(XDP_DROP, DROP_NO_ROUTE).pack(),
+    }
+}
+
+/// Asks the kernel's FIB and neighbour table for the next hop towards
+/// `peer`, and checks that this node can send there (an address of the
+/// packet's family on the egress interface, the interface in TX_PORTS).
+#[inline(always)]
+fn fib_next_hop<const V6: bool>(
+    ctx: &XdpContext,
+    p: &Overlay,
+    cfg: &Config,
+    peer: &PeerEntry,
+    slot: u32,
+    ingress: u32,
+) -> Result<NextHopCache, ()> {
     // SAFETY: plain C struct, all-zero is its initial state.
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.l4_protocol = IPPROTO_UDP;
@@ -153,54 +219,32 @@ fn forward_to<const V6: bool>(raw: *mut xdp_md, cfg: &Config, peer: &PeerEntry, 
         if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
             let _ = EVENTS.output(Event { kind: EVENT_NO_NEIGH, slot, ifindex: fib.ifindex, _pad: 0 }, 0);
         }
-        return slow;
+        return Err(());
     }
     let egress = fib.ifindex;
-    let Some(iface) = IFACES.get_ptr(egress) else {
-        return slow;
-    };
-    let iface = unsafe { &*iface };
-    if iface.flags & (if p.v6 { IFACE_HAS_V6 } else { IFACE_HAS_V4 }) == 0 {
-        return slow;
+    let iface = unsafe { &*(IFACES.get_ptr(egress).ok_or(())?) };
+    if iface.flags & (if V6 { IFACE_HAS_V6 } else { IFACE_HAS_V4 }) == 0 {
+        return Err(());
     }
     if egress != ingress && TX_PORTS.get_ifindex(egress).is_none() {
-        return slow;
+        return Err(());
     }
-
-    unsafe {
-        let eth = &mut *p.eth;
-        eth.dst = fib.dmac;
-        eth.src = fib.smac;
-        if p.v6 {
-            let ip = &mut *(p.l3 as *mut Ipv6Hdr);
-            copy_bytes::<16>(&mut ip.src, &iface.v6);
-            copy_bytes::<16>(&mut ip.dst, &peer.addr);
-            ip.hop_limit = IP_TTL;
-        } else {
-            let ip = &mut *(p.l3 as *mut Ipv4Hdr);
-            ip.src = iface.v4;
-            ip.dst = [peer.addr[12], peer.addr[13], peer.addr[14], peer.addr[15]];
-            ip.ttl = IP_TTL;
-            ipv4_csum(ip);
-        }
-        let udp = &mut *p.udp;
-        udp.sport = cfg.overlay_port.to_be_bytes();
-        udp.dport = peer.port.to_be_bytes();
-        let ov = &mut *p.ov;
-        ov.ttl -= 1;
-        ov.hops = ov.hops.saturating_add(1);
+    let mut hop = NextHopCache {
+        expires_ns: 0,
+        src: [0; 16],
+        smac: fib.smac,
+        dmac: fib.dmac,
+        egress,
+        ingress,
+        peer_generation: peer.generation,
+        _pad: [0; 2],
+    };
+    if V6 {
+        copy_bytes::<16>(&mut hop.src, &iface.v6);
+    } else {
+        hop.src[..4].copy_from_slice(&iface.v4);
     }
-    if udp_csum(ctx, p).is_err() {
-        return Verdict::new(XDP_DROP, DROP_MALFORMED).pack();
-    }
-    if egress == ingress {
-        return Verdict::new(XDP_TX, FWD).pack();
-    }
-    match TX_PORTS.redirect(egress, 0) {
-        Ok(action) => Verdict::new(action, FWD).pack(),
-        // The port vanished since the check above; the frame is rewritten already.
-        Err(_) => Verdict::new(XDP_DROP, DROP_NO_ROUTE).pack(),
-    }
+    Ok(hop)
 }
 
 /// The headers of an overlay packet that `parse` admitted, at the fixed

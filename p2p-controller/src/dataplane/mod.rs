@@ -119,8 +119,10 @@ pub struct Dataplane {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pin_dir: Option<PathBuf>,
     config: Config,
-    /// Slots written in the previous PEERS update, to clear stale ones.
-    peer_slots: Vec<u32>,
+    /// What each PEERS slot last held: slots that leave the set are cleared,
+    /// and a slot given to another peer gets a new generation (which drops
+    /// the datapath's cached next hop for it).
+    peer_slots: std::collections::HashMap<u32, PeerEntry>,
     links: Vec<(String, XdpLinkId, &'static str)>,
 }
 
@@ -162,7 +164,7 @@ impl Dataplane {
             logger,
             pin_dir: opts.pin_dir,
             config: Config::default(),
-            peer_slots: Vec::new(),
+            peer_slots: Default::default(),
             links: Vec::new(),
         };
         if opts.ebpf_log {
@@ -234,9 +236,23 @@ impl Dataplane {
         let live: Vec<(u32, [u8; 32])> =
             peers.iter().filter(|(_, p)| p.flags & names::PEER_LIVE != 0).map(|(s, p)| (*s, p.node_id)).collect();
         let table = route_build::build(&self.config.node_id, &live)?;
+        let entries: Vec<(u32, PeerEntry)> = peers
+            .iter()
+            .map(|(slot, p)| {
+                let mut p = *p;
+                p.generation = match self.peer_slots.get(slot) {
+                    Some(prev) if (prev.node_id, prev.addr, prev.port) == (p.node_id, p.addr, p.port) => {
+                        prev.generation
+                    }
+                    Some(prev) => prev.generation.wrapping_add(1),
+                    None => p.generation,
+                };
+                (*slot, p)
+            })
+            .collect();
         {
             let mut a: Array<_, PeerEntry> = self.map_mut(names::PEERS)?;
-            for (slot, p) in peers {
+            for (slot, p) in &entries {
                 a.set(*slot, p, 0).map_err(map_err(names::PEERS))?;
             }
         }
@@ -245,18 +261,27 @@ impl Dataplane {
         self.config.route_gen = next_gen;
         self.config.peer_count = live.len() as u32;
         self.write_config()?;
-        let keep: std::collections::HashSet<u32> = peers.iter().map(|(s, _)| *s).collect();
-        let stale: Vec<u32> = self.peer_slots.iter().copied().filter(|s| !keep.contains(s)).collect();
+        let keep: std::collections::HashSet<u32> = entries.iter().map(|(s, _)| *s).collect();
+        let stale: Vec<u32> = self.peer_slots.keys().copied().filter(|s| !keep.contains(s)).collect();
         if !stale.is_empty() {
             // Let packets that read the previous generation finish (XDP runs
             // in one RCU read section, microseconds) before clearing slots.
             std::thread::sleep(Duration::from_millis(2));
+            let cleared: Vec<(u32, PeerEntry)> = stale
+                .iter()
+                .map(|s| {
+                    (*s, PeerEntry { generation: self.peer_slots[s].generation.wrapping_add(1), ..Default::default() })
+                })
+                .collect();
             let mut a: Array<_, PeerEntry> = self.map_mut(names::PEERS)?;
-            for s in stale {
-                a.set(s, PeerEntry::default(), 0).map_err(map_err(names::PEERS))?;
+            for (s, e) in &cleared {
+                a.set(*s, e, 0).map_err(map_err(names::PEERS))?;
             }
+            self.peer_slots.extend(cleared);
         }
-        self.peer_slots = keep.into_iter().collect();
+        for (slot, p) in entries {
+            self.peer_slots.insert(slot, p);
+        }
         Ok(())
     }
 
