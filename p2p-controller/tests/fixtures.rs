@@ -785,6 +785,9 @@ fn fwd_case(rig: &mut Rig, v6: bool, target: u8, size: usize, csum: Csum, kind: 
     (f, out)
 }
 
+/// Source and destination IP, source and destination MAC of an egress link.
+type EgressLink = (IpAddr, IpAddr, [u8; 6], [u8; 6]);
+
 /// One forwarding fixture: every payload size of both families, rotating
 /// the incoming checksum form and the packet kind; checks each output frame
 /// against the egress link's addresses.
@@ -794,7 +797,7 @@ fn fwd_fixture(
     csums: [Csum; 3],
     kinds: [u8; 3],
     verdict: u32,
-    link: fn(bool) -> (IpAddr, IpAddr, [u8; 6], [u8; 6]),
+    link: fn(bool) -> EgressLink,
 ) {
     fixture(name, move |rig| {
         for (v6, target) in targets {
