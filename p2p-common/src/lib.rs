@@ -6,6 +6,7 @@
 
 pub mod counters;
 pub mod maps;
+pub mod net;
 pub mod route;
 pub mod wire;
 

@@ -5,52 +5,9 @@ use p2p_common::wire::{HEADER_LEN, MAGIC, OverlayHeader, VERSION, kind_known};
 
 use crate::ptr::ptr_at_mut;
 
-pub const ETH_LEN: usize = 14;
-pub const IPV4_LEN: usize = 20;
-pub const IPV6_LEN: usize = 40;
-pub const UDP_LEN: usize = 8;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-pub const IPPROTO_UDP: u8 = 17;
-
-#[repr(C)]
-pub struct EthHdr {
-    pub dst: [u8; 6],
-    pub src: [u8; 6],
-    pub proto: [u8; 2],
-}
-
-#[repr(C)]
-pub struct Ipv4Hdr {
-    pub vihl: u8,
-    pub tos: u8,
-    pub tot_len: [u8; 2],
-    pub id: [u8; 2],
-    pub frag_off: [u8; 2],
-    pub ttl: u8,
-    pub proto: u8,
-    pub check: [u8; 2],
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
-}
-
-#[repr(C)]
-pub struct Ipv6Hdr {
-    pub vtcfl: [u8; 4],
-    pub payload_len: [u8; 2],
-    pub next_hdr: u8,
-    pub hop_limit: u8,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-}
-
-#[repr(C)]
-pub struct UdpHdr {
-    pub sport: [u8; 2],
-    pub dport: [u8; 2],
-    pub len: [u8; 2],
-    pub check: [u8; 2],
-}
+pub use p2p_common::net::{
+    ETH_LEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_UDP, IPV4_LEN, IPV6_LEN, Ipv4Hdr, Ipv6Hdr, UDP_LEN, UdpHdr,
+};
 
 /// A well-formed overlay packet (steps 1 and 2 passed).
 pub struct Overlay {

@@ -38,7 +38,7 @@ enum Command {
     /// Setup, release build, then a 4-node LAN testbed with live per-node counters until Ctrl-C.
     /// `cargo xtask run -- ARGS…` instead runs `p2p-controller run ARGS…` on this box.
     Run(run::RunArgs),
-    /// Benchmarks (not yet).
+    /// Benchmarks: `bench forward` (XDP vs userspace transit capacity, TEST_RUN ns/packet).
     Bench(bench::BenchArgs),
     /// Routing simulation: the datapath's table builder and next-hop walk over N
     /// simulated nodes with Kademlia-shaped tables (k=20), with and without churn.

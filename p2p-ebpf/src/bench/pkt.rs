@@ -10,39 +10,7 @@ use core::mem::size_of;
 
 use super::maps::{FWD_DST_IP, FWD_DST_MAC, FWD_SRC_IP, FWD_SRC_MAC, GEN_HDR_WORDS};
 
-const ETH_LEN: usize = 14;
-const IPV4_LEN: usize = 20;
-const ETH_P_IP: u16 = 0x0800;
-const IPPROTO_UDP: u8 = 17;
-
-#[repr(C)]
-pub struct EthHdr {
-    pub dst: [u8; 6],
-    pub src: [u8; 6],
-    pub proto: [u8; 2],
-}
-
-#[repr(C)]
-pub struct Ipv4Hdr {
-    pub vihl: u8,
-    pub tos: u8,
-    pub tot_len: [u8; 2],
-    pub id: [u8; 2],
-    pub frag_off: [u8; 2],
-    pub ttl: u8,
-    pub proto: u8,
-    pub check: [u8; 2],
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
-}
-
-#[repr(C)]
-pub struct UdpHdr {
-    pub sport: [u8; 2],
-    pub dport: [u8; 2],
-    pub len: [u8; 2],
-    pub check: [u8; 2],
-}
+use p2p_common::net::{ETH_LEN, ETH_P_IP, EthHdr, IPPROTO_UDP, IPV4_LEN, Ipv4Hdr, UdpHdr};
 
 pub struct Udp4 {
     pub eth: *mut EthHdr,
