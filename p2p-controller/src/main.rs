@@ -122,6 +122,8 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Bench(args) => p2p_controller::dataplane::bench::run(args),
         Command::XdpPass { netns, ifaces, xdp_mode } => {
+            // Blocked from the start: a stop request is taken, not fatal.
+            let set = sys::block_signals();
             if let Some(ns) = &netns {
                 sys::enter_netns(ns)?;
             }
@@ -136,23 +138,9 @@ fn dispatch(cli: Cli) -> Result<()> {
                 let got = dp.attach(i, xdp_mode, true)?;
                 eprintln!("p2p-controller: pass-through XDP on {i} ({got} mode)");
             }
-            wait_signal_blocking();
+            while !sys::wait_signal(&set, std::time::Duration::from_secs(3600)) {}
             dp.detach_all();
             Ok(())
         }
-    }
-}
-
-/// Blocks until SIGINT or SIGTERM.
-fn wait_signal_blocking() {
-    // SAFETY: standard sigwait on a blocked set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        let mut sig = 0;
-        libc::sigwait(&set, &mut sig);
     }
 }

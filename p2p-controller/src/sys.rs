@@ -142,3 +142,25 @@ pub fn iface_addrs(iface: &str) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
 pub fn is_local_addr(ip: IpAddr) -> bool {
     std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
+
+/// Blocks SIGINT/SIGTERM for this thread (and threads created later) so
+/// that [`wait_signal`] can take them synchronously.
+pub fn block_signals() -> libc::sigset_t {
+    // SAFETY: plain sigset manipulation.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Waits up to `timeout` for a signal of `set`; true if one arrived.
+pub fn wait_signal(set: &libc::sigset_t, timeout: std::time::Duration) -> bool {
+    let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as _ };
+    // SAFETY: valid set and timespec.
+    let rc = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    rc > 0
+}

@@ -28,6 +28,7 @@ use serde_json::json;
 
 use super::{Dataplane, DataplaneError, LoadOptions, ifindex};
 use crate::error::{Error, Result};
+use crate::sys::{block_signals, wait_signal};
 
 /// The benchmark object built by build.rs next to the datapath's.
 static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/p2p-bench"));
@@ -257,28 +258,6 @@ fn enter(netns: &Option<String>) -> Result<()> {
 
 // ---------------------------------------------------------------- signals
 
-/// Blocks SIGINT/SIGTERM for this thread (and threads created later) so
-/// that [`wait_signal`] can take them synchronously.
-fn block_signals() -> libc::sigset_t {
-    // SAFETY: plain sigset manipulation.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
-}
-
-/// Waits up to `timeout` for SIGINT/SIGTERM; true if one arrived.
-fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> bool {
-    let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as _ };
-    // SAFETY: valid set and timespec.
-    let rc = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
-    rc > 0
-}
-
 fn signal_pending(set: &libc::sigset_t) -> bool {
     wait_signal(set, Duration::ZERO)
 }
@@ -398,16 +377,6 @@ fn data_packet(dst_key: [u8; 32], payload: usize) -> Vec<u8> {
     Packet::new(KIND_DATA, NodeId(random_id()), NodeId(dst_key), 1, body).encode()
 }
 
-/// `struct xdp_md` for BPF_PROG_TEST_RUN: data_end must be the frame's
-/// length (with 0 the program sees a truncated frame), plus the ingress
-/// interface.
-fn xdp_md(ingress_ifindex: u32, len: usize) -> [u8; 24] {
-    let mut ctx = [0u8; 24];
-    ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
-    ctx
-}
-
 // ---------------------------------------------------------------- gen
 
 fn gen_cmd(a: GenArgs) -> Result<()> {
@@ -445,7 +414,7 @@ fn gen_cmd(a: GenArgs) -> Result<()> {
     }
     // Something must run XDP on A's side as well (DESIGN.md).
     attach(&mut ebpf, PROG_PASS, &a.iface)?;
-    let ctx = xdp_md(idx, frame.len());
+    let ctx = super::xdp_md(idx, frame.len());
     let batch = a.batch.clamp(1, 256);
     let run_for = Duration::from_secs_f64(a.seconds.max(0.0));
     let start = Instant::now();
@@ -826,7 +795,7 @@ fn testrun_datapath(
                 return Err(Error::Usage("interrupted".into()));
             }
             let frame = frame_to(random_id());
-            let ctx = xdp_md(idx, frame.len());
+            let ctx = super::xdp_md(idx, frame.len());
             if raw.is_none() {
                 let v = dp.test_run(&frame, idx)?.verdict;
                 if v != XDP_TX && v != XDP_REDIRECT {
@@ -940,13 +909,7 @@ fn raw_test_run(fd: &aya::programs::ProgramFd, data: &[u8], ctx: &[u8; 24], repe
 
 /// Mean ns per run of `prog` on `frame` and its verdict.
 fn time_prog(prog: &Xdp, frame: &[u8], ingress: u32, repeat: u32) -> Result<(f64, u32)> {
-    let ctx = xdp_md(ingress, frame.len());
-    let mut out = vec![0u8; frame.len() + 256];
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(frame);
-    opts.data_out = Some(&mut out);
-    opts.ctx_in = Some(&ctx);
-    opts.repeat = repeat;
-    let r = prog.test_run(opts).map_err(prog_err("BPF_PROG_TEST_RUN"))?;
-    Ok((r.duration.as_nanos() as f64, r.return_value))
+    let (_, verdict, mean) =
+        super::test_run_prog(prog, frame, ingress, repeat).map_err(prog_err("BPF_PROG_TEST_RUN"))?;
+    Ok((mean.as_nanos() as f64, verdict))
 }

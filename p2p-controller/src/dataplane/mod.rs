@@ -407,20 +407,28 @@ impl Dataplane {
 
     /// BPF_PROG_TEST_RUN of `p2p_xdp`: output frame, verdict, mean duration.
     fn run_prog(&mut self, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<(Vec<u8>, u32, Duration)> {
-        let ctx = xdp_md(ingress_ifindex, frame.len());
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        opts.ctx_in = Some(&ctx);
-        opts.repeat = repeat;
-        let r = self
-            .xdp(names::PROG_XDP)?
-            .test_run(opts)
-            .map_err(|source| DataplaneError::Program { what: "BPF_PROG_TEST_RUN".into(), source })?;
-        out.truncate(r.data_size_out as usize);
-        Ok((out, r.return_value, r.duration))
+        test_run_prog(self.xdp(names::PROG_XDP)?, frame, ingress_ifindex, repeat)
+            .map_err(|source| DataplaneError::Program { what: "BPF_PROG_TEST_RUN".into(), source })
     }
+}
+
+/// BPF_PROG_TEST_RUN of any XDP program: output frame, verdict, mean duration.
+pub(crate) fn test_run_prog(
+    prog: &Xdp,
+    frame: &[u8],
+    ingress_ifindex: u32,
+    repeat: u32,
+) -> std::result::Result<(Vec<u8>, u32, Duration), ProgramError> {
+    let ctx = xdp_md(ingress_ifindex, frame.len());
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.data_out = Some(&mut out);
+    opts.ctx_in = Some(&ctx);
+    opts.repeat = repeat;
+    let r = prog.test_run(opts)?;
+    out.truncate(r.data_size_out as usize);
+    Ok((out, r.return_value, r.duration))
 }
 
 impl Drop for Dataplane {
@@ -432,7 +440,7 @@ impl Drop for Dataplane {
 /// `struct xdp_md` for BPF_PROG_TEST_RUN: `data_end` covers the whole frame
 /// (left at 0, the kernel puts the frame in fragments and the program sees
 /// an empty linear part) and the ingress interface is set.
-fn xdp_md(ingress_ifindex: u32, frame_len: usize) -> [u8; 24] {
+pub(crate) fn xdp_md(ingress_ifindex: u32, frame_len: usize) -> [u8; 24] {
     let mut ctx = [0u8; 24];
     ctx[4..8].copy_from_slice(&(frame_len as u32).to_ne_bytes());
     ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
