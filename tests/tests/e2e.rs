@@ -261,6 +261,36 @@ fn malformed_packets_dropped_and_counted() -> Result<()> {
     Ok(())
 }
 
+/// The slow path: B's XDP hands a packet it cannot forward itself to its
+/// controller (`fwd_slow`), which sends it on. Here the packet arrives over
+/// IPv6 while the next hop, A, is an IPv4 peer (WIRE.md step 7: "whose
+/// address family differs from the packet's").
+#[test]
+fn slow_path_family_mismatch_is_forwarded_by_the_controller() -> Result<()> {
+    let Some(env) = require("slow_path_family_mismatch_is_forwarded_by_the_controller") else {
+        return Ok(());
+    };
+    let ctl = &env.ctl;
+    let (_tmp, topo, a, b, na, mut nb) = pair_nodes(ctl, "slowpath")?;
+    nb.wait_ready(READY)?;
+    const N: u64 = 200;
+    let before = nb.stats()?;
+    let sock6 = socket_in(topo.a.name(), SocketAddr::new(IpAddr::V6(Pair::A6), 0))?;
+    // dst_key = A: B's next hop is A, known to B only by its IPv4 address.
+    let pkts = (0..N).map(|i| traffic::data(a.node_id, a.node_id, i, 48));
+    send_paced(&sock6, SocketAddr::new(IpAddr::V6(Pair::B6), b.port), pkts, Pace::default())?;
+    let st = na.wait_status(SETTLE, |s| delivered(s, "data") >= N)?;
+    assert_eq!(delivered(&st, "data"), N, "A delivered the DATA B's controller sent on: {st}");
+    assert_eq!(st["delivered_hops"], json!({"1": N}), "one forwarding hop (B)");
+    assert_eq!(st["delivered_ttl"], json!({"31": N}), "B took one from the ttl");
+    let after = nb.wait_stats(SETTLE, |s| packets(s, "fwd_slow") >= packets(&before, "fwd_slow") + N)?;
+    assert_eq!(packets(&after, "fwd_slow") - packets(&before, "fwd_slow"), N, "B's fwd_slow");
+    assert_eq!(packets(&after, "fwd"), packets(&before, "fwd"), "B's XDP forwarded none itself");
+    let b_status = nb.status()?;
+    assert_eq!(json_u64(&b_status, "slow_path"), N, "B's controller forwarded each one: {b_status}");
+    Ok(())
+}
+
 /// Two XDP nodes A — B that know each other; A is ready.
 fn pair_nodes(ctl: &Controller, name: &str) -> Result<(TempDir, Pair, NodeSpec, NodeSpec, Node, Node)> {
     let tmp = TempDir::new(name)?;
