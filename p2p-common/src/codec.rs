@@ -83,22 +83,7 @@ impl Packet {
 
     /// Decodes a whole UDP payload.
     pub fn decode(buf: &[u8]) -> Result<Packet, Malformed> {
-        if buf.len() < HEADER_LEN {
-            return Err(Malformed::TooShort { len: buf.len() });
-        }
-        if buf[0..2] != MAGIC {
-            return Err(Malformed::BadMagic);
-        }
-        if buf[2] != VERSION {
-            return Err(Malformed::BadVersion(buf[2]));
-        }
-        if !kind_known(buf[3]) {
-            return Err(Malformed::UnknownKind(buf[3]));
-        }
-        let plen = u16::from_be_bytes([buf[80], buf[81]]);
-        if plen as usize != buf.len() - HEADER_LEN {
-            return Err(Malformed::PayloadLenMismatch { header: plen, actual: buf.len() - HEADER_LEN });
-        }
+        validate(buf)?;
         let mut src = [0u8; 32];
         src.copy_from_slice(&buf[16..48]);
         let mut dst = [0u8; 32];
@@ -118,6 +103,28 @@ impl Packet {
             payload: buf[HEADER_LEN..].to_vec(),
         })
     }
+}
+
+/// WIRE.md step 2: is `buf` (a whole UDP payload) a well-formed overlay
+/// packet? Checks without copying anything.
+pub fn validate(buf: &[u8]) -> Result<(), Malformed> {
+    if buf.len() < HEADER_LEN {
+        return Err(Malformed::TooShort { len: buf.len() });
+    }
+    if buf[0..2] != MAGIC {
+        return Err(Malformed::BadMagic);
+    }
+    if buf[2] != VERSION {
+        return Err(Malformed::BadVersion(buf[2]));
+    }
+    if !kind_known(buf[3]) {
+        return Err(Malformed::UnknownKind(buf[3]));
+    }
+    let plen = u16::from_be_bytes([buf[80], buf[81]]);
+    if plen as usize != buf.len() - HEADER_LEN {
+        return Err(Malformed::PayloadLenMismatch { header: plen, actual: buf.len() - HEADER_LEN });
+    }
+    Ok(())
 }
 
 /// IPv6 or IPv4-mapped form used in payloads and maps.

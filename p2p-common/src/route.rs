@@ -42,7 +42,11 @@ pub fn walk<F: FnMut(u32) -> Option<TrieNode>>(start: u32, key: &[u8; 32], mut n
             return Some(r);
         }
         let node = node_at(r)?;
-        r = node.child[key_bit(key, node.bit) & 1];
+        // Branch-free child select: indexing `child` by the bit makes LLVM
+        // address a stack copy as `fp | (bit << 2)`, which the BPF verifier
+        // rejects ("bitwise operator on pointer").
+        let mask = 0u32.wrapping_sub(key_bit(key, node.bit) as u32);
+        r = node.child[0] ^ ((node.child[0] ^ node.child[1]) & mask);
         i += 1;
     }
     if is_leaf(r) { Some(r) } else { None }

@@ -99,7 +99,7 @@ async fn dispatch(node: &Arc<Node>, req: &Value) -> Result<Value> {
             let dst = node_id_arg(req)?;
             let msg_id = rand::random::<u64>();
             let pkt = Packet::new(KIND_PING, node.identity.node_id, dst, msg_id, monotonic_ns().to_be_bytes().to_vec());
-            let rx = wait_for(node, msg_id, pkt.ttl);
+            let rx = wait_for(node, msg_id);
             let via = node.originate(&pkt).await?;
             if via.is_none() {
                 node.state.lock().unwrap().waiting.remove(&msg_id);
@@ -119,9 +119,9 @@ async fn dispatch(node: &Arc<Node>, req: &Value) -> Result<Value> {
     }
 }
 
-fn wait_for(node: &Node, msg_id: u64, ttl_sent: u8) -> oneshot::Receiver<(Packet, Duration)> {
+fn wait_for(node: &Node, msg_id: u64) -> oneshot::Receiver<(Packet, Duration)> {
     let (tx, rx) = oneshot::channel();
-    node.state.lock().unwrap().waiting.insert(msg_id, Waiting { sent: std::time::Instant::now(), ttl_sent, tx });
+    node.state.lock().unwrap().waiting.insert(msg_id, Waiting { sent: std::time::Instant::now(), tx });
     rx
 }
 
@@ -152,7 +152,7 @@ async fn lookup(node: &Arc<Node>, key: &str, timeout: Duration) -> Result<Value>
     let Some(first_hop) = first_hop else {
         // This node owns the key.
         let st = node.state.lock().unwrap();
-        let found = st.records.get(&dst).filter(|(k, _)| k == key).map(|(_, v)| v.clone());
+        let found = st.record(&dst, key.as_bytes()).map(str::to_string);
         return Ok(json!({
             "key": key, "found": found.is_some(), "value": found,
             "answered_by": node.identity.node_id.to_string(), "owner": null,
@@ -162,14 +162,14 @@ async fn lookup(node: &Arc<Node>, key: &str, timeout: Duration) -> Result<Value>
     let reply_addr = std::net::SocketAddr::new(node.local_addr_towards(first_hop), node.overlay_port);
     let pkt =
         Packet::new(KIND_LOOKUP, node.identity.node_id, dst, msg_id, codec::lookup_payload(reply_addr, key.as_bytes()));
-    let rx = wait_for(node, msg_id, pkt.ttl);
+    let rx = wait_for(node, msg_id);
     node.send_to(&pkt.encode(), first_hop)?;
     let (reply, rtt) = await_reply(node, msg_id, rx, timeout).await?;
     let (status, owner, value) = codec::parse_lookup_reply_payload(&reply.payload)
         .ok_or_else(|| Error::Remote("malformed LOOKUP_REPLY payload".into()))?;
     // The owner echoes the LOOKUP's ttl on arrival in the reply's ttl; each
     // forwarding hop took one.
-    let hops = DEFAULT_TTL.saturating_sub(reply.ttl) as u32 + 1;
+    let hops = pkt.ttl.saturating_sub(reply.ttl) as u32 + 1;
     let status_name = match status {
         STATUS_FOUND => "found",
         STATUS_NOT_FOUND => "not_found",

@@ -26,7 +26,6 @@ use crate::sys;
 /// A reply the control API is waiting for, matched by msg_id.
 pub struct Waiting {
     pub sent: Instant,
-    pub ttl_sent: u8,
     pub tx: oneshot::Sender<(Packet, Duration)>,
 }
 
@@ -52,6 +51,14 @@ pub struct State {
     /// Peer slots that answered a PING since start.
     pub answered: HashSet<u32>,
     pub peer_pings: HashMap<u64, u32>,
+}
+
+impl State {
+    /// The value stored under `key_id` if its record key is `key` (an empty
+    /// `key` asks only who owns the point and matches any record there).
+    pub fn record(&self, key_id: &NodeId, key: &[u8]) -> Option<&str> {
+        self.records.get(key_id).filter(|(k, _)| key.is_empty() || k.as_bytes() == key).map(|(_, v)| v.as_str())
+    }
 }
 
 pub struct Node {
@@ -131,9 +138,9 @@ impl Node {
     /// Answers a LOOKUP this node owns from its record store.
     fn answer_lookup(&self, st: &mut State, pkt: &Packet) -> Option<(SocketAddr, Vec<u8>)> {
         let (reply_to, key) = codec::parse_lookup_payload(&pkt.payload)?;
-        let (status, value) = match st.records.get(&pkt.dst_key) {
-            Some((k, v)) if key.is_empty() || k.as_bytes() == key => (STATUS_FOUND, v.clone().into_bytes()),
-            _ => (STATUS_NOT_FOUND, Vec::new()),
+        let (status, value) = match st.record(&pkt.dst_key, key) {
+            Some(v) => (STATUS_FOUND, v.as_bytes().to_vec()),
+            None => (STATUS_NOT_FOUND, Vec::new()),
         };
         let owner = SocketAddr::new(self.local_addr_towards(reply_to), self.overlay_port);
         let mut reply = Packet::new(
@@ -187,8 +194,8 @@ impl Node {
     }
 
     /// One datagram from the overlay socket; returns what to send back out.
+    /// `from` comes canonical from the relay (IPv4-mapped turned into IPv4).
     fn on_datagram(&self, buf: &[u8], from: SocketAddr) -> Option<(SocketAddr, Vec<u8>)> {
-        let from = SocketAddr::new(from.ip().to_canonical(), from.port());
         let userspace = self.datapath == DatapathKind::Userspace;
         let mut st = self.state.lock().unwrap();
         let verdict = st.router.process(buf, from);

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
-use p2p_common::codec::{Packet, addr_to_mapped};
+use p2p_common::codec::{self, Packet, addr_to_mapped};
 use p2p_common::counters::{self as c, COUNTER_COUNT};
 use p2p_common::id::NodeId;
 use p2p_common::maps::{BLOCK_KIND_IP, BLOCK_KIND_NODE, BlockKey, Counter, SELF_REF};
@@ -86,45 +86,52 @@ impl Router {
     }
 
     /// WIRE.md "What a node does with a packet to its overlay port", steps 2–8.
+    /// Reads the header in place: only packets for this node are decoded,
+    /// and a forwarded one is the datagram with its ttl and hops patched.
     pub fn process(&self, datagram: &[u8], from: SocketAddr) -> Verdict {
-        let mut pkt = match Packet::decode(datagram) {
-            Ok(p) => p,
-            Err(_) => return Verdict::Drop(c::DROP_MALFORMED),
-        };
-        if self.is_blocked(from, &pkt.src_id) {
+        if codec::validate(datagram).is_err() {
+            return Verdict::Drop(c::DROP_MALFORMED);
+        }
+        let id_at = |off: usize| NodeId(datagram[off..off + 32].try_into().expect("validated length"));
+        let (kind, ttl) = (datagram[offset::KIND], datagram[offset::TTL]);
+        let (src_id, dst_key) = (id_at(offset::SRC_ID), id_at(offset::DST_KEY));
+        if self.is_blocked(from, &src_id) {
             return Verdict::Drop(c::DROP_BLOCKED);
         }
         // Steps 4 (rate) and 5 (auth) arrive with their issues.
-        let for_me = pkt.dst_key == self.self_id;
-        match pkt.kind {
+        let for_me = dst_key == self.self_id;
+        let local = || Verdict::Local(Packet::decode(datagram).expect("validated"));
+        match kind {
             KIND_PING if for_me => {
+                let ping = Packet::decode(datagram).expect("validated");
                 let pong = Packet {
                     kind: KIND_PONG,
                     flags: 0,
                     ttl: DEFAULT_TTL,
                     hops: 0,
-                    class: pkt.class,
-                    msg_id: pkt.msg_id,
+                    class: ping.class,
+                    msg_id: ping.msg_id,
                     src_id: self.self_id,
-                    dst_key: pkt.src_id,
+                    dst_key: ping.src_id,
                     tag: [0; 8],
-                    payload: pkt.payload,
+                    payload: ping.payload,
                 };
                 Verdict::Pong { to: from, bytes: pong.encode() }
             }
-            KIND_LOOKUP | KIND_DATA | KIND_PING => match self.next_hop(&pkt.dst_key) {
+            KIND_LOOKUP | KIND_DATA | KIND_PING => match self.next_hop(&dst_key) {
                 None => Verdict::Drop(c::DROP_NO_ROUTE),
-                Some(None) if pkt.kind == KIND_LOOKUP || for_me => Verdict::Local(pkt),
+                Some(None) if kind == KIND_LOOKUP || for_me => local(),
                 Some(None) => Verdict::Drop(c::DROP_NO_ROUTE),
-                Some(Some(_)) if pkt.ttl <= 1 => Verdict::Drop(c::DROP_TTL),
+                Some(Some(_)) if ttl <= 1 => Verdict::Drop(c::DROP_TTL),
                 Some(Some((slot, peer))) => {
-                    pkt.ttl -= 1;
-                    pkt.hops = pkt.hops.wrapping_add(1);
-                    Verdict::Forward { to: peer.addr, bytes: pkt.encode(), slot }
+                    let mut bytes = datagram.to_vec();
+                    bytes[offset::TTL] = ttl - 1;
+                    bytes[offset::HOPS] = bytes[offset::HOPS].wrapping_add(1);
+                    Verdict::Forward { to: peer.addr, bytes, slot }
                 }
             },
             // LOOKUP_REPLY, PONG
-            _ if for_me => Verdict::Local(pkt),
+            _ if for_me => local(),
             _ => Verdict::Drop(c::DROP_NO_ROUTE),
         }
     }
@@ -139,8 +146,9 @@ impl Counters {
     pub fn new() -> Self {
         Counters(vec![Counter::default(); COUNTER_COUNT as usize])
     }
+    /// `from` is canonical (IPv4 peers as IPv4, as the relay hands them over).
     pub fn count(&mut self, index: u32, udp_payload_len: usize, from: SocketAddr) {
-        let ip_hdr = if from.is_ipv4() || is_v4_mapped(&addr_to_mapped(from.ip())) { 20 } else { 40 };
+        let ip_hdr = if from.is_ipv4() { 20 } else { 40 };
         let c = &mut self.0[index as usize];
         c.packets += 1;
         c.bytes += (14 + ip_hdr + 8 + udp_payload_len) as u64;

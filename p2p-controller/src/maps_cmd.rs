@@ -4,7 +4,7 @@ use std::path::Path;
 
 use p2p_common::codec::mapped_to_addr;
 use p2p_common::counters::COUNTER_NAMES;
-use p2p_common::maps::{BLOCK_KIND_IP, PEER_LIVE};
+use p2p_common::maps::{BLOCK_KIND_IP, BlockKey, PEER_LIVE};
 use serde_json::{Value, json};
 
 use crate::cli::MapsWhich;
@@ -84,9 +84,9 @@ pub fn show(which: MapsWhich, dir: &Path, as_json: bool) -> Result<()> {
                     .iter()
                     .map(|(k, e)| {
                         let what = if k.kind == BLOCK_KIND_IP {
-                            json!({"ip": mapped_to_addr(k.id[..16].try_into().unwrap()).to_string()})
+                            json!({"ip": block_key_text(k)})
                         } else {
-                            json!({"node_id": hex::encode(k.id)})
+                            json!({"node_id": block_key_text(k)})
                         };
                         json!({"key": what, "reason": e.reason, "expires_ns": e.expires_ns})
                     })
@@ -95,16 +95,20 @@ pub fn show(which: MapsWhich, dir: &Path, as_json: bool) -> Result<()> {
             } else {
                 println!("{:<66}  {:>6}  {:>20}", "ip or node_id", "reason", "expires_ns");
                 for (k, e) in &blocked {
-                    let what = if k.kind == BLOCK_KIND_IP {
-                        mapped_to_addr(k.id[..16].try_into().unwrap()).to_string()
-                    } else {
-                        hex::encode(k.id)
-                    };
-                    println!("{:<66}  {:>6}  {:>20}", what, e.reason, e.expires_ns);
+                    println!("{:<66}  {:>6}  {:>20}", block_key_text(k), e.reason, e.expires_ns);
                 }
                 println!("{} entr(ies)", blocked.len());
             }
         }
     }
     Ok(())
+}
+
+/// A BLOCKED key as a user writes it: the IP, or the node ID in hex.
+fn block_key_text(k: &BlockKey) -> String {
+    if k.kind == BLOCK_KIND_IP {
+        mapped_to_addr(k.id[..16].try_into().expect("16 bytes")).to_string()
+    } else {
+        hex::encode(k.id)
+    }
 }

@@ -1,7 +1,7 @@
 //! Host checks and settings: privileges, bpffs, sysctls, interface
 //! addresses, network namespaces.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -136,11 +136,6 @@ pub fn iface_addrs(iface: &str) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
         libc::freeifaddrs(head);
     }
     (v4, v6)
-}
-
-/// First non-loopback interface that has an IPv4 address (for `xtask run -- …`).
-pub fn is_local_addr(ip: IpAddr) -> bool {
-    std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 /// Blocks SIGINT/SIGTERM for this thread (and threads created later) so

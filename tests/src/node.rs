@@ -365,31 +365,25 @@ impl Node {
 
     /// Polls `status` until `f` accepts it (or `timeout`); returns the last status.
     pub fn wait_status(&self, timeout: Duration, f: impl Fn(&Value) -> bool) -> Result<Value> {
-        let mut last = None;
-        let ok = wait_for(timeout, || {
-            let v = self.status().ok()?;
-            let done = f(&v);
-            last = Some(v.clone());
-            done.then_some(v)
-        });
-        match ok.or(last) {
-            Some(v) => Ok(v),
-            None => self.status(),
-        }
+        self.poll(timeout, Node::status, f)
     }
 
     /// Polls `maps stats` until `f` accepts it (or `timeout`); returns the last one.
     pub fn wait_stats(&self, timeout: Duration, f: impl Fn(&Value) -> bool) -> Result<Value> {
+        self.poll(timeout, Node::stats, f)
+    }
+
+    fn poll(&self, timeout: Duration, read: fn(&Node) -> Result<Value>, f: impl Fn(&Value) -> bool) -> Result<Value> {
         let mut last = None;
         let ok = wait_for(timeout, || {
-            let v = self.stats().ok()?;
+            let v = read(self).ok()?;
             let done = f(&v);
             last = Some(v.clone());
             done.then_some(v)
         });
         match ok.or(last) {
             Some(v) => Ok(v),
-            None => self.stats(),
+            None => read(self),
         }
     }
 

@@ -474,14 +474,7 @@ fn via_cpu_setup(ebpf: &mut Ebpf, cpu: u32, ifindex: u32) -> Result<()> {
         let mut m: Array<_, u32> = Array::try_from(map).map_err(map_err(MAP_GEN))?;
         m.set(0, cpu, 0).map_err(map_err(MAP_GEN))?;
     }
-    {
-        let map = ebpf.map_mut(MAP_TX).ok_or(DataplaneError::MissingMap(MAP_TX))?;
-        let mut tx: DevMap<_> = DevMap::try_from(map).map_err(map_err(MAP_TX))?;
-        tx.set(0, ifindex, None, 0).map_err(|e| DataplaneError::Attach {
-            iface: format!("ifindex {ifindex}"),
-            reason: format!("{MAP_TX}: {e}"),
-        })?;
-    }
+    set_tx_port(ebpf, ifindex)?;
     let fd = xdp(ebpf, PROG_CPU_TX)?.fd().map_err(prog_err(PROG_CPU_TX))?.try_clone().map_err(DataplaneError::Io)?;
     let map = ebpf.map_mut(MAP_CPUS).ok_or(DataplaneError::MissingMap(MAP_CPUS))?;
     let map_id = map_id(map);
@@ -598,10 +591,16 @@ fn minfwd_config(ebpf: &mut Ebpf, cfg: [u8; 32], out_idx: u32) -> Result<()> {
         let mut m: Array<_, [u8; 32]> = Array::try_from(map).map_err(map_err(MAP_FWD))?;
         m.set(0, cfg, 0).map_err(map_err(MAP_FWD))?;
     }
+    set_tx_port(ebpf, out_idx)
+}
+
+/// BENCH_TX[0] = `ifindex`: where the generator's cpumap path and the
+/// minimal forwarder send.
+fn set_tx_port(ebpf: &mut Ebpf, ifindex: u32) -> Result<()> {
     let map = ebpf.map_mut(MAP_TX).ok_or(DataplaneError::MissingMap(MAP_TX))?;
     let mut tx: DevMap<_> = DevMap::try_from(map).map_err(map_err(MAP_TX))?;
-    tx.set(0, out_idx, None, 0).map_err(|e| DataplaneError::Attach {
-        iface: format!("ifindex {out_idx}"),
+    tx.set(0, ifindex, None, 0).map_err(|e| DataplaneError::Attach {
+        iface: format!("ifindex {ifindex}"),
         reason: format!("{MAP_TX}: {e}"),
     })?;
     Ok(())

@@ -5,10 +5,9 @@
 pub mod bench;
 mod pinned;
 
-pub use pinned::{PinnedMaps, is_bpffs_mounted, read_stats_from_pins};
+pub use pinned::{PinnedMaps, is_bpffs_mounted};
 
 use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -174,11 +173,6 @@ impl Dataplane {
         Ok(dp)
     }
 
-    /// Fd to poll for aya-log records (readable when lines are waiting).
-    pub fn log_fd(&self) -> Option<i32> {
-        self.logger.as_ref().map(|l| l.as_raw_fd())
-    }
-
     pub fn flush_logs(&mut self) {
         if let Some(l) = self.logger.as_mut() {
             l.flush();
@@ -189,15 +183,6 @@ impl Dataplane {
         self.config.node_id = node_id;
         self.config.overlay_port = overlay_port;
         self.config.policy = policy | (self.config.policy & names::POLICY_LOG);
-        self.write_config()
-    }
-
-    pub fn set_logging(&mut self, on: bool) -> Result<()> {
-        if on {
-            self.config.policy |= names::POLICY_LOG;
-        } else {
-            self.config.policy &= !names::POLICY_LOG;
-        }
         self.write_config()
     }
 
@@ -305,16 +290,6 @@ impl Dataplane {
         let count = {
             let mut m: BpfHashMap<_, BlockKey, BlockEntry> = self.map_mut(names::BLOCKED)?;
             m.insert(key, entry, 0).map_err(map_err(names::BLOCKED))?;
-            m.keys().count() as u32
-        };
-        self.config.blocked_count = count;
-        self.write_config()
-    }
-
-    pub fn unblock(&mut self, key: &BlockKey) -> Result<()> {
-        let count = {
-            let mut m: BpfHashMap<_, BlockKey, BlockEntry> = self.map_mut(names::BLOCKED)?;
-            m.remove(key).map_err(map_err(names::BLOCKED))?;
             m.keys().count() as u32
         };
         self.config.blocked_count = count;

@@ -140,10 +140,6 @@ impl PinnedMaps {
     }
 }
 
-pub fn read_stats_from_pins(dir: &Path) -> Result<Vec<Counter>> {
-    PinnedMaps::open(dir)?.stats()
-}
-
 pub fn is_bpffs_mounted() -> bool {
     std::fs::read_to_string("/proc/self/mounts")
         .map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")))
