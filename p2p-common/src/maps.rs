@@ -46,6 +46,18 @@ pub const MAX_LINK_KEYS: u32 = 4_096;
 pub const MAX_IFACES: u32 = 64;
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
+/// `BPF_F_MMAPABLE` (Linux 5.5): ROUTES and ROUTE_TRIE are created with it,
+/// so that the controller writes a routing generation by plain stores into
+/// a shared mapping instead of one syscall per entry (map sync must finish
+/// within 100 ms; a generation is 65,536 buckets).
+pub const MMAPABLE_FLAGS: usize = 1 << 10;
+
+/// Stride of an element in a mapped BPF array: values are laid out at
+/// 8-byte multiples (the kernel's `round_up(value_size, 8)`).
+pub const fn mmap_stride(value_size: usize) -> usize {
+    value_size.div_ceil(8) * 8
+}
+
 /// A ROUTES / trie child reference: bit 31 set means a leaf whose low bits
 /// are a PEERS slot (or `SELF_SLOT`); otherwise an index into ROUTE_TRIE
 /// relative to the generation's base.

@@ -129,7 +129,38 @@ fn first_diff_bit(a: &[u8; 32], b: &[u8; 32]) -> u16 {
     256
 }
 
+/// How many of the bucket prefixes each leaf can answer for: leaf slot
+/// (`SELF_SLOT` for this node) → buckets whose subtree holds it. `node_at`
+/// fetches trie nodes (from a table, or lazily from a pinned map).
+pub fn leaf_buckets(
+    buckets: &[u32],
+    mut node_at: impl FnMut(u32) -> Option<TrieNode>,
+) -> std::collections::BTreeMap<u32, u32> {
+    let mut counts = std::collections::BTreeMap::new();
+    for &start in buckets {
+        let mut stack = vec![start];
+        let mut steps = 0;
+        while let Some(r) = stack.pop() {
+            steps += 1;
+            if steps > 4 * TRIE_CAPACITY {
+                break;
+            }
+            if is_leaf(r) {
+                *counts.entry(r & !REF_LEAF).or_insert(0) += 1;
+            } else if let Some(n) = node_at(r) {
+                stack.extend(n.child);
+            }
+        }
+    }
+    counts
+}
+
 impl RouteTable {
+    /// See [`leaf_buckets`].
+    pub fn leaf_buckets(&self) -> std::collections::BTreeMap<u32, u32> {
+        leaf_buckets(&self.buckets, |i| self.nodes.get(i as usize).copied())
+    }
+
     /// The next hop for `key` (a leaf reference), by the same walk the kernel
     /// runs over the maps.
     pub fn next_hop(&self, key: &[u8; 32]) -> Option<u32> {

@@ -12,12 +12,17 @@ use crate::dataplane::AttachMode;
     version,
     about = "p2p-nos node: an overlay whose forwarding runs in XDP, driven by this controller",
     long_about = "p2p-nos node controller.\n\n\
-`run` loads the XDP datapath, pins its maps under /sys/fs/bpf/p2p/<instance>/ and serves the \
-overlay (WIRE.md) on its UDP port. `maps` reads the pinned maps without the daemon. \
-`status`, `lookup`, `send` and `ping` talk to a running daemon over its unix socket.\n\n\
-Example (one node, static peers):\n  \
-p2p-controller run --iface eth0 --peers peers.json --records records.json\n  \
-p2p-controller maps stats\n  p2p-controller lookup my-key"
+`run` loads the XDP datapath, pins its maps under /sys/fs/bpf/p2p/<instance>/, serves the \
+overlay (WIRE.md) on its UDP port and joins the Kademlia network (libp2p): peers found by \
+--bootstrap or mDNS fill the datapath's maps by themselves. `maps` reads the pinned maps without \
+the daemon. `status`, `peers`, `lookup`, `dht`, `pubsub`, `send` and `ping` talk to a running \
+daemon over its unix socket.\n\n\
+Example (a first node, then a second one that joins through it):\n  \
+p2p-controller run --iface eth0\n  \
+p2p-controller run --iface eth0 --bootstrap /ip4/192.0.2.1/tcp/9471\n  \
+p2p-controller dht put my-key 'my value'\n  \
+p2p-controller lookup my-key\n  \
+p2p-controller maps peers --json"
 )]
 pub struct Cli {
     /// Instance name: separates pins, sockets and state of nodes on one host.
@@ -40,15 +45,34 @@ pub enum Command {
     /// Run the node until SIGINT/SIGTERM.
     Run(RunArgs),
     /// Read the pinned maps of a node (no daemon needed).
+    ///
+    /// `routes` and `peers` also ask the daemon for its Kademlia view and
+    /// print both side by side (`--json`: fields "kernel" and "kademlia",
+    /// and "agree"); without a daemon the Kademlia side is null.
     Maps {
         #[arg(value_enum)]
         which: MapsWhich,
         /// Read pins from this directory instead of /sys/fs/bpf/p2p/<instance>.
         #[arg(long)]
         pin_dir: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
         #[arg(long)]
         json: bool,
     },
+    /// The daemon's peers: Kademlia's routing table, overlay endpoints, liveness.
+    Peers {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Store and fetch records in the Kademlia DHT.
+    #[command(subcommand)]
+    Dht(DhtCommand),
+    /// Publish and subscribe (gossipsub).
+    #[command(subcommand)]
+    Pubsub(PubsubCommand),
     /// Ask the running daemon for its state.
     Status {
         #[command(flatten)]
@@ -57,11 +81,19 @@ pub enum Command {
         json: bool,
     },
     /// Look a key up through the overlay datapath: prints value, answering node, hops and RTT.
+    ///
+    /// The LOOKUP is routed hop by hop by the datapaths (XDP) to the node
+    /// XOR-closest to SHA-256(KEY), which answers from its record store.
+    /// With no reply within --timeout-ms, or a "not found", it falls back to
+    /// Kademlia's iterative get and says which path answered.
     Lookup {
         key: String,
-        /// Give up after this many milliseconds.
-        #[arg(long, default_value_t = 2000)]
+        /// Wait this long for the overlay reply, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
+        /// Overlay only: no Kademlia fallback.
+        #[arg(long)]
+        no_fallback: bool,
         #[command(flatten)]
         client: ClientArgs,
         #[arg(long)]
@@ -100,6 +132,60 @@ pub enum Command {
     },
     #[command(hide = true)]
     Bench(crate::dataplane::bench::BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DhtCommand {
+    /// Store KEY = VALUE on the nodes closest to SHA-256(KEY) (and here).
+    Put {
+        key: String,
+        value: String,
+        /// Copies that must be confirmed [default: the daemon's --quorum]
+        #[arg(long)]
+        quorum: Option<usize>,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch KEY with Kademlia's iterative get.
+    Get {
+        key: String,
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        /// Ignore this node's own store: only a copy fetched from the network counts.
+        #[arg(long)]
+        network: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PubsubCommand {
+    /// Publish MESSAGE on TOPIC.
+    Publish {
+        topic: String,
+        message: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the messages of TOPIC as they arrive, one per line (or one JSON
+    /// object per line with --json), until interrupted.
+    Subscribe {
+        topic: String,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -157,7 +243,46 @@ pub struct RunArgs {
     /// Control socket [default: /run/p2p-nos/<instance>.sock]
     #[arg(long)]
     pub control_socket: Option<PathBuf>,
-    /// Listen address of the overlay socket.
-    #[arg(long, default_value = "::")]
-    pub listen: std::net::IpAddr,
+    /// Repeatable. An IP address sets the overlay socket's bind address
+    /// (default ::, both families); a multiaddr (/ip4/0.0.0.0/tcp/N,
+    /// /ip6/::/udp/N/quic-v1, …) is a libp2p listen address, replacing the
+    /// defaults of --p2p-port.
+    #[arg(long, value_name = "IP|MULTIADDR")]
+    pub listen: Vec<String>,
+    /// libp2p port: TCP and QUIC on all addresses, IPv4 and IPv6.
+    #[arg(long, default_value_t = crate::net::DEFAULT_P2P_PORT)]
+    pub p2p_port: u16,
+    /// Join the network through this node (repeatable), e.g.
+    /// /ip4/192.0.2.1/tcp/9471 or …/p2p/12D3Koo…; retried with back-off until one answers.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub bootstrap: Vec<String>,
+    /// Do not discover peers on the LAN with mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Kademlia protocol name; nodes only peer with nodes that speak the same.
+    #[arg(long, default_value = crate::net::DEFAULT_KAD_PROTOCOL)]
+    pub kad_protocol: String,
+    /// Copies of each DHT record (the closest nodes store it).
+    #[arg(long, default_value_t = 3)]
+    pub replication: usize,
+    /// Copies `dht put` waits for before it reports success.
+    #[arg(long, default_value_t = 1)]
+    pub quorum: usize,
+    /// Kademlia's k: peers per bucket. Small values make lookups cross
+    /// transit nodes even on small testbeds.
+    #[arg(long, default_value_t = 20)]
+    pub kbucket_size: usize,
+    /// Record lifetime in seconds [default: libp2p's, 48 h].
+    #[arg(long)]
+    pub record_ttl: Option<u64>,
+    /// Republish own records every this many seconds [default: libp2p's, 22 h].
+    #[arg(long)]
+    pub republish_interval: Option<u64>,
+    /// Seconds between automatic Kademlia re-bootstraps.
+    #[arg(long, default_value_t = 300)]
+    pub bootstrap_interval: u64,
+    /// Advertise only these of this node's addresses (repeatable) [default:
+    /// the addresses of the --iface interfaces, or all but loopback].
+    #[arg(long, value_name = "IP")]
+    pub advertise: Vec<std::net::IpAddr>,
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use p2p_common::codec::{self, Packet};
 use p2p_common::id::NodeId;
-use p2p_common::maps::{IFACE_HAS_V4, IFACE_HAS_V6, IfaceAddrs, PEER_LIVE, PEER_V4, PeerEntry};
+use p2p_common::maps::{IFACE_HAS_V4, IFACE_HAS_V6, IfaceAddrs};
 use p2p_common::wire::*;
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -20,6 +20,9 @@ use crate::dataplane::{self, AttachedMode, Dataplane, LoadOptions};
 use crate::error::{Error, Result};
 use crate::files;
 use crate::identity::Identity;
+use crate::mapsync::{self, MapSync, SlotTable, SyncStats};
+use crate::net::store::SharedStore;
+use crate::net::{self, NetConfig, NetHandle};
 use crate::paths;
 use crate::sys;
 
@@ -48,9 +51,14 @@ pub struct State {
     pub lookups_answered: u64,
     pub records: HashMap<NodeId, (String, String)>,
     pub waiting: HashMap<u64, Waiting>,
-    /// Peer slots that answered a PING since start.
-    pub answered: HashSet<u32>,
-    pub peer_pings: HashMap<u64, u32>,
+    /// Routed peers that answered a PING since they entered the maps.
+    pub answered: HashSet<NodeId>,
+    /// Liveness PINGs in flight, by msg_id: (peer, sent).
+    pub peer_pings: HashMap<u64, (NodeId, Instant)>,
+    /// When each peer last answered a liveness PING (the control plane
+    /// finds peers dead by it).
+    pub last_pong: HashMap<NodeId, Instant>,
+    pub map_sync: SyncStats,
 }
 
 impl State {
@@ -74,6 +82,10 @@ pub struct Node {
     pub socket: Arc<std::net::UdpSocket>,
     pub state: Mutex<State>,
     pub dataplane: Mutex<Option<Dataplane>>,
+    /// Kademlia's records: the control plane stores them, LOOKUPs read them.
+    pub store: SharedStore,
+    /// The control plane (set once it runs).
+    pub net: std::sync::OnceLock<NetHandle>,
 }
 
 impl Node {
@@ -104,6 +116,8 @@ impl Node {
             "delivered_ttl": ttl,
             "slow_path": st.slow_path,
             "lookups_answered": st.lookups_answered,
+            "records": st.records.len() + self.store.len(),
+            "map_sync": st.map_sync,
             "uptime_s": self.started.elapsed().as_secs(),
         })
     }
@@ -138,8 +152,10 @@ impl Node {
     /// Answers a LOOKUP this node owns from its record store.
     fn answer_lookup(&self, st: &mut State, pkt: &Packet) -> Option<(SocketAddr, Vec<u8>)> {
         let (reply_to, key) = codec::parse_lookup_payload(&pkt.payload)?;
-        let (status, value) = match st.record(&pkt.dst_key, key) {
-            Some(v) => (STATUS_FOUND, v.as_bytes().to_vec()),
+        // The records file first, then Kademlia's store.
+        let value = st.record(&pkt.dst_key, key).map(|v| v.as_bytes().to_vec());
+        let (status, value) = match value.or_else(|| self.store.value_at(&pkt.dst_key, key)) {
+            Some(v) => (STATUS_FOUND, v),
             None => (STATUS_NOT_FOUND, Vec::new()),
         };
         let owner = SocketAddr::new(self.local_addr_towards(reply_to), self.overlay_port);
@@ -178,8 +194,9 @@ impl Node {
             KIND_LOOKUP_REPLY | KIND_PONG => {
                 if pkt.kind == KIND_PONG {
                     st.delivered.pong += 1;
-                    if let Some(slot) = st.peer_pings.remove(&pkt.msg_id) {
-                        st.answered.insert(slot);
+                    if let Some((peer, _)) = st.peer_pings.remove(&pkt.msg_id) {
+                        st.answered.insert(peer);
+                        st.last_pong.insert(peer, Instant::now());
                     }
                 } else {
                     st.delivered.lookup_reply += 1;
@@ -223,26 +240,29 @@ impl Node {
         self.socket.send_to(bytes, to)
     }
 
-    /// PINGs every peer directly: proves liveness and, as a side effect,
-    /// resolves the neighbour entries that XDP's FIB lookups need.
-    async fn ping_peers(&self, only_silent: bool) {
-        let targets: Vec<(u32, NodeId, SocketAddr, u64)> = {
+    /// PINGs every peer directly: proves liveness (the control plane finds
+    /// silent peers dead) and, as a side effect, resolves the neighbour
+    /// entries that XDP's FIB lookups need.
+    fn ping_peers(&self, only_silent: bool) {
+        let now = Instant::now();
+        let targets: Vec<(NodeId, SocketAddr, u64)> = {
             let mut st = self.state.lock().unwrap();
-            let list: Vec<(u32, NodeId, SocketAddr)> = st
+            st.peer_pings.retain(|_, (_, sent)| now.duration_since(*sent) < Duration::from_secs(10));
+            let list: Vec<(NodeId, SocketAddr)> = st
                 .router
                 .peers()
-                .filter(|(s, _)| !only_silent || !st.answered.contains(s))
-                .map(|(s, p)| (*s, p.node_id, p.addr))
+                .filter(|(_, p)| !only_silent || !st.answered.contains(&p.node_id))
+                .map(|(_, p)| (p.node_id, p.addr))
                 .collect();
             list.into_iter()
-                .map(|(s, id, a)| {
+                .map(|(id, a)| {
                     let msg_id = rand::random::<u64>();
-                    st.peer_pings.insert(msg_id, s);
-                    (s, id, a, msg_id)
+                    st.peer_pings.insert(msg_id, (id, now));
+                    (id, a, msg_id)
                 })
                 .collect()
         };
-        for (_, id, addr, msg_id) in targets {
+        for (id, addr, msg_id) in targets {
             let now = monotonic_ns();
             let p = Packet::new(KIND_PING, self.identity.node_id, id, msg_id, now.to_be_bytes().to_vec());
             let _ = self.send_to(&p.encode(), addr);
@@ -366,6 +386,7 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         sys::check_privileges(args.netns.is_some())?;
         sys::check_bpffs()?;
     }
+    let (listen_ip, mut net_cfg) = net_config(&args)?;
     let state_dir = args.state_dir.clone().unwrap_or_else(|| paths::state_dir(&instance));
     let (identity, created) = Identity::load_or_create(&state_dir)?;
     if created {
@@ -383,7 +404,7 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
     clear_stale(&instance);
 
     // One dual-stack IPv6 socket serves both families (IPv4 as mapped).
-    let listen_ip = match args.listen {
+    let listen_ip = match listen_ip {
         IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
         IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
         v6 => v6,
@@ -420,36 +441,14 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         }
     };
 
-    let peer_list: Vec<(u32, Peer)> = peers
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (i as u32, Peer { node_id: p.node_id, addr: SocketAddr::new(p.addr, p.port) }))
-        .collect();
-    let router = Router::new(identity.node_id, peer_list.clone())
+    let static_peers: Vec<Peer> =
+        peers.iter().map(|p| Peer { node_id: p.node_id, addr: SocketAddr::new(p.addr, p.port) }).collect();
+    let router = Router::new(identity.node_id, Vec::new())
         .map_err(|e| Error::Usage(format!("the peer set cannot be routed: {e}")))?;
 
     let mut xdp_mode = None;
     if let Some(dp) = dp.as_mut() {
         dp.set_config(identity.node_id.0, args.overlay_port, 0)?;
-        let entries: Vec<(u32, PeerEntry)> = peer_list
-            .iter()
-            .map(|(slot, p)| {
-                let mut flags = PEER_LIVE;
-                if p.addr.is_ipv4() {
-                    flags |= PEER_V4;
-                }
-                let e = PeerEntry {
-                    node_id: p.node_id.0,
-                    addr: codec::addr_to_mapped(p.addr.ip()),
-                    port: p.addr.port(),
-                    flags,
-                    reputation: 0,
-                    generation: 0,
-                };
-                (*slot, e)
-            })
-            .collect();
-        dp.set_peers(&entries)?;
         for iface in &args.ifaces {
             let (v4, v6) = sys::iface_addrs(iface);
             let mut a = IfaceAddrs::default();
@@ -493,6 +492,7 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
     let records: HashMap<NodeId, (String, String)> =
         records.into_iter().map(|r| (NodeId::from_record_key(r.key.as_bytes()), (r.key, r.value))).collect();
 
+    let store = SharedStore::new(identity.peer_id);
     let node = Arc::new(Node {
         instance: instance.clone(),
         identity,
@@ -514,9 +514,28 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
             waiting: HashMap::new(),
             answered: HashSet::new(),
             peer_pings: HashMap::new(),
+            last_pong: HashMap::new(),
+            map_sync: SyncStats::default(),
         }),
         dataplane: Mutex::new(dp),
+        store,
+        net: std::sync::OnceLock::new(),
     });
+
+    // Static peers go into the maps now; the control plane adds the rest.
+    let mut slots = SlotTable::new();
+    if let Some(plan) = slots.plan(&static_peers) {
+        let started = Instant::now();
+        let r = mapsync::apply(&node, &plan);
+        if let Err(e) = &r {
+            return Err(Error::Usage(format!("the peer set cannot be routed: {e}")));
+        }
+        mapsync::record(&mut node.state.lock().unwrap().map_sync, &plan, started.elapsed(), r);
+    }
+    let sync = MapSync::spawn(node.clone(), slots)?;
+    net_cfg.static_peers = static_peers;
+    let handle = net::spawn(node.clone(), net_cfg, sync)?;
+    let _ = node.net.set(handle);
 
     crate::control::serve(node.clone(), &socket_path)?;
     cleanup.socket_path = Some(socket_path.clone());
@@ -526,7 +545,7 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         (st.router.peers().count(), st.records.len())
     };
     eprintln!(
-        "p2p-controller: instance {instance} node {} peer {} datapath {:?} on {listen} ({npeers} peers, {nrecords} records); control {}",
+        "p2p-controller: instance {instance} node {} peer {} datapath {:?} on {listen} ({npeers} static peers, {nrecords} records); control {}",
         node.identity.node_id,
         node.identity.peer_id,
         args.datapath,
@@ -546,7 +565,8 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         );
     })?;
 
-    // Liveness pings: quickly until every peer answered, then every 5 s.
+    // Liveness pings: every peer each second, new ones every 200 ms until
+    // they answer.
     let pinger = node.clone();
     tokio::spawn(async move {
         let mut tick = 0u64;
@@ -555,10 +575,10 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
                 let st = pinger.state.lock().unwrap();
                 st.answered.len() >= st.router.peers().count()
             };
-            if tick.is_multiple_of(25) {
-                pinger.ping_peers(false).await;
+            if tick.is_multiple_of(5) {
+                pinger.ping_peers(false);
             } else if !all {
-                pinger.ping_peers(true).await;
+                pinger.ping_peers(true);
             }
             tick += 1;
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -588,6 +608,11 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
     });
 
     wait_for_signal().await?;
+    // Leave first: peers see the connections close and drop this node from
+    // their maps at once, instead of waiting for missed PINGs.
+    if let Some(net) = node.net.get() {
+        net.shutdown(Duration::from_secs(1)).await;
+    }
     stopping.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = relay.join();
     eprintln!("p2p-controller: shutting down instance {instance}");
@@ -597,6 +622,82 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
     }
     drop(cleanup);
     Ok(())
+}
+
+/// Splits `--listen` into the overlay bind IP and libp2p listen
+/// addresses, and checks the control-plane flags.
+fn net_config(args: &RunArgs) -> Result<(IpAddr, NetConfig)> {
+    use libp2p::Multiaddr;
+    let mut overlay_ip: Option<IpAddr> = None;
+    let mut listen: Vec<Multiaddr> = Vec::new();
+    for l in &args.listen {
+        if let Ok(ip) = l.parse::<IpAddr>() {
+            if overlay_ip.replace(ip).is_some() {
+                return Err(Error::Usage(
+                    "--listen: give at most one IP address (the overlay socket's); libp2p addresses are multiaddrs"
+                        .into(),
+                ));
+            }
+        } else {
+            let m = l.parse::<Multiaddr>().map_err(|e| {
+                Error::Usage(format!(
+                    "--listen {l:?}: neither an IP address (overlay socket) nor a multiaddr like /ip4/0.0.0.0/tcp/9471 ({e})"
+                ))
+            })?;
+            listen.push(m);
+        }
+    }
+    if listen.is_empty() {
+        let p = args.p2p_port;
+        listen = [
+            format!("/ip4/0.0.0.0/tcp/{p}"),
+            format!("/ip6/::/tcp/{p}"),
+            format!("/ip4/0.0.0.0/udp/{p}/quic-v1"),
+            format!("/ip6/::/udp/{p}/quic-v1"),
+        ]
+        .iter()
+        .map(|s| s.parse().expect("valid multiaddr"))
+        .collect();
+    }
+    let bootstrap = args
+        .bootstrap
+        .iter()
+        .map(|b| {
+            b.parse::<Multiaddr>().map_err(|e| {
+                Error::Usage(format!("--bootstrap {b:?}: not a multiaddr ({e}); e.g. /ip4/192.0.2.1/tcp/9471"))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let positive = |n: usize, flag: &str| {
+        std::num::NonZeroUsize::new(n).ok_or_else(|| Error::Usage(format!("{flag} must be at least 1")))
+    };
+    let replication = positive(args.replication, "--replication")?;
+    let quorum = positive(args.quorum, "--quorum")?;
+    if quorum > replication {
+        return Err(Error::Usage(format!(
+            "--quorum {quorum} exceeds --replication {replication}: a put could never succeed"
+        )));
+    }
+    let cfg = NetConfig {
+        kad_protocol: args.kad_protocol.clone(),
+        replication,
+        quorum,
+        kbucket_size: positive(args.kbucket_size, "--kbucket-size")?,
+        record_ttl: args.record_ttl.map(Duration::from_secs),
+        republish_interval: args.republish_interval.map(Duration::from_secs),
+        bootstrap_interval: Duration::from_secs(args.bootstrap_interval.max(1)),
+        bootstrap,
+        listen,
+        mdns: !args.no_mdns,
+        advertise: args.advertise.clone(),
+        ifaces: args.ifaces.clone(),
+        overlay_port: args.overlay_port,
+        static_peers: Vec::new(),
+    };
+    if !cfg.kad_protocol.starts_with('/') {
+        return Err(Error::Usage(format!("--kad-protocol {:?}: a protocol name starts with '/'", cfg.kad_protocol)));
+    }
+    Ok((overlay_ip.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)), cfg))
 }
 
 fn bind_overlay(addr: SocketAddr) -> Result<std::net::UdpSocket> {

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use libp2p_identity::{Keypair, PeerId};
+use libp2p::identity::{Keypair, PeerId};
 use p2p_common::id::NodeId;
 
 use crate::error::{Error, Result};

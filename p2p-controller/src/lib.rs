@@ -9,6 +9,8 @@ pub mod error;
 pub mod files;
 pub mod identity;
 pub mod maps_cmd;
+pub mod mapsync;
+pub mod net;
 pub mod paths;
 pub mod relay;
 pub mod sys;

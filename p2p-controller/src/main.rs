@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use p2p_controller::cli::{Cli, ClientArgs, Command};
+use p2p_controller::cli::{Cli, ClientArgs, Command, DhtCommand, MapsWhich, PubsubCommand};
 use p2p_controller::error::{Error, Result};
 use p2p_controller::{control, daemon, dataplane, identity, maps_cmd, paths, sys};
 use serde_json::{Value, json};
@@ -48,9 +48,93 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Run(args) => daemon::run(args, instance),
-        Command::Maps { which, pin_dir, json } => {
+        Command::Maps { which, pin_dir, client, json } => {
             let dir = pin_dir.unwrap_or_else(|| paths::pin_dir(&instance));
-            maps_cmd::show(which, &dir, json)
+            let kad = if matches!(which, MapsWhich::Routes | MapsWhich::Peers) {
+                ask(&client, &instance, json!({"cmd": "peers"})).map_err(|e| e.to_string())
+            } else {
+                Err(String::new())
+            };
+            maps_cmd::show(which, &dir, json, kad)
+        }
+        Command::Peers { client, json } => {
+            let v = ask(&client, &instance, json!({"cmd": "peers"}))?;
+            if json {
+                print_json(&v);
+            } else {
+                let peers = v["peers"].as_array().cloned().unwrap_or_default();
+                println!("{:<54} {:<10} {:<9} {:<28} state", "peer_id", "node_id", "source", "overlay");
+                for p in &peers {
+                    println!(
+                        "{:<54} {:<10} {:<9} {:<28} {}{}",
+                        p["peer_id"].as_str().unwrap_or("-"),
+                        &p["node_id"].as_str().unwrap_or("")[..8.min(p["node_id"].as_str().unwrap_or("").len())],
+                        p["source"].as_str().unwrap_or(""),
+                        p["overlay"].as_str().unwrap_or("-"),
+                        p["state"].as_str().unwrap_or(""),
+                        if p["connected"].as_bool() == Some(true) { ", connected" } else { "" }
+                    );
+                }
+                let routable = peers.iter().filter(|p| p["routable"].as_bool() == Some(true)).count();
+                println!("{} peer(s), {routable} routed by the datapath", peers.len());
+            }
+            Ok(())
+        }
+        Command::Dht(DhtCommand::Put { key, value, quorum, client, json }) => {
+            let mut req = json!({"cmd": "dht_put", "key": key, "value": value});
+            if let Some(q) = quorum {
+                req["quorum"] = json!(q);
+            }
+            let v = ask(&client, &instance, req)?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("stored {key} (quorum {}, {} us)", v["quorum"], v["rtt_us"]);
+            }
+            Ok(())
+        }
+        Command::Dht(DhtCommand::Get { key, timeout_ms, network, client, json }) => {
+            let req = json!({"cmd": "dht_get", "key": key, "timeout_ms": timeout_ms, "network": network});
+            let v = ask(&client, &instance, req)?;
+            if json {
+                print_json(&v);
+            } else if v["found"].as_bool() == Some(true) {
+                println!(
+                    "{key} = {}\nfrom {} ({}) in {} us",
+                    v["value"].as_str().unwrap_or(""),
+                    v["from"].as_str().unwrap_or("this node"),
+                    v["source"].as_str().unwrap_or(""),
+                    v["rtt_us"]
+                );
+            } else {
+                return Err(Error::Remote(format!("{key}: not found in the DHT")));
+            }
+            Ok(())
+        }
+        Command::Pubsub(PubsubCommand::Publish { topic, message, client, json }) => {
+            let v = ask(&client, &instance, json!({"cmd": "pubsub_publish", "topic": topic, "message": message}))?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("published on {topic} to {} peer(s): {}", v["peers"], v["message_id"].as_str().unwrap_or(""));
+            }
+            Ok(())
+        }
+        Command::Pubsub(PubsubCommand::Subscribe { topic, count, client, json }) => {
+            let path = socket_path(&client, &instance);
+            let mut seen = 0u64;
+            eprintln!("subscribed to {topic}; Ctrl-C to stop");
+            control::stream(&path, &instance, &json!({"cmd": "pubsub_subscribe", "topic": topic}), |m| {
+                if json {
+                    println!("{m}");
+                } else {
+                    println!("{}", m["data"].as_str().unwrap_or(""));
+                }
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                seen += 1;
+                count.is_none_or(|c| seen < c)
+            })
         }
         Command::Status { client, json } => {
             let v = ask(&client, &instance, json!({"cmd": "status"}))?;
@@ -67,7 +151,14 @@ fn dispatch(cli: Cli) -> Result<()> {
                 );
                 println!("interfaces    {}", v["ifaces"]);
                 println!("overlay port  {}", v["overlay_port"]);
-                println!("peers         {} ({} answered ping)", v["peers"], v["peers_answered"]);
+                println!("listen        {}", v["listen_addrs"]);
+                println!("advertised    {}", v["external_addrs"]);
+                println!("overlay       {}", v["overlay_endpoints"]);
+                println!(
+                    "peers         {} routed ({} answered ping), {} in Kademlia, {} connected",
+                    v["peers"], v["peers_answered"], v["kad_peers"], v["connected_peers"]
+                );
+                println!("bootstrap     {}", v["bootstrap"]);
                 println!("ready         {}", v["ready"]);
                 println!("delivered     {}", v["delivered"]);
                 println!("slow path     {}", v["slow_path"]);
@@ -75,10 +166,23 @@ fn dispatch(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Lookup { key, timeout_ms, client, json } => {
-            let v = ask(&client, &instance, json!({"cmd": "lookup", "key": key, "timeout_ms": timeout_ms}))?;
+        Command::Lookup { key, timeout_ms, no_fallback, client, json } => {
+            let req = json!({"cmd": "lookup", "key": key, "timeout_ms": timeout_ms, "fallback": !no_fallback});
+            let v = ask(&client, &instance, req)?;
             if json {
                 print_json(&v);
+            } else if v["path"].as_str() == Some("kademlia") {
+                println!("{}", v["fallback_reason"].as_str().unwrap_or(""));
+                if v["found"].as_bool() == Some(true) {
+                    println!(
+                        "{key} = {}\nanswered by Kademlia's iterative get from {} in {} us",
+                        v["value"].as_str().unwrap_or(""),
+                        v["answered_by"].as_str().unwrap_or(""),
+                        v["rtt_us"]
+                    );
+                } else {
+                    println!("{key}: not found by Kademlia either ({} us)", v["rtt_us"]);
+                }
             } else if v["found"].as_bool() == Some(true) {
                 println!(
                     "{} = {}\nanswered by {} ({}) in {} hop(s), rtt {} us, via {}",

@@ -1,7 +1,7 @@
 //! Host checks and settings: privileges, bpffs, sysctls, interface
 //! addresses, network namespaces.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -96,15 +96,14 @@ pub fn restore_sysctls(old: &[(String, String)]) {
     }
 }
 
-/// IPv4 and global IPv6 addresses of an interface.
-pub fn iface_addrs(iface: &str) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
-    let mut v4 = None;
-    let mut v6 = None;
+/// Every interface address of this network namespace: (interface, IP).
+pub fn all_addrs() -> Vec<(String, IpAddr)> {
+    let mut out = Vec::new();
     // SAFETY: getifaddrs/freeifaddrs pair; pointers only read while valid.
     unsafe {
         let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
         if libc::getifaddrs(&mut head) != 0 {
-            return (None, None);
+            return out;
         }
         let mut cur = head;
         while !cur.is_null() {
@@ -113,27 +112,35 @@ pub fn iface_addrs(iface: &str) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
             if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
                 continue;
             }
-            let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy();
-            if name != iface {
-                continue;
-            }
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned();
             match (*ifa.ifa_addr).sa_family as i32 {
-                libc::AF_INET if v4.is_none() => {
+                libc::AF_INET => {
                     let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    v4 = Some(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)));
+                    out.push((name, IpAddr::V4(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)))));
                 }
                 libc::AF_INET6 => {
                     let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                    let a = Ipv6Addr::from(sa.sin6_addr.s6_addr);
-                    // Link-local addresses can't be a forwarded packet's source.
-                    if v6.is_none() && (a.segments()[0] & 0xffc0) != 0xfe80 {
-                        v6 = Some(a);
-                    }
+                    out.push((name, IpAddr::V6(Ipv6Addr::from(sa.sin6_addr.s6_addr))));
                 }
                 _ => {}
             }
         }
         libc::freeifaddrs(head);
+    }
+    out
+}
+
+/// IPv4 and global IPv6 addresses of an interface (the first of each).
+pub fn iface_addrs(iface: &str) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+    let mut v4 = None;
+    let mut v6 = None;
+    for (_, ip) in all_addrs().into_iter().filter(|(name, _)| name == iface) {
+        match ip {
+            IpAddr::V4(a) if v4.is_none() => v4 = Some(a),
+            // Link-local addresses can't be a forwarded packet's source.
+            IpAddr::V6(a) if v6.is_none() && (a.segments()[0] & 0xffc0) != 0xfe80 => v6 = Some(a),
+            _ => {}
+        }
     }
     (v4, v6)
 }

@@ -92,6 +92,35 @@ fn daemon_commands_without_daemon_say_so() {
     assert_clean_failure(&o, "p2p-controller run --instance");
     let o = bin().args(["send", "nothex", "data"]).output().unwrap();
     assert_clean_failure(&o, "NODE_ID");
+    for args in [
+        &["dht", "put", "k", "v"][..],
+        &["dht", "get", "k"],
+        &["pubsub", "publish", "t", "m"],
+        &["pubsub", "subscribe", "t"],
+        &["peers"],
+    ] {
+        let o = bin().args(args).arg("--control-socket").arg(d.join("x.sock")).output().unwrap();
+        assert_clean_failure(&o, "p2p-controller run --instance");
+    }
+}
+
+#[test]
+fn bad_control_plane_flags_are_refused() {
+    let d = tmp("netflags");
+    let run = |extra: &[&str]| {
+        bin()
+            .args(["--instance", "cli-test-net", "run", "--datapath", "userspace", "--no-mdns", "--state-dir"])
+            .arg(d.join("s"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    assert_clean_failure(&run(&["--bootstrap", "10.0.0.1:9471"]), "--bootstrap");
+    assert_clean_failure(&run(&["--quorum", "4", "--replication", "3"]), "--quorum 4 exceeds --replication 3");
+    assert_clean_failure(&run(&["--replication", "0"]), "--replication must be at least 1");
+    assert_clean_failure(&run(&["--listen", "not-an-address"]), "neither an IP address");
+    assert_clean_failure(&run(&["--listen", "::", "--listen", "0.0.0.0"]), "at most one IP address");
+    assert_clean_failure(&run(&["--kad-protocol", "p2p-nos"]), "--kad-protocol");
 }
 
 #[test]
@@ -131,8 +160,11 @@ fn userspace_node_serves_status_and_stops_on_sigterm() {
     let probe = std::net::UdpSocket::bind("[::]:0").unwrap();
     let port = probe.local_addr().unwrap().port().to_string();
     drop(probe);
+    // In the host's own namespace: no mDNS on its real network, and an
+    // ephemeral libp2p port.
     let mut child = bin()
         .args(["--instance", "cli-test-daemon", "run", "--datapath", "userspace", "--overlay-port", &port])
+        .args(["--no-mdns", "--p2p-port", "0"])
         .arg("--state-dir")
         .arg(d.join("s"))
         .arg("--control-socket")
@@ -156,6 +188,12 @@ fn userspace_node_serves_status_and_stops_on_sigterm() {
     assert_eq!(status["datapath"], "userspace");
     assert_eq!(status["overlay_port"].as_u64().unwrap().to_string(), port);
     assert_eq!(status["delivered"]["data"], 0);
+    assert!(status["peer_id"].as_str().unwrap().starts_with("12D3KooW"), "{status}");
+    assert_eq!(status["kad"]["protocol"], "/p2p-nos/kad/1.0.0");
+    assert_eq!(status["kad"]["mode"], "server", "forced server mode");
+    assert_eq!(status["kad"]["replication"], 3, "default: 3 copies");
+    assert!(!status["listen_addrs"].as_array().unwrap().is_empty(), "{status}");
+    assert_eq!(status["kad_peers"], 0);
     assert!(exit.success(), "SIGTERM must be a clean exit: {exit:?}");
     assert!(!sock.exists(), "the control socket is removed on exit");
 }

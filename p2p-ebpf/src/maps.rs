@@ -10,8 +10,8 @@ use p2p_common::{
     counters::COUNTER_COUNT,
     maps::{
         BlockEntry, BlockKey, Config, Counter, EVENTS_BYTES, Event, IfaceAddrs, LinkKey, LinkSecret, MAX_BLOCKED,
-        MAX_IFACES, MAX_LINK_KEYS, MAX_PEERS, NextHopCache, PeerEntry, ROUTE_BUCKETS, ROUTE_GENERATIONS, TRIE_CAPACITY,
-        TokenBucket, TrieNode,
+        MAX_IFACES, MAX_LINK_KEYS, MAX_PEERS, MMAPABLE_FLAGS, NextHopCache, PeerEntry, ROUTE_BUCKETS,
+        ROUTE_GENERATIONS, TRIE_CAPACITY, TokenBucket, TrieNode,
     },
 };
 
@@ -20,12 +20,14 @@ use p2p_common::{
 pub static CONFIG: Array<Config, 1> = Array::new();
 
 /// Bucket per 16-bit key prefix -> leaf or ROUTE_TRIE node, for each of the two generations.
+/// Mmapable: the controller writes the idle generation by plain stores.
 #[btf_map]
-pub static ROUTES: Array<u32, { (ROUTE_BUCKETS * ROUTE_GENERATIONS) as usize }> = Array::new();
+pub static ROUTES: Array<u32, { (ROUTE_BUCKETS * ROUTE_GENERATIONS) as usize }, MMAPABLE_FLAGS> = Array::new();
 
 /// Patricia trie nodes below the buckets; node i of generation g at g*TRIE_CAPACITY+i.
+/// Mmapable, like ROUTES.
 #[btf_map]
-pub static ROUTE_TRIE: Array<TrieNode, { (TRIE_CAPACITY * ROUTE_GENERATIONS) as usize }> = Array::new();
+pub static ROUTE_TRIE: Array<TrieNode, { (TRIE_CAPACITY * ROUTE_GENERATIONS) as usize }, MMAPABLE_FLAGS> = Array::new();
 
 /// Peer slot -> node ID, overlay address and port, liveness flags.
 #[btf_map]

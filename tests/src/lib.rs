@@ -11,6 +11,7 @@
 pub mod env;
 pub mod netns;
 pub mod node;
+pub mod testbed;
 pub mod topo;
 pub mod traffic;
 pub mod util;

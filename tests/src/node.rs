@@ -96,10 +96,17 @@ impl Controller {
     /// `p2p-controller id --instance I --state-dir DIR --json` → node ID
     /// (creates the key on first use).
     pub fn identity(&self, instance: &str, state_dir: &Path) -> Result<NodeId> {
+        Ok(self.identity_full(instance, state_dir)?.0)
+    }
+
+    /// Node ID and libp2p peer ID.
+    pub fn identity_full(&self, instance: &str, state_dir: &Path) -> Result<(NodeId, String)> {
         let dir = state_dir.to_str().context("state dir is not UTF-8")?;
         let v = self.json(&["id", "--instance", instance, "--state-dir", dir, "--json"])?;
         let hex = v["node_id"].as_str().context("`id --json` has no node_id")?;
-        hex.parse::<NodeId>().map_err(|e| anyhow::anyhow!("`id --json` node_id: {e}"))
+        let id = hex.parse::<NodeId>().map_err(|e| anyhow::anyhow!("`id --json` node_id: {e}"))?;
+        let peer = v["peer_id"].as_str().context("`id --json` has no peer_id")?.to_string();
+        Ok((id, peer))
     }
 
     /// `p2p-controller maps stats --instance I --json`.
@@ -128,7 +135,12 @@ pub struct NodeSpec {
     /// Work dir: state/, peers.json, records.json, ctl.sock, log.
     pub dir: PathBuf,
     pub node_id: NodeId,
+    /// libp2p peer ID.
+    pub peer_id: String,
     pub records: Vec<(String, String)>,
+    /// Run mDNS (off by default: tests with static peers must not have
+    /// Kademlia add peers they did not list).
+    pub mdns: bool,
     /// `--datapath` (None: the controller's default, xdp).
     pub datapath: Option<String>,
     pub extra_args: Vec<String>,
@@ -147,7 +159,7 @@ impl NodeSpec {
         let instance = unique(name);
         let dir = base.join(name);
         std::fs::create_dir_all(dir.join("state"))?;
-        let node_id = ctl.identity(&instance, &dir.join("state"))?;
+        let (node_id, peer_id) = ctl.identity_full(&instance, &dir.join("state"))?;
         Ok(NodeSpec {
             name: name.to_string(),
             instance,
@@ -157,7 +169,9 @@ impl NodeSpec {
             port: p2p_common::wire::DEFAULT_OVERLAY_PORT,
             dir,
             node_id,
+            peer_id,
             records: Vec::new(),
+            mdns: false,
             datapath: None,
             extra_args: Vec::new(),
         })
@@ -177,6 +191,14 @@ impl NodeSpec {
     }
     pub fn overlay(&self) -> SocketAddr {
         SocketAddr::new(self.addr, self.port)
+    }
+    /// libp2p TCP address with peer ID, for `--bootstrap`.
+    pub fn bootstrap_addr(&self) -> String {
+        let ip = match self.addr {
+            IpAddr::V4(a) => format!("/ip4/{a}"),
+            IpAddr::V6(a) => format!("/ip6/{a}"),
+        };
+        format!("{ip}/tcp/9471/p2p/{}", self.peer_id)
     }
     /// This node as an entry of a `--peers` file.
     pub fn peer_entry(&self) -> Value {
@@ -292,6 +314,9 @@ impl Node {
         if let Some(dp) = &spec.datapath {
             cmd.args(["--datapath", dp]);
         }
+        if !spec.mdns {
+            cmd.arg("--no-mdns");
+        }
         cmd.args(&spec.extra_args);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
@@ -327,6 +352,29 @@ impl Node {
     /// `p2p-controller maps stats --instance I --json`.
     pub fn stats(&self) -> Result<Value> {
         self.ctl.stats(&self.spec.instance)
+    }
+
+    /// One control-API request straight over the unix socket (no CLI
+    /// process: for load generators); the response, `ok` or not.
+    pub fn request(&self, req: &Value) -> Result<Value> {
+        use std::io::{BufRead, Write};
+        let path = self.spec.control_socket();
+        let mut s =
+            std::os::unix::net::UnixStream::connect(&path).with_context(|| format!("connect {}", path.display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.write_all(format!("{req}\n").as_bytes())?;
+        let mut line = String::new();
+        std::io::BufReader::new(&s).read_line(&mut line)?;
+        serde_json::from_str(&line).with_context(|| format!("bad response to {req}: {line:?}"))
+    }
+
+    /// `p2p-controller ARGS… --instance I --control-socket S --json`.
+    pub fn cli(&self, args: &[&str]) -> Result<Value> {
+        let sock = self.spec.control_socket();
+        let sock = sock.to_str().context("socket path is not UTF-8")?;
+        let mut all = args.to_vec();
+        all.extend(["--instance", &self.spec.instance, "--control-socket", sock, "--json"]);
+        self.ctl.json(&all)
     }
 
     /// Packets of one STATS counter.

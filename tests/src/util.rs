@@ -95,11 +95,16 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
-/// Reads `path` in a JSON document as u64 (`"delivered.data"`), 0 if absent.
+/// Reads `path` in a JSON document as u64 (`"delivered.data"`, array
+/// elements by index: `"bootstrap.0.failures"`), 0 if absent.
 pub fn json_u64(v: &serde_json::Value, path: &str) -> u64 {
     let mut cur = v;
     for part in path.split('.') {
-        match cur.get(part) {
+        let next = match (cur, part.parse::<usize>()) {
+            (serde_json::Value::Array(a), Ok(i)) => a.get(i),
+            _ => cur.get(part),
+        };
+        match next {
             Some(next) => cur = next,
             None => return 0,
         }

@@ -1,5 +1,6 @@
 //! `cargo xtask bench forward`: transit capacity of B in the chain A — B — C
-//! (DESIGN.md "Benchmark method").
+//! (DESIGN.md "Benchmark method"). `cargo xtask bench lookup` is in
+//! `bench_lookup.rs`.
 //!
 //! - A generates with the XDP live-frames generator (`p2p-controller bench
 //!   gen`, BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES) on CPU 0.
@@ -39,9 +40,24 @@ use crate::util;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Which benchmark (only `forward`).
-    #[arg(default_value = "forward")]
+    /// Which benchmark: `forward` (XDP vs userspace transit capacity,
+    /// TEST_RUN ns/packet) or `lookup` (lookup RTT over the kernel path vs
+    /// Kademlia's iterative get, 12-node testbed).
+    #[arg(default_value = "forward", value_parser = ["forward", "lookup"])]
     pub which: String,
+    /// lookup: nodes in the testbed.
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u16).range(2..=64))]
+    pub nodes: u16,
+    /// lookup: samples (each one lookup and one Kademlia get).
+    #[arg(long, default_value_t = 400)]
+    pub lookups: usize,
+    /// lookup: records put into the DHT first.
+    #[arg(long, default_value_t = 100)]
+    pub records: usize,
+    /// lookup: Kademlia bucket size (2, as in the 12-node test, makes
+    /// lookups cross transit nodes; 20 is libp2p's default).
+    #[arg(long, default_value_t = 2)]
+    pub kbucket_size: usize,
     /// Rounds of XDP / userspace / minimal forwarder, alternated.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
@@ -73,7 +89,7 @@ pub struct BenchArgs {
     /// Use the existing release build.
     #[arg(long)]
     pub no_build: bool,
-    /// JSON report [default: target/bench/forward.json]
+    /// JSON report [default: target/bench/<which>.json]
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
@@ -93,13 +109,13 @@ const PRIORITY: &str = "-10";
 const WARMUP: Duration = Duration::from_millis(1000);
 const COOLDOWN: Duration = Duration::from_millis(200);
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+pub(crate) static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-fn check_interrupt() -> Result<()> {
+pub(crate) fn check_interrupt() -> Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
         bail!("interrupted");
     }
@@ -107,9 +123,6 @@ fn check_interrupt() -> Result<()> {
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
-    if args.which != "forward" {
-        bail!("unknown benchmark {:?}; available: forward", args.which);
-    }
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
@@ -127,6 +140,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if util::stdout_of("mountpoint", ["-q", "/sys/fs/bpf"]).is_none() {
         bail!("bpffs is not mounted at /sys/fs/bpf: run `cargo xtask setup`");
     }
+    if args.which == "lookup" {
+        let report = crate::bench_lookup::run(&args, bin)?;
+        return write_report(&args, &report);
+    }
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let (gen_cpu, b_cpu) = if cpus >= 2 { (0, 1) } else { (0, 0) };
     if cpus < 2 {
@@ -135,12 +152,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let rig = Rig::new(bin, gen_cpu, b_cpu, args.payload, args.rx == "threaded")?;
     let result = forward(&rig, &args);
     drop(rig);
-    let report = result?;
-    let out = args.out.clone().unwrap_or_else(|| util::target_dir().join("bench/forward.json"));
+    write_report(&args, &result?)
+}
+
+fn write_report(args: &BenchArgs, report: &Value) -> Result<()> {
+    let out = args.out.clone().unwrap_or_else(|| util::target_dir().join(format!("bench/{}.json", args.which)));
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
-    std::fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")
+    std::fs::write(&out, serde_json::to_string_pretty(report)? + "\n")
         .with_context(|| format!("write {}", out.display()))?;
     println!("\nwrote {}", out.display());
     Ok(())

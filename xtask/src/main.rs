@@ -3,12 +3,13 @@
 //! - `setup`: install what building and running need (idempotent).
 //! - `doctor`: report prerequisites and the kernel's XDP support, change nothing.
 //! - `test`: setup, fmt, clippy, build, unit tests, namespace tests.
-//! - `run`: setup, release build, a 4-node LAN testbed with live counters;
+//! - `run`: setup, release build, an 8-node Kademlia testbed with a live view;
 //!   `run -- ARGS` runs `p2p-controller run ARGS` on this box instead.
 //! - `bench`: benchmarks.
 //! - `sim`: routing simulation at scale.
 
 mod bench;
+mod bench_lookup;
 mod doctor;
 mod prereq;
 mod run;
@@ -35,10 +36,11 @@ enum Command {
     Doctor,
     /// Setup, fmt and clippy checks, build, unit tests, then the namespace tests one at a time.
     Test(test::TestArgs),
-    /// Setup, release build, then a 4-node LAN testbed with live per-node counters until Ctrl-C.
+    /// Setup, release build, then an 8-node Kademlia testbed with a live per-node view until Ctrl-C.
     /// `cargo xtask run -- ARGS…` instead runs `p2p-controller run ARGS…` on this box.
     Run(run::RunArgs),
-    /// Benchmarks: `bench forward` (XDP vs userspace transit capacity, TEST_RUN ns/packet).
+    /// Benchmarks: `bench forward` (XDP vs userspace transit capacity, TEST_RUN ns/packet),
+    /// `bench lookup` (lookup RTT over the kernel path vs Kademlia's iterative get).
     Bench(bench::BenchArgs),
     /// Routing simulation: the datapath's table builder and next-hop walk over N
     /// simulated nodes with Kademlia-shaped tables (k=20), with and without churn.

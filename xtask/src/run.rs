@@ -1,43 +1,43 @@
 //! `cargo xtask run`: setup, release build, then
-//! - without arguments: a LAN testbed (DESIGN.md "Test topologies") of 4
-//!   nodes in namespaces on one bridge, a controller per node, a steady
-//!   bounded stream of DATA and LOOKUP packets between them, and a per-node
-//!   table of fwd / local / drops per second until Ctrl-C; then everything is
-//!   removed (also on error);
+//! - without arguments: a Kademlia testbed (DESIGN.md "Test topologies",
+//!   LAN) of 8 nodes in namespaces on one bridge, node 1 first and the
+//!   others bootstrapping from it, no peer files; DHT records put on random
+//!   nodes, a steady bounded stream of lookups from random nodes, and a live
+//!   per-node view (peers, routes, fwd / local / drops per second, lookups
+//!   answered) until Ctrl-C; then everything is removed (also on error);
 //! - with `-- ARGS…`: `p2p-controller run ARGS…` on this box (exec).
 
 use crate::setup;
 use crate::util::{cargo, run_inherit, target_dir};
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use p2p_common::codec::Packet;
 use p2p_common::counters::COUNTER_NAMES;
-use p2p_common::id::NodeId;
-use p2p_common::wire::{KIND_LOOKUP_REPLY, STATUS_FOUND};
-use p2p_tests::node::{Controller, Node, NodeSpec, XdpPass, packets};
-use p2p_tests::topo::Lan;
-use p2p_tests::traffic::{self, keys_owned_by, send_one, socket_in};
-use p2p_tests::util::TempDir;
-use serde_json::Value;
-use std::net::{SocketAddr, UdpSocket};
+use p2p_tests::node::{Controller, packets};
+use p2p_tests::testbed::Testbed;
+use p2p_tests::util::json_u64;
+use serde_json::{Value, json};
 use std::os::unix::process::CommandExt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// Testbed: offered load in packets/s, all hosts together (bounded: 1..=50000).
-    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
-    pub rate: u32,
-    /// Testbed: number of nodes on the bridge (2..=16).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(2..=16))]
+    /// Testbed: number of nodes on the bridge (2..=32).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(2..=32))]
     pub nodes: u8,
-    /// Testbed: share of LOOKUPs in the stream, in percent.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u8).range(0..=100))]
-    pub lookup_percent: u8,
-    /// Arguments for `p2p-controller run` on this box (after `--`), e.g. `-- --iface eth0 --peers peers.json`.
+    /// Testbed: lookups per second, all nodes together (bounded: 1..=2000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=2000))]
+    pub rate: u32,
+    /// Testbed: records put into the DHT at start.
+    #[arg(long, default_value_t = 32)]
+    pub records: u32,
+    /// Testbed: Kademlia bucket size. Small buckets make lookups cross
+    /// transit nodes on a small testbed; 20 is libp2p's default.
+    #[arg(long, default_value_t = 2)]
+    pub kbucket_size: u32,
+    /// Arguments for `p2p-controller run` on this box (after `--`), e.g.
+    /// `-- --iface eth0 --bootstrap /ip4/192.0.2.1/tcp/9471`.
     #[arg(last = true)]
     pub controller_args: Vec<String>,
 }
@@ -65,14 +65,6 @@ pub fn run(args: RunArgs) -> Result<()> {
     testbed(Controller::at(bin), &args)
 }
 
-/// What a generator needs to know about each node.
-struct Target {
-    overlay: SocketAddr,
-    id: NodeId,
-    /// Record keys this node owns (XOR-closest among all nodes).
-    keys: Vec<String>,
-}
-
 fn testbed(ctl: Controller, args: &RunArgs) -> Result<()> {
     if !p2p_tests::env::privileged() {
         bail!("the testbed needs root (or CAP_BPF + CAP_NET_ADMIN + CAP_SYS_ADMIN)");
@@ -84,87 +76,102 @@ fn testbed(ctl: Controller, args: &RunArgs) -> Result<()> {
     }
     p2p_tests::env::cleanup_stale();
     let n = args.nodes as usize;
-    println!("==> testbed: {n} nodes on a bridge, 10.99.0.1-{n}/24, each in its own network namespace");
-    // Declaration order = reverse drop order: threads, nodes, xdp-pass,
-    // namespaces, temp dir.
-    let tmp = TempDir::new("run")?;
-    let lan = Lan::new(n)?;
-    let _pass = XdpPass::start(&ctl, &lan.bridge, &lan.port_names(), &tmp.join("xdp-pass.log"))?;
+    let k = args.kbucket_size.max(1).to_string();
+    println!(
+        "==> testbed: {n} nodes on a bridge (10.99.0.1-{n}/24), each in its own network namespace; \
+         node 1 first, the others bootstrap from it (Kademlia k = {k})"
+    );
+    let tb = Testbed::start(&ctl, n, &["--kbucket-size", &k], true, false)?;
+    println!("==> all {n} controllers up; logs and state in {}", tb.tmp.path().display());
+    let started = Instant::now();
+    match tb.wait_converged(Duration::from_secs(60)) {
+        Ok(t) => println!(
+            "==> routing tables converged in {:.1} s: {} routed peers per node",
+            started.elapsed().as_secs_f64(),
+            t.iter().map(|p| p.len().to_string()).collect::<Vec<_>>().join(" ")
+        ),
+        Err(e) => println!("==> warning: {e:#}"),
+    }
 
-    let mut specs = Vec::new();
-    for i in 1..=n {
-        specs.push(NodeSpec::new(&ctl, tmp.path(), &format!("h{i}"), lan.host(i), &[Lan::HOST_IF], Lan::addr(i))?);
-    }
-    let ids: Vec<NodeId> = specs.iter().map(|s| s.node_id).collect();
-    let mut targets = Vec::new();
-    for (i, spec) in specs.iter_mut().enumerate() {
-        let keys = keys_owned_by("demo", i, &ids, 8);
-        spec.records = keys.iter().map(|k| (k.clone(), format!("value of {k}"))).collect();
-        targets.push(Target { overlay: spec.overlay(), id: spec.node_id, keys });
-    }
-    let targets = Arc::new(targets);
-
-    let mut nodes = Vec::new();
-    for (i, spec) in specs.iter().enumerate() {
-        let peers: Vec<Value> =
-            specs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, s)| s.peer_entry()).collect();
-        println!("    start {} ({}) in {} as instance {}", spec.name, spec.addr, spec.netns, spec.instance);
-        nodes.push(Node::start(&ctl, spec, &peers)?);
-    }
-    let mut modes = Vec::new();
-    for node in &mut nodes {
-        let st = node.wait_ready(Duration::from_secs(30))?;
-        let mode = match st["xdp_mode"].as_str() {
-            Some(m) => format!("{}/{m}", st["datapath"].as_str().unwrap_or("?")),
-            None => st["datapath"].as_str().unwrap_or("?").to_string(),
-        };
-        modes.push(mode);
-    }
-    println!("==> all {n} controllers ready; logs and state in {}", tmp.path().display());
-
-    let sent = Arc::new(AtomicU64::new(0));
-    let replies = Arc::new(AtomicU64::new(0));
-    let mut threads: Vec<JoinHandle<Result<()>>> = Vec::new();
-    let per_host = (args.rate as f64 / n as f64).max(1.0);
-    for (i, spec) in specs.iter().enumerate() {
-        let sock = socket_in(&spec.netns, SocketAddr::new(spec.addr, 0))?;
-        let rx = sock.try_clone()?;
-        let replies = replies.clone();
-        threads.push(std::thread::spawn(move || receiver(rx, replies)));
-        let (targets, sent) = (targets.clone(), sent.clone());
-        let lookup_percent = args.lookup_percent as u64;
-        threads.push(std::thread::spawn(move || generator(sock, i, targets, per_host, lookup_percent, sent)));
+    let mut keys = Vec::new();
+    for i in 0..args.records {
+        let key = format!("demo-{i}");
+        let node = tb.node(i as usize % n);
+        let v = node.request(&json!({"cmd": "dht_put", "key": key, "value": format!("value of demo-{i}")}))?;
+        if v["ok"].as_bool() != Some(true) {
+            println!("    dht put {key} on {}: {}", node.name(), v["error"]);
+        }
+        keys.push(key);
     }
     println!(
-        "==> sending ~{} packets/s ({}% LOOKUP) from every host to random first hops; Ctrl-C to stop",
-        args.rate, args.lookup_percent
+        "==> {} records put into the DHT; ~{} lookups/s from random nodes (a quarter for absent keys); Ctrl-C to stop",
+        args.records, args.rate
     );
 
-    let result = monitor(&mut nodes, &modes, &sent, &replies, &threads);
+    let tb = Arc::new(tb);
+    let totals = Arc::new(Totals::default());
+    let generator = {
+        let (tb, totals, rate) = (tb.clone(), totals.clone(), args.rate);
+        std::thread::spawn(move || generate(&tb, &keys, rate, &totals))
+    };
+    let result = monitor(&tb, &totals, &generator);
     STOP.store(true, Ordering::SeqCst);
-    for t in threads {
-        match t.join() {
-            Ok(Err(e)) => eprintln!("traffic thread: {e:#}"),
-            Err(_) => eprintln!("traffic thread panicked"),
-            Ok(Ok(())) => {}
-        }
-    }
+    let _ = generator.join();
     println!("==> stopping controllers and removing the testbed");
-    drop(nodes);
+    drop(tb);
     result
 }
 
-/// Prints a table every second until STOP.
-fn monitor(
-    nodes: &mut [Node],
-    modes: &[String],
-    sent: &AtomicU64,
-    replies: &AtomicU64,
-    threads: &[JoinHandle<Result<()>>],
-) -> Result<()> {
+#[derive(Default)]
+struct Totals {
+    sent: AtomicU64,
+    found: AtomicU64,
+    failed: AtomicU64,
+    rtts_us: Mutex<Vec<u64>>,
+}
+
+/// Lookups at `rate` per second from random nodes, over the control socket.
+fn generate(tb: &Testbed, keys: &[String], rate: u32, totals: &Totals) {
+    let mut rng =
+        Rng(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
+            | 1);
     let start = Instant::now();
-    let mut prev: Vec<Option<Value>> = vec![None; nodes.len()];
-    let (mut prev_sent, mut prev_replies) = (0, 0);
+    let mut count: u64 = 0;
+    while !STOP.load(Ordering::Relaxed) {
+        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        if count >= due {
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        count += 1;
+        let alive = tb.alive();
+        let node = tb.node(alive[rng.below(alive.len())]);
+        let key = if rng.next().is_multiple_of(4) {
+            format!("absent-{}", rng.next() % 10_000)
+        } else {
+            keys[rng.below(keys.len())].clone()
+        };
+        totals.sent.fetch_add(1, Ordering::Relaxed);
+        match node.request(&json!({"cmd": "lookup", "key": key, "fallback": false, "timeout_ms": 1000})) {
+            Ok(v) if v["ok"].as_bool() == Some(true) => {
+                if v["found"].as_bool() == Some(true) {
+                    totals.found.fetch_add(1, Ordering::Relaxed);
+                }
+                totals.rtts_us.lock().unwrap().push(json_u64(&v, "rtt_us"));
+            }
+            _ => {
+                totals.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Prints a table every second until STOP.
+fn monitor(tb: &Testbed, totals: &Totals, generator: &std::thread::JoinHandle<()>) -> Result<()> {
+    let start = Instant::now();
+    let n = tb.nodes.len();
+    let mut prev: Vec<Option<(Value, Value)>> = vec![None; n];
+    let mut prev_sent = 0;
     let mut next = Instant::now() + Duration::from_secs(1);
     while !STOP.load(Ordering::SeqCst) {
         if Instant::now() < next {
@@ -172,36 +179,50 @@ fn monitor(
             continue;
         }
         next += Duration::from_secs(1);
-        if threads.iter().any(|t| t.is_finished()) {
-            bail!("a traffic thread stopped early (see below)");
+        if generator.is_finished() {
+            bail!("the lookup generator stopped early");
         }
-        let (s, r) = (sent.load(Ordering::Relaxed), replies.load(Ordering::Relaxed));
+        let sent = totals.sent.load(Ordering::Relaxed);
+        let mut rtts = std::mem::take(&mut *totals.rtts_us.lock().unwrap());
+        rtts.sort_unstable();
+        let median = rtts.get(rtts.len() / 2).copied().unwrap_or(0);
         println!(
-            "\n[{:>5}s] sent {}/s, lookup replies {}/s",
+            "\n[{:>5}s] lookups {}/s, found {} (of {}), failed {}, median rtt {} us",
             start.elapsed().as_secs(),
-            s - prev_sent,
-            r - prev_replies
+            sent - prev_sent,
+            totals.found.load(Ordering::Relaxed),
+            sent,
+            totals.failed.load(Ordering::Relaxed),
+            median
         );
-        (prev_sent, prev_replies) = (s, r);
+        prev_sent = sent;
         println!(
-            "  {:<6} {:<12} {:>9} {:>9} {:>9} {:>10}",
-            "node", "datapath", "fwd/s", "local/s", "drops/s", "fwd_slow/s"
+            "  {:<5} {:>5} {:>6} {:>7} {:>7} {:>8} {:>8} {:>9} {:>8}",
+            "node", "peers", "kad", "rt-upd", "fwd/s", "local/s", "drops/s", "answer/s", "records"
         );
-        for (i, node) in nodes.iter_mut().enumerate() {
-            node.check_alive()?;
+        for (i, prev) in prev.iter_mut().enumerate() {
+            let node = tb.node(i);
             let stats = node.stats().with_context(|| format!("stats of {}", node.name()))?;
-            let d = |c: &str| packets(&stats, c) - prev[i].as_ref().map_or(0, |p| packets(p, c));
+            let status = node.status().with_context(|| format!("status of {}", node.name()))?;
+            let (ps, pst) = prev.clone().unwrap_or((Value::Null, Value::Null));
+            let d = |c: &str| packets(&stats, c) - packets(&ps, c);
             let drops: u64 = COUNTER_NAMES.iter().filter(|c| c.starts_with("drop_")).map(|c| d(c)).sum();
+            let answered = json_u64(&status, "lookups_answered") - json_u64(&pst, "lookups_answered");
+            // Routing-table updates map sync applied (each a generation flip).
+            let routes = json_u64(&status, "map_sync.updates");
             println!(
-                "  {:<6} {:<12} {:>9} {:>9} {:>9} {:>10}",
+                "  {:<5} {:>5} {:>6} {:>7} {:>7} {:>8} {:>8} {:>9} {:>8}",
                 node.name(),
-                modes[i],
+                json_u64(&status, "peers"),
+                json_u64(&status, "kad_peers"),
+                routes,
                 d("fwd"),
                 d("local"),
                 drops,
-                d("fwd_slow")
+                answered,
+                json_u64(&status, "records")
             );
-            prev[i] = Some(stats);
+            *prev = Some((stats, status));
         }
     }
     println!();
@@ -220,60 +241,4 @@ impl Rng {
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
-}
-
-/// Sends from host `me` at `rate` packets/s: to a random other node j as
-/// the first hop, DATA for a random node k != j or a LOOKUP for a key k owns,
-/// so that j forwards every packet.
-fn generator(
-    sock: UdpSocket,
-    me: usize,
-    targets: Arc<Vec<Target>>,
-    rate: f64,
-    lookup_percent: u64,
-    sent: Arc<AtomicU64>,
-) -> Result<()> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let seed = now.as_nanos() as u64 ^ (me as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let mut rng = Rng(seed | 1);
-    let reply = sock.local_addr()?;
-    let src = targets[me].id;
-    let n = targets.len();
-    let start = Instant::now();
-    let mut count: u64 = 0;
-    while !STOP.load(Ordering::Relaxed) {
-        let due = (start.elapsed().as_secs_f64() * rate) as u64;
-        if count >= due {
-            std::thread::sleep(Duration::from_millis(2));
-            continue;
-        }
-        let j = (me + 1 + rng.below(n - 1)) % n;
-        let k = (j + 1 + rng.below(n - 1)) % n;
-        let t = &targets[k];
-        let pkt = if rng.next() % 100 < lookup_percent && !t.keys.is_empty() {
-            traffic::lookup(src, &t.keys[rng.below(t.keys.len())], reply, count)
-        } else {
-            traffic::data(src, t.id, count, 64)
-        };
-        send_one(&sock, targets[j].overlay, &pkt)?;
-        count += 1;
-        sent.fetch_add(1, Ordering::Relaxed);
-    }
-    Ok(())
-}
-
-/// Counts the LOOKUP_REPLYs (status found) that come back to a host's socket.
-fn receiver(sock: UdpSocket, replies: Arc<AtomicU64>) -> Result<()> {
-    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
-    let mut buf = vec![0u8; 65536];
-    while !STOP.load(Ordering::Relaxed) {
-        if let Ok((len, _)) = sock.recv_from(&mut buf)
-            && let Ok(p) = Packet::decode(&buf[..len])
-            && p.kind == KIND_LOOKUP_REPLY
-            && p.payload.first() == Some(&STATUS_FOUND)
-        {
-            replies.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    Ok(())
 }

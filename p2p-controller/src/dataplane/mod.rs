@@ -2,10 +2,12 @@
 //! object, attaches XDP, pins and fills the maps, reads pinned maps for the
 //! `maps` commands, and runs BPF_PROG_TEST_RUN for fixtures and benchmarks.
 
+mod batch;
 pub mod bench;
+mod mapped;
 mod pinned;
 
-pub use pinned::{PinnedMaps, is_bpffs_mounted};
+pub use pinned::{PinnedMaps, RouteLeaf, is_bpffs_mounted};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -122,6 +124,13 @@ pub struct Dataplane {
     /// and a slot given to another peer gets a new generation (which drops
     /// the datapath's cached next hop for it).
     peer_slots: std::collections::HashMap<u32, PeerEntry>,
+    /// What each ROUTES/ROUTE_TRIE generation holds, so that an update
+    /// writes only the entries that differ (a full generation is 65,536
+    /// syscalls; map sync must finish within 100 ms).
+    route_shadow: [Option<RouteTable>; ROUTE_GENERATIONS as usize],
+    /// ROUTES and ROUTE_TRIE mapped into this process (None: the kernel
+    /// refused the mapping; updates then go through batched syscalls).
+    route_maps: Option<(mapped::MappedArray<u32>, mapped::MappedArray<TrieNode>)>,
     links: Vec<(String, XdpLinkId, &'static str)>,
 }
 
@@ -164,7 +173,22 @@ impl Dataplane {
             pin_dir: opts.pin_dir,
             config: Config::default(),
             peer_slots: Default::default(),
+            route_shadow: Default::default(),
+            route_maps: None,
             links: Vec::new(),
+        };
+        dp.route_maps = match (dp.map_fd(names::ROUTES), dp.map_fd(names::ROUTE_TRIE)) {
+            (Some(r), Some(t)) => match (
+                mapped::MappedArray::new(r, ROUTE_BUCKETS * ROUTE_GENERATIONS),
+                mapped::MappedArray::new(t, TRIE_CAPACITY * ROUTE_GENERATIONS),
+            ) {
+                (Ok(r), Ok(t)) => Some((r, t)),
+                (Err(e), _) | (_, Err(e)) => {
+                    log::warn!("cannot mmap the routing maps ({e}): route updates use batched syscalls");
+                    None
+                }
+            },
+            _ => None,
         };
         if opts.ebpf_log {
             dp.config.policy |= names::POLICY_LOG;
@@ -179,10 +203,21 @@ impl Dataplane {
         }
     }
 
+    /// Sets this node's identity and policy. A new node ID also fills both
+    /// routing generations with the this-node-only table, so that every
+    /// later update writes only what differs (a full generation is 65,536
+    /// map writes: too slow for map sync's 100 ms).
     pub fn set_config(&mut self, node_id: [u8; 32], overlay_port: u16, policy: u16) -> Result<()> {
+        let new_id = self.config.node_id != node_id;
         self.config.node_id = node_id;
         self.config.overlay_port = overlay_port;
         self.config.policy = policy | (self.config.policy & names::POLICY_LOG);
+        if new_id && self.peer_slots.is_empty() {
+            let table = route_build::build(&node_id, &[])?;
+            for generation in 0..ROUTE_GENERATIONS {
+                self.write_routes(generation, &table)?;
+            }
+        }
         self.write_config()
     }
 
@@ -221,6 +256,14 @@ impl Dataplane {
         let live: Vec<(u32, [u8; 32])> =
             peers.iter().filter(|(_, p)| p.flags & names::PEER_LIVE != 0).map(|(s, p)| (*s, p.node_id)).collect();
         let table = route_build::build(&self.config.node_id, &live)?;
+        self.set_peers_routed(peers, &table)
+    }
+
+    /// [`Dataplane::set_peers`] with the routing table already built (from
+    /// the live entries of `peers`; map sync shares it with the userspace
+    /// router).
+    pub fn set_peers_routed(&mut self, peers: &[(u32, PeerEntry)], table: &RouteTable) -> Result<()> {
+        let live_count = peers.iter().filter(|(_, p)| p.flags & names::PEER_LIVE != 0).count();
         let entries: Vec<(u32, PeerEntry)> = peers
             .iter()
             .map(|(slot, p)| {
@@ -236,15 +279,17 @@ impl Dataplane {
             })
             .collect();
         {
+            let unchanged: std::collections::HashSet<u32> =
+                entries.iter().filter(|(s, p)| self.peer_slots.get(s) == Some(p)).map(|(s, _)| *s).collect();
             let mut a: Array<_, PeerEntry> = self.map_mut(names::PEERS)?;
-            for (slot, p) in &entries {
+            for (slot, p) in entries.iter().filter(|(s, _)| !unchanged.contains(s)) {
                 a.set(*slot, p, 0).map_err(map_err(names::PEERS))?;
             }
         }
         let next_gen = (self.config.route_gen + 1) % ROUTE_GENERATIONS;
-        self.write_routes(next_gen, &table)?;
+        self.write_routes(next_gen, table)?;
         self.config.route_gen = next_gen;
-        self.config.peer_count = live.len() as u32;
+        self.config.peer_count = live_count as u32;
         self.write_config()?;
         let keep: std::collections::HashSet<u32> = entries.iter().map(|(s, _)| *s).collect();
         let stale: Vec<u32> = self.peer_slots.keys().copied().filter(|s| !keep.contains(s)).collect();
@@ -270,20 +315,76 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Writes `table` into the idle `generation`, skipping entries that
+    /// already hold the same value there.
     fn write_routes(&mut self, generation: u32, table: &RouteTable) -> Result<()> {
-        {
-            let mut trie: Array<_, TrieNode> = self.map_mut(names::ROUTE_TRIE)?;
-            let base = generation * TRIE_CAPACITY;
-            for (i, n) in table.nodes.iter().enumerate() {
-                trie.set(base + i as u32, n, 0).map_err(map_err(names::ROUTE_TRIE))?;
+        let shadow = self.route_shadow[generation as usize].take();
+        let trie_base = generation * TRIE_CAPACITY;
+        let (node_keys, nodes): (Vec<u32>, Vec<TrieNode>) = table
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| shadow.as_ref().is_none_or(|s| s.nodes.get(*i) != Some(n)))
+            .map(|(i, n)| (trie_base + i as u32, *n))
+            .unzip();
+        let bucket_base = generation * ROUTE_BUCKETS;
+        let (bucket_keys, buckets): (Vec<u32>, Vec<u32>) = table
+            .buckets
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| shadow.as_ref().is_none_or(|s| s.buckets.get(*i) != Some(r)))
+            .map(|(i, r)| (bucket_base + i as u32, *r))
+            .unzip();
+        match self.route_maps.as_mut() {
+            Some((routes, trie)) => {
+                for (k, n) in node_keys.iter().zip(&nodes) {
+                    trie.set(*k, *n);
+                }
+                for (k, r) in bucket_keys.iter().zip(&buckets) {
+                    routes.set(*k, *r);
+                }
+                // Everything stored before the CONFIG write that flips to it.
+                std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            }
+            None => {
+                self.array_write(names::ROUTE_TRIE, &node_keys, &nodes)?;
+                self.array_write(names::ROUTES, &bucket_keys, &buckets)?;
             }
         }
-        let mut routes: Array<_, u32> = self.map_mut(names::ROUTES)?;
-        let base = generation * ROUTE_BUCKETS;
-        for (i, r) in table.buckets.iter().enumerate() {
-            routes.set(base + i as u32, r, 0).map_err(map_err(names::ROUTES))?;
-        }
+        self.route_shadow[generation as usize] = Some(table.clone());
         Ok(())
+    }
+
+    /// The fd of an array map of the loaded object.
+    fn map_fd(&self, name: &'static str) -> Option<i32> {
+        use std::os::fd::{AsFd, AsRawFd};
+        match self.ebpf.map(name)? {
+            aya::maps::Map::Array(data) => Some(data.fd().as_fd().as_raw_fd()),
+            _ => None,
+        }
+    }
+
+    /// Writes array entries: BPF_MAP_UPDATE_BATCH (one syscall per 8,192
+    /// entries), or one update per entry on kernels without it (< 5.6).
+    fn array_write<V: aya::Pod>(&mut self, name: &'static str, keys: &[u32], values: &[V]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let batched = match self.map_fd(name) {
+            Some(fd) => keys.chunks(8192).zip(values.chunks(8192)).try_for_each(|(k, v)| batch::update(fd, k, v)),
+            None => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
+        };
+        match batched {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524 /* ENOTSUPP */)) => {
+                let mut a: Array<_, V> = self.map_mut(name)?;
+                for (k, v) in keys.iter().zip(values) {
+                    a.set(*k, v, 0).map_err(map_err(name))?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(DataplaneError::Io(std::io::Error::other(format!("{name}: BPF_MAP_UPDATE_BATCH: {e}")))),
+        }
     }
 
     pub fn block(&mut self, key: BlockKey, entry: BlockEntry) -> Result<()> {

@@ -7,7 +7,7 @@ use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use p2p_common::maps::{
     self as names, BlockEntry, BlockKey, Config, Counter, PEER_LIVE, PeerEntry, ROUTE_BUCKETS, TRIE_CAPACITY, TrieNode,
 };
-use p2p_common::route::is_leaf;
+use p2p_common::route_build;
 
 use super::{DataplaneError, Result, map_err, sum_stats};
 
@@ -65,56 +65,46 @@ impl PinnedMaps {
         a.get(&0, 0).map_err(map_err(names::CONFIG))
     }
 
-    /// Occupied PEERS slots.
-    pub fn peers(&self) -> Result<Vec<(u32, PeerEntry)>> {
-        let m = self.map(names::PEERS)?;
-        let a: Array<_, PeerEntry> = Array::try_from(m).map_err(map_err(names::PEERS))?;
-        let mut out = Vec::new();
-        for (slot, entry) in a.iter().enumerate() {
-            let entry = entry.map_err(map_err(names::PEERS))?;
-            if entry.flags & PEER_LIVE != 0 || entry.node_id != [0; 32] {
-                out.push((slot as u32, entry));
+    /// Every value of an array map, by index: in batches, or one lookup per
+    /// entry on kernels without BPF_MAP_LOOKUP_BATCH.
+    fn array_values<V: aya::Pod + Default>(&self, name: &'static str, max_entries: u32) -> Result<Vec<V>> {
+        let path = self.dir.join(name);
+        let data = MapData::from_pin(&path).map_err(|e| DataplaneError::Pinned {
+            dir: self.dir.clone(),
+            reason: format!("{name}: {}", super::error_chain(&e)),
+        })?;
+        use std::os::fd::{AsFd, AsRawFd};
+        match super::batch::lookup_all::<V>(data.fd().as_fd().as_raw_fd(), max_entries) {
+            Ok(v) => Ok(v),
+            Err(_) => {
+                let a: Array<_, V> =
+                    Array::try_from(Map::from_map_data(data).map_err(map_err(name))?).map_err(map_err(name))?;
+                a.iter().map(|v| v.map_err(map_err(name))).collect()
             }
         }
-        Ok(out)
+    }
+
+    /// Occupied PEERS slots.
+    pub fn peers(&self) -> Result<Vec<(u32, PeerEntry)>> {
+        let all: Vec<PeerEntry> = self.array_values(names::PEERS, names::MAX_PEERS)?;
+        Ok(all
+            .into_iter()
+            .enumerate()
+            .filter(|(_, e)| e.flags & PEER_LIVE != 0 || e.node_id != [0; 32])
+            .map(|(slot, e)| (slot as u32, e))
+            .collect())
     }
 
     /// The live generation's leaves with the number of buckets that reach each.
     pub fn routes(&self) -> Result<(u32, Vec<RouteLeaf>)> {
         let cfg = self.config()?;
         let peers: std::collections::HashMap<u32, PeerEntry> = self.peers()?.into_iter().collect();
-        let routes: Array<_, u32> = Array::try_from(self.map(names::ROUTES)?).map_err(map_err(names::ROUTES))?;
-        let trie: Array<_, TrieNode> =
-            Array::try_from(self.map(names::ROUTE_TRIE)?).map_err(map_err(names::ROUTE_TRIE))?;
-        let mut counts: std::collections::BTreeMap<u32, u32> = Default::default();
-        let mut node_cache: std::collections::HashMap<u32, TrieNode> = Default::default();
-        let base = cfg.route_gen * ROUTE_BUCKETS;
-        for b in 0..ROUTE_BUCKETS {
-            let start = routes.get(&(base + b), 0).map_err(map_err(names::ROUTES))?;
-            // Every leaf under this bucket's subtree can answer for it.
-            let mut stack = vec![start];
-            let mut steps = 0;
-            while let Some(r) = stack.pop() {
-                steps += 1;
-                if steps > 4096 {
-                    break;
-                }
-                if is_leaf(r) {
-                    *counts.entry(r & !names::REF_LEAF).or_default() += 1;
-                    continue;
-                }
-                let n = match node_cache.get(&r) {
-                    Some(n) => *n,
-                    None => {
-                        let n =
-                            trie.get(&(cfg.route_gen * TRIE_CAPACITY + r), 0).map_err(map_err(names::ROUTE_TRIE))?;
-                        node_cache.insert(r, n);
-                        n
-                    }
-                };
-                stack.extend(n.child);
-            }
-        }
+        let routes: Vec<u32> = self.array_values(names::ROUTES, ROUTE_BUCKETS * names::ROUTE_GENERATIONS)?;
+        let trie: Vec<TrieNode> = self.array_values(names::ROUTE_TRIE, TRIE_CAPACITY * names::ROUTE_GENERATIONS)?;
+        let base = (cfg.route_gen * ROUTE_BUCKETS) as usize;
+        let buckets = &routes[base..base + ROUTE_BUCKETS as usize];
+        let trie_base = cfg.route_gen * TRIE_CAPACITY;
+        let counts = route_build::leaf_buckets(buckets, |r| trie.get((trie_base + r) as usize).copied());
         let leaves = counts
             .into_iter()
             .map(|(slot, buckets)| {

@@ -1,0 +1,329 @@
+//! Map sync: turns the set of peers the datapath should route to (static
+//! peers, plus Kademlia's routing table filtered by liveness and known
+//! overlay endpoints) into PEERS slots, the kernel maps and the userspace
+//! router.
+//!
+//! Why slots are handed out this way: a packet that read the previous
+//! routing generation may still be on its way to PEERS[slot] while a new
+//! generation is swapped in. `Dataplane::set_peers` writes new slots first,
+//! flips the generation, and clears removed slots only after a grace
+//! period, so the old generation's slots stay valid. That only holds if a
+//! slot freed by one update is never given to another peer by the same
+//! update: [`SlotTable`] keeps freed slots in quarantine until the next
+//! plan, which is applied after the previous one finished (one worker
+//! thread applies plans in order).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::{Duration, Instant};
+
+use p2p_common::codec;
+use p2p_common::id::NodeId;
+use p2p_common::maps::{MAX_PEERS, PEER_LIVE, PEER_V4, PeerEntry};
+
+use crate::daemon::Node;
+use crate::datapath::{Peer, Router};
+
+/// One update to apply: every slot in use after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub entries: Vec<(u32, Peer)>,
+    pub added: usize,
+    pub removed: usize,
+    pub changed: usize,
+}
+
+/// Stable slot assignment for node IDs, with freed slots quarantined for
+/// one plan.
+#[derive(Debug, Default)]
+pub struct SlotTable {
+    by_id: HashMap<NodeId, (u32, SocketAddr)>,
+    free: BTreeSet<u32>,
+    /// Slots freed by the last plan: reusable from the next one on.
+    quarantine: Vec<u32>,
+    /// Slots below this have been handed out at least once.
+    high: u32,
+}
+
+impl SlotTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    pub fn slot_of(&self, id: &NodeId) -> Option<u32> {
+        self.by_id.get(id).map(|(s, _)| *s)
+    }
+
+    /// The plan that takes the table to `desired` (duplicates by node ID:
+    /// the first wins), or `None` when nothing changes. Peers beyond
+    /// `MAX_PEERS` slots are left out with a warning.
+    pub fn plan(&mut self, desired: &[Peer]) -> Option<Plan> {
+        self.free.extend(self.quarantine.drain(..));
+        let mut want: HashMap<NodeId, SocketAddr> = HashMap::with_capacity(desired.len());
+        let mut order = Vec::with_capacity(desired.len());
+        for p in desired {
+            if let std::collections::hash_map::Entry::Vacant(e) = want.entry(p.node_id) {
+                e.insert(p.addr);
+                order.push(p.node_id);
+            }
+        }
+        let gone: Vec<NodeId> = self.by_id.keys().filter(|id| !want.contains_key(id)).copied().collect();
+        let mut removed = 0;
+        for id in &gone {
+            if let Some((slot, _)) = self.by_id.remove(id) {
+                self.quarantine.push(slot);
+                removed += 1;
+            }
+        }
+        let (mut added, mut changed) = (0, 0);
+        for id in order {
+            let addr = want[&id];
+            match self.by_id.get_mut(&id) {
+                Some((_, a)) if *a == addr => {}
+                Some((_, a)) => {
+                    *a = addr;
+                    changed += 1;
+                }
+                None => {
+                    let slot = match self.free.pop_first() {
+                        Some(s) => s,
+                        None if self.high < MAX_PEERS => {
+                            self.high += 1;
+                            self.high - 1
+                        }
+                        None => {
+                            log::warn!("all {MAX_PEERS} peer slots in use: {id} is not routed to");
+                            continue;
+                        }
+                    };
+                    self.by_id.insert(id, (slot, addr));
+                    added += 1;
+                }
+            }
+        }
+        if added + removed + changed == 0 {
+            return None;
+        }
+        let mut entries: Vec<(u32, Peer)> =
+            self.by_id.iter().map(|(id, (slot, addr))| (*slot, Peer { node_id: *id, addr: *addr })).collect();
+        entries.sort_unstable_by_key(|(s, _)| *s);
+        Some(Plan { entries, added, removed, changed })
+    }
+}
+
+/// PEERS entry for a live peer (the dataplane assigns generations).
+pub fn peer_entry(p: &Peer) -> PeerEntry {
+    let mut flags = PEER_LIVE;
+    if p.addr.is_ipv4() {
+        flags |= PEER_V4;
+    }
+    PeerEntry {
+        node_id: p.node_id.0,
+        addr: codec::addr_to_mapped(p.addr.ip()),
+        port: p.addr.port(),
+        flags,
+        reputation: 0,
+        generation: 0,
+    }
+}
+
+/// What `status` reports about map sync.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct SyncStats {
+    /// Updates applied (kernel maps and userspace router).
+    pub updates: u64,
+    pub peers: usize,
+    /// From the routing-table change to the maps being live, microseconds.
+    pub last_us: u64,
+    pub max_us: u64,
+    /// Updates that took longer than 100 ms.
+    pub over_100ms: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+/// Applies a plan: kernel maps first (new slots, generation flip, stale
+/// slots cleared), then the userspace router in one swap.
+pub fn apply(node: &Node, plan: &Plan) -> Result<(), String> {
+    let entries: Vec<(u32, PeerEntry)> = plan.entries.iter().map(|(s, p)| (*s, peer_entry(p))).collect();
+    let router = Router::new(node.identity.node_id, plan.entries.clone()).map_err(|e| e.to_string())?;
+    if let Some(dp) = node.dataplane.lock().unwrap().as_mut() {
+        dp.set_peers_routed(&entries, router.table()).map_err(|e| e.to_string())?;
+    }
+    let mut st = node.state.lock().unwrap();
+    st.router = router;
+    let live: HashSet<NodeId> = plan.entries.iter().map(|(_, p)| p.node_id).collect();
+    st.answered.retain(|id| live.contains(id));
+    Ok(())
+}
+
+/// A desired peer set and when the change that produced it was seen.
+pub struct Desired {
+    pub peers: Vec<Peer>,
+    pub since: Instant,
+}
+
+/// Handle on the worker thread that applies desired peer sets in order,
+/// skipping to the newest when several queued up.
+#[derive(Clone)]
+pub struct MapSync {
+    tx: Sender<Desired>,
+}
+
+impl MapSync {
+    pub fn spawn(node: Arc<Node>, slots: SlotTable) -> std::io::Result<MapSync> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new().name("map-sync".into()).spawn(move || worker(node, slots, rx))?;
+        Ok(MapSync { tx })
+    }
+
+    pub fn submit(&self, peers: Vec<Peer>, since: Instant) {
+        let _ = self.tx.send(Desired { peers, since });
+    }
+}
+
+fn worker(node: Arc<Node>, mut slots: SlotTable, rx: Receiver<Desired>) {
+    while let Ok(mut d) = rx.recv() {
+        while let Ok(newer) = rx.try_recv() {
+            d = Desired { peers: newer.peers, since: d.since.min(newer.since) };
+        }
+        let Some(plan) = slots.plan(&d.peers) else { continue };
+        let result = apply(&node, &plan);
+        let took = d.since.elapsed();
+        let mut st = node.state.lock().unwrap();
+        record(&mut st.map_sync, &plan, took, result);
+    }
+}
+
+pub fn record(stats: &mut SyncStats, plan: &Plan, took: Duration, result: Result<(), String>) {
+    match result {
+        Ok(()) => {
+            stats.updates += 1;
+            stats.peers = plan.entries.len();
+            stats.last_us = took.as_micros() as u64;
+            stats.max_us = stats.max_us.max(stats.last_us);
+            stats.over_100ms += u64::from(took > Duration::from_millis(100));
+            log::debug!(
+                "map sync: {} peers (+{} -{} ~{}) live after {:?}",
+                plan.entries.len(),
+                plan.added,
+                plan.removed,
+                plan.changed,
+                took
+            );
+        }
+        Err(e) => {
+            log::error!("map sync failed, the maps keep the previous peer set: {e}");
+            stats.errors += 1;
+            stats.last_error = Some(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn peer(n: u8, port: u16) -> Peer {
+        Peer { node_id: NodeId([n; 32]), addr: SocketAddr::new([10, 0, 0, n].into(), port) }
+    }
+
+    fn slots(plan: &Plan) -> HashMap<u32, NodeId> {
+        plan.entries.iter().map(|(s, p)| (*s, p.node_id)).collect()
+    }
+
+    #[test]
+    fn unchanged_set_is_no_plan_and_slots_are_stable() {
+        let mut t = SlotTable::new();
+        let p = t.plan(&[peer(1, 1), peer(2, 1), peer(3, 1)]).unwrap();
+        assert_eq!((p.added, p.removed, p.changed), (3, 0, 0));
+        assert_eq!(t.plan(&[peer(3, 1), peer(2, 1), peer(1, 1)]), None, "order does not matter");
+        let before = slots(&p);
+        let p = t.plan(&[peer(1, 1), peer(3, 1)]).unwrap();
+        assert_eq!((p.added, p.removed), (0, 1));
+        for (s, id) in slots(&p) {
+            assert_eq!(before[&s], id, "surviving peers keep their slots");
+        }
+    }
+
+    #[test]
+    fn address_change_keeps_the_slot() {
+        let mut t = SlotTable::new();
+        t.plan(&[peer(1, 1), peer(2, 1)]).unwrap();
+        let s2 = t.slot_of(&NodeId([2; 32])).unwrap();
+        let p = t.plan(&[peer(1, 1), peer(2, 7)]).unwrap();
+        assert_eq!((p.added, p.removed, p.changed), (0, 0, 1));
+        assert_eq!(t.slot_of(&NodeId([2; 32])), Some(s2));
+        assert!(p.entries.contains(&(s2, peer(2, 7))));
+    }
+
+    #[test]
+    fn freed_slot_is_not_reused_by_the_same_plan() {
+        let mut t = SlotTable::new();
+        t.plan(&[peer(1, 1)]).unwrap();
+        let s1 = t.slot_of(&NodeId([1; 32])).unwrap();
+        // Peer 1 leaves while peer 2 arrives: 2 must not take 1's slot now…
+        t.plan(&[peer(2, 1)]).unwrap();
+        assert_ne!(t.slot_of(&NodeId([2; 32])), Some(s1));
+        // …but the slot is free again for the plan after.
+        t.plan(&[peer(2, 1), peer(3, 1)]).unwrap();
+        assert_eq!(t.slot_of(&NodeId([3; 32])), Some(s1));
+    }
+
+    #[test]
+    fn duplicates_keep_the_first() {
+        let mut t = SlotTable::new();
+        let p = t.plan(&[peer(1, 1), peer(1, 2)]).unwrap();
+        assert_eq!(p.entries.len(), 1);
+        assert_eq!(p.entries[0].1, peer(1, 1));
+    }
+
+    /// The property the datapath relies on, over random churn: between two
+    /// consecutive plans, a slot either keeps its node ID, or was unused in
+    /// one of the two. A slot never moves from one peer straight to another.
+    #[test]
+    fn random_churn_never_hands_a_slot_straight_to_another_peer() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut t = SlotTable::new();
+        let mut prev: HashMap<u32, NodeId> = HashMap::new();
+        let mut live: Vec<u8> = Vec::new();
+        for _ in 0..5_000 {
+            for _ in 0..rng.gen_range(0..4) {
+                if !live.is_empty() && rng.gen_bool(0.5) {
+                    live.swap_remove(rng.gen_range(0..live.len()));
+                }
+            }
+            for _ in 0..rng.gen_range(0..4) {
+                let n: u8 = rng.r#gen();
+                if !live.contains(&n) {
+                    live.push(n);
+                }
+            }
+            let desired: Vec<Peer> = live.iter().map(|n| peer(*n, 9470)).collect();
+            let cur = match t.plan(&desired) {
+                Some(p) => slots(&p),
+                None => prev.clone(),
+            };
+            for (s, id) in &cur {
+                if let Some(old) = prev.get(s) {
+                    assert_eq!(old, id, "slot {s} went from one peer to another in one plan");
+                }
+            }
+            let want: HashSet<NodeId> = desired.iter().map(|p| p.node_id).collect();
+            assert_eq!(cur.values().copied().collect::<HashSet<_>>(), want);
+            assert!(cur.keys().all(|s| *s < 512), "slots are reused, not leaked");
+            prev = cur;
+        }
+    }
+}

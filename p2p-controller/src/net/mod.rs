@@ -1,0 +1,197 @@
+//! The control plane: one libp2p swarm per node (TCP and QUIC, Noise,
+//! Yamux, identify, ping, Kademlia in server mode, mDNS, gossipsub) that
+//! finds peers, learns their overlay endpoints and drives map sync.
+//!
+//! - [`behaviour`]: the composed behaviour and the swarm builder;
+//! - [`event_loop`]: the task that owns the swarm, its handlers and the
+//!   liveness checks;
+//! - [`peers`]: what we know of each peer (kad speaker, endpoint, dead);
+//! - [`advert`]: the overlay endpoint advertisement (multiaddr codec);
+//! - [`bootstrap`]: `--bootstrap` targets and their back-off;
+//! - [`store`]: Kademlia's record store, shared with the LOOKUP answerer.
+//!
+//! Everything else talks to the task through [`NetHandle`].
+
+pub mod advert;
+pub mod behaviour;
+pub mod bootstrap;
+mod event_loop;
+pub mod peers;
+pub mod store;
+
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::daemon::Node;
+use crate::datapath::Peer;
+use crate::error::{Error, Result};
+use crate::mapsync::MapSync;
+
+/// Default Kademlia protocol name (`--kad-protocol`).
+pub const DEFAULT_KAD_PROTOCOL: &str = "/p2p-nos/kad/1.0.0";
+/// Default libp2p port, TCP and QUIC (`--p2p-port`).
+pub const DEFAULT_P2P_PORT: u16 = 9471;
+
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    pub kad_protocol: String,
+    /// Copies of each record: the closest nodes that store it.
+    pub replication: NonZeroUsize,
+    /// Default quorum of `dht put`.
+    pub quorum: NonZeroUsize,
+    pub kbucket_size: NonZeroUsize,
+    /// `None`: libp2p's default.
+    pub record_ttl: Option<Duration>,
+    pub republish_interval: Option<Duration>,
+    pub bootstrap_interval: Duration,
+    pub bootstrap: Vec<Multiaddr>,
+    pub listen: Vec<Multiaddr>,
+    pub mdns: bool,
+    /// Addresses to advertise; empty: those of `ifaces`, or with no
+    /// interfaces given, every usable address.
+    pub advertise: Vec<IpAddr>,
+    pub ifaces: Vec<String>,
+    pub overlay_port: u16,
+    /// `--peers`: always routed to, whatever Kademlia says.
+    pub static_peers: Vec<Peer>,
+}
+
+/// One peer as the control plane sees it (`peers`, `maps … --json`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerView {
+    /// `null` for static peers (a peers file names node IDs only).
+    pub peer_id: Option<String>,
+    pub node_id: String,
+    /// "kad" (in Kademlia's routing table), "static" (`--peers`) or
+    /// "connected" (connected, not in the table).
+    pub source: &'static str,
+    /// Kademlia's addresses for it.
+    pub addresses: Vec<String>,
+    /// The overlay endpoint the datapath sends to.
+    pub overlay: Option<String>,
+    pub connected: bool,
+    /// Whether map sync puts it in PEERS/ROUTES.
+    pub routable: bool,
+    pub state: String,
+    pub agent: String,
+}
+
+/// The answer to a Kademlia get.
+#[derive(Debug, Clone)]
+pub struct GetResult {
+    pub value: Option<Vec<u8>>,
+    /// The peer that returned it; `None` for the local store.
+    pub from: Option<PeerId>,
+    pub elapsed: Duration,
+}
+
+/// A pub/sub message for a local subscriber.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PubsubMessage {
+    pub topic: String,
+    /// The publisher's peer ID.
+    pub from: Option<String>,
+    pub message_id: String,
+    pub data: String,
+}
+
+pub(crate) type Reply<T> = oneshot::Sender<std::result::Result<T, String>>;
+
+pub(crate) enum NetCommand {
+    Status(oneshot::Sender<Value>),
+    View(oneshot::Sender<Vec<PeerView>>),
+    Put {
+        key: String,
+        value: Vec<u8>,
+        quorum: Option<NonZeroUsize>,
+        reply: Reply<Value>,
+    },
+    Get {
+        key: String,
+        network_only: bool,
+        reply: Reply<GetResult>,
+    },
+    Publish {
+        topic: String,
+        data: Vec<u8>,
+        reply: Reply<Value>,
+    },
+    Subscribe {
+        topic: String,
+        tx: mpsc::UnboundedSender<PubsubMessage>,
+        reply: Reply<()>,
+    },
+    /// Close every connection (peers see the node leave at once, QUIC ones
+    /// too), then stop the swarm.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Talks to the swarm task.
+#[derive(Clone)]
+pub struct NetHandle {
+    tx: mpsc::Sender<NetCommand>,
+}
+
+fn gone() -> Error {
+    Error::Remote("the control plane has stopped".into())
+}
+
+impl NetHandle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> NetCommand) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+
+    pub async fn status(&self) -> Result<Value> {
+        self.ask(NetCommand::Status).await
+    }
+
+    pub async fn view(&self) -> Result<Vec<PeerView>> {
+        self.ask(NetCommand::View).await
+    }
+
+    pub async fn put(&self, key: String, value: Vec<u8>, quorum: Option<NonZeroUsize>) -> Result<Value> {
+        self.ask(|reply| NetCommand::Put { key, value, quorum, reply }).await?.map_err(Error::Remote)
+    }
+
+    /// Kademlia's iterative get; `network_only` ignores the local store.
+    pub async fn get(&self, key: String, network_only: bool, timeout: Duration) -> Result<GetResult> {
+        let fut = self.ask(|reply| NetCommand::Get { key, network_only, reply });
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r?.map_err(Error::Remote),
+            Err(_) => Err(Error::Remote(format!("Kademlia get: no answer within {} ms", timeout.as_millis()))),
+        }
+    }
+
+    pub async fn publish(&self, topic: String, data: Vec<u8>) -> Result<Value> {
+        self.ask(|reply| NetCommand::Publish { topic, data, reply }).await?.map_err(Error::Remote)
+    }
+
+    /// Leaves the network gracefully: waits (at most `timeout`) until every
+    /// connection is closed and the swarm has stopped.
+    pub async fn shutdown(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.ask(NetCommand::Shutdown)).await;
+    }
+
+    pub async fn subscribe(&self, topic: String) -> Result<mpsc::UnboundedReceiver<PubsubMessage>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.ask(|reply| NetCommand::Subscribe { topic, tx, reply }).await?.map_err(Error::Remote)?;
+        Ok(rx)
+    }
+}
+
+/// Builds the swarm, starts listening and spawns its task.
+pub fn spawn(node: Arc<Node>, cfg: NetConfig, sync: MapSync) -> Result<NetHandle> {
+    let swarm = behaviour::build(&node.identity.keypair, &cfg, node.store.clone()).map_err(Error::Usage)?;
+    let (tx, rx) = mpsc::channel(64);
+    let lp = event_loop::EventLoop::new(swarm, node, cfg, sync)?;
+    tokio::spawn(lp.run(rx));
+    Ok(NetHandle { tx })
+}

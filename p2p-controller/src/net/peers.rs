@@ -1,0 +1,218 @@
+//! What the control plane knows about each remote peer beyond Kademlia's
+//! table: whether identify showed it speaks our Kademlia protocol, the
+//! overlay endpoint it advertises, its connections, and whether it has been
+//! found dead. Only peers that speak our protocol, advertise an endpoint
+//! and are not dead are routed to by the datapath.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use libp2p::swarm::ConnectionId;
+
+use super::advert;
+
+/// A peer in the maps that has not answered an overlay PING for this long
+/// is dead (the daemon PINGs every map peer each second).
+pub const DEAD_AFTER: Duration = Duration::from_millis(3000);
+
+#[derive(Debug, Default, Clone)]
+pub struct PeerState {
+    pub identified: bool,
+    pub speaks_kad: bool,
+    pub agent: String,
+    /// Overlay endpoints from identify, in the order advertised.
+    pub advertised: Vec<SocketAddr>,
+    /// The one we send to (see [`advert::pick_endpoint`]).
+    pub endpoint: Option<SocketAddr>,
+    /// Open connections and the remote IP of each.
+    pub connections: HashMap<ConnectionId, Option<IpAddr>>,
+    /// Found dead (when, why); cleared by a new connection.
+    pub dead: Option<(Instant, String)>,
+    /// Since when the datapath routes to it.
+    pub in_maps_since: Option<Instant>,
+}
+
+impl PeerState {
+    pub fn connected(&self) -> bool {
+        !self.connections.is_empty()
+    }
+
+    /// The overlay endpoint to route to, if the peer may be routed to.
+    pub fn routable(&self) -> Option<SocketAddr> {
+        if self.speaks_kad && self.dead.is_none() { self.endpoint } else { None }
+    }
+
+    /// Why the peer is not routed to (for `peers` and `maps`).
+    pub fn state(&self) -> String {
+        match (&self.dead, self.identified, self.speaks_kad, self.endpoint) {
+            (Some((_, why)), ..) => format!("dead: {why}"),
+            (None, false, ..) => "not identified".into(),
+            (None, true, false, _) => "does not speak our Kademlia protocol".into(),
+            (None, true, true, None) => "no overlay endpoint advertised".into(),
+            (None, true, true, Some(_)) => "routable".into(),
+        }
+    }
+
+    /// Overdue for a PONG: in the maps for `DEAD_AFTER` and silent as long.
+    pub fn overdue(&self, now: Instant, last_pong: Option<Instant>) -> bool {
+        let Some(since) = self.in_maps_since else { return false };
+        let heard = last_pong.map_or(since, |p| p.max(since));
+        now.saturating_duration_since(heard) > DEAD_AFTER
+    }
+}
+
+/// What identify told us changed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Identified {
+    pub speaks_kad: bool,
+    /// The routable endpoint changed (appeared, moved or went away).
+    pub endpoint_changed: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct PeerBook {
+    peers: HashMap<PeerId, PeerState>,
+}
+
+impl PeerBook {
+    pub fn get(&self, peer: &PeerId) -> Option<&PeerState> {
+        self.peers.get(peer)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&PeerId, &PeerState)> {
+        self.peers.iter()
+    }
+
+    pub fn connected_count(&self) -> usize {
+        self.peers.values().filter(|p| p.connected()).count()
+    }
+
+    /// A connection came up: a peer found dead gets another chance.
+    pub fn on_connected(&mut self, peer: PeerId, conn: ConnectionId, remote_ip: Option<IpAddr>) {
+        let st = self.peers.entry(peer).or_default();
+        st.connections.insert(conn, remote_ip);
+        st.dead = None;
+    }
+
+    /// A connection closed; true if it was the last one.
+    pub fn on_closed(&mut self, peer: &PeerId, conn: ConnectionId) -> bool {
+        match self.peers.get_mut(peer) {
+            Some(st) => {
+                st.connections.remove(&conn);
+                st.connections.is_empty()
+            }
+            None => true,
+        }
+    }
+
+    /// identify's answer on connection `conn`: protocols and listen addresses.
+    pub fn on_identify(
+        &mut self,
+        peer: PeerId,
+        conn: ConnectionId,
+        speaks_kad: bool,
+        agent: &str,
+        listen_addrs: &[libp2p::Multiaddr],
+    ) -> Identified {
+        let st = self.peers.entry(peer).or_default();
+        let before = st.routable();
+        st.identified = true;
+        st.speaks_kad = speaks_kad;
+        st.agent = agent.to_string();
+        st.advertised = advert::overlay_endpoints(listen_addrs);
+        // This connection's address first, then the peer's other connections.
+        let mut remote: Vec<IpAddr> = st.connections.get(&conn).copied().flatten().into_iter().collect();
+        remote.extend(st.connections.values().flatten().copied());
+        st.endpoint = advert::pick_endpoint(&st.advertised, &remote);
+        Identified { speaks_kad, endpoint_changed: st.routable() != before }
+    }
+
+    /// Marks a peer dead; true if it was not already.
+    pub fn mark_dead(&mut self, peer: &PeerId, now: Instant, why: impl Into<String>) -> bool {
+        match self.peers.get_mut(peer) {
+            Some(st) if st.dead.is_none() => {
+                st.dead = Some((now, why.into()));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records which peers the datapath routes to now.
+    pub fn set_in_maps(&mut self, routed: &std::collections::HashSet<PeerId>, now: Instant) {
+        for (id, st) in self.peers.iter_mut() {
+            match (routed.contains(id), st.in_maps_since) {
+                (true, None) => st.in_maps_since = Some(now),
+                (false, Some(_)) => st.in_maps_since = None,
+                _ => {}
+            }
+        }
+    }
+
+    /// Forgets peers with no connection that are neither routed to nor
+    /// recently dead, so the book does not grow without bound.
+    pub fn prune(&mut self, keep: impl Fn(&PeerId) -> bool) {
+        self.peers.retain(|id, st| st.connected() || st.in_maps_since.is_some() || keep(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<libp2p::Multiaddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn only_kad_speakers_with_an_endpoint_are_routable() {
+        let mut book = PeerBook::default();
+        let (p, c) = (PeerId::random(), ConnectionId::new_unchecked(1));
+        book.on_connected(p, c, Some("10.99.0.2".parse().unwrap()));
+        assert_eq!(book.get(&p).unwrap().state(), "not identified");
+        let adv = addrs(&["/ip4/10.99.0.2/tcp/9471", "/ip4/10.99.0.2/udp/9470"]);
+        let r = book.on_identify(p, c, false, "other/1.0", &adv);
+        assert_eq!(r, Identified { speaks_kad: false, endpoint_changed: false });
+        assert_eq!(book.get(&p).unwrap().routable(), None, "a non-speaker never enters the maps");
+        let r = book.on_identify(p, c, true, "p2p-nos/0.1.0", &adv[..1]);
+        assert!(!r.endpoint_changed);
+        assert_eq!(book.get(&p).unwrap().state(), "no overlay endpoint advertised");
+        let r = book.on_identify(p, c, true, "p2p-nos/0.1.0", &adv);
+        assert!(r.endpoint_changed);
+        assert_eq!(book.get(&p).unwrap().routable(), Some("10.99.0.2:9470".parse().unwrap()));
+    }
+
+    #[test]
+    fn dead_until_a_new_connection() {
+        let mut book = PeerBook::default();
+        let p = PeerId::random();
+        let c1 = ConnectionId::new_unchecked(1);
+        book.on_connected(p, c1, Some("10.99.0.2".parse().unwrap()));
+        book.on_identify(p, c1, true, "", &addrs(&["/ip4/10.99.0.2/udp/9470"]));
+        assert!(book.on_closed(&p, c1));
+        let now = Instant::now();
+        assert!(book.mark_dead(&p, now, "connection refused"));
+        assert!(!book.mark_dead(&p, now, "again"), "already dead");
+        assert_eq!(book.get(&p).unwrap().routable(), None);
+        assert!(book.get(&p).unwrap().state().starts_with("dead: connection refused"));
+        book.on_connected(p, ConnectionId::new_unchecked(2), None);
+        assert!(book.get(&p).unwrap().routable().is_some(), "reconnected: routable again");
+    }
+
+    #[test]
+    fn overdue_counts_from_entry_or_last_pong() {
+        let mut st = PeerState::default();
+        let t0 = Instant::now();
+        assert!(!st.overdue(t0 + DEAD_AFTER * 10, None), "not in the maps: never overdue");
+        st.in_maps_since = Some(t0);
+        assert!(!st.overdue(t0 + DEAD_AFTER, None));
+        assert!(st.overdue(t0 + DEAD_AFTER + Duration::from_millis(1), None));
+        let pong = t0 + Duration::from_secs(2);
+        assert!(!st.overdue(pong + DEAD_AFTER, Some(pong)));
+        assert!(st.overdue(pong + DEAD_AFTER + Duration::from_millis(1), Some(pong)));
+        // A PONG from before the peer (re-)entered the maps does not count.
+        assert!(st.overdue(t0 + DEAD_AFTER * 2, Some(t0 - Duration::from_secs(60))));
+    }
+}

@@ -1,0 +1,118 @@
+//! Kademlia's record store, shared: the swarm task owns Kademlia, but the
+//! overlay thread answers LOOKUPs from the same records (WIRE.md: "the
+//! key's owner answers … from its Kademlia record store").
+
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use libp2p::PeerId;
+use libp2p::kad::store::{MemoryStore, RecordStore, Result};
+use libp2p::kad::{ProviderRecord, Record, RecordKey};
+use p2p_common::id::NodeId;
+
+/// A [`MemoryStore`] behind a mutex; clones share it.
+#[derive(Clone)]
+pub struct SharedStore(Arc<Mutex<MemoryStore>>);
+
+impl SharedStore {
+    pub fn new(local: PeerId) -> Self {
+        SharedStore(Arc::new(Mutex::new(MemoryStore::new(local))))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MemoryStore> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The unexpired value stored under record key `key` whose point in the
+    /// key space is `key_id`. An empty `key` (a "who owns this point"
+    /// LOOKUP) matches any record at that point.
+    pub fn value_at(&self, key_id: &NodeId, key: &[u8]) -> Option<Vec<u8>> {
+        let store = self.lock();
+        let now = Instant::now();
+        if !key.is_empty() {
+            if NodeId::from_record_key(key) != *key_id {
+                return None;
+            }
+            return store.get(&RecordKey::new(&key)).filter(|r| !r.is_expired(now)).map(|r| r.value.clone());
+        }
+        store
+            .records()
+            .find(|r| !r.is_expired(now) && NodeId::from_record_key(r.key.as_ref()) == *key_id)
+            .map(|r| r.value.clone())
+    }
+
+    /// Number of records held.
+    pub fn len(&self) -> usize {
+        self.lock().records().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether a record with this key is held here.
+    pub fn holds(&self, key: &[u8]) -> bool {
+        self.lock().get(&RecordKey::new(&key)).is_some_and(|r| !r.is_expired(Instant::now()))
+    }
+}
+
+impl RecordStore for SharedStore {
+    type RecordsIter<'a> = std::vec::IntoIter<Cow<'a, Record>>;
+    type ProvidedIter<'a> = std::vec::IntoIter<Cow<'a, ProviderRecord>>;
+
+    fn get(&self, k: &RecordKey) -> Option<Cow<'_, Record>> {
+        self.lock().get(k).map(|r| Cow::Owned(r.into_owned()))
+    }
+
+    fn put(&mut self, r: Record) -> Result<()> {
+        self.lock().put(r)
+    }
+
+    fn remove(&mut self, k: &RecordKey) {
+        self.lock().remove(k)
+    }
+
+    fn records(&self) -> Self::RecordsIter<'_> {
+        self.lock().records().map(|r| Cow::Owned(r.into_owned())).collect::<Vec<_>>().into_iter()
+    }
+
+    fn add_provider(&mut self, record: ProviderRecord) -> Result<()> {
+        self.lock().add_provider(record)
+    }
+
+    fn providers(&self, key: &RecordKey) -> Vec<ProviderRecord> {
+        self.lock().providers(key)
+    }
+
+    fn provided(&self) -> Self::ProvidedIter<'_> {
+        self.lock().provided().map(|r| Cow::Owned(r.into_owned())).collect::<Vec<_>>().into_iter()
+    }
+
+    fn remove_provider(&mut self, k: &RecordKey, p: &PeerId) {
+        self.lock().remove_provider(k, p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_find_records_by_key_and_by_point() {
+        let mut s = SharedStore::new(PeerId::random());
+        s.put(Record::new(RecordKey::new(&"alpha"), b"one".to_vec())).unwrap();
+        let id = NodeId::from_record_key(b"alpha");
+        let clone = s.clone();
+        assert_eq!(clone.value_at(&id, b"alpha"), Some(b"one".to_vec()));
+        assert_eq!(clone.value_at(&id, b""), Some(b"one".to_vec()), "empty key: whatever lives at the point");
+        assert_eq!(clone.value_at(&id, b"beta"), None, "key does not hash to the point");
+        assert_eq!(clone.value_at(&NodeId::from_record_key(b"beta"), b"beta"), None);
+        let mut expired = Record::new(RecordKey::new(&"old"), b"x".to_vec());
+        expired.expires = Some(Instant::now() - std::time::Duration::from_secs(1));
+        s.put(expired).unwrap();
+        assert_eq!(clone.value_at(&NodeId::from_record_key(b"old"), b"old"), None, "expired");
+        assert!(clone.holds(b"alpha") && !clone.holds(b"old"));
+        assert_eq!(clone.len(), 2);
+    }
+}
