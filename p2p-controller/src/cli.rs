@@ -281,8 +281,10 @@ pub struct RunArgs {
     /// Seconds between automatic Kademlia re-bootstraps.
     #[arg(long, default_value_t = 300)]
     pub bootstrap_interval: u64,
-    /// Advertise only these of this node's addresses (repeatable) [default:
-    /// the addresses of the --iface interfaces, or all but loopback].
+    /// Addresses to advertise (repeatable): a subset of this node's own, or
+    /// a public address in front of NAT (advertised with the ports listened
+    /// on here; forward them) [default: the addresses of the --iface
+    /// interfaces, or all but loopback].
     #[arg(long, value_name = "IP")]
     pub advertise: Vec<std::net::IpAddr>,
 }

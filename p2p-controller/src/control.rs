@@ -330,6 +330,10 @@ async fn lookup(node: &Node, key: &str, timeout: Duration, fallback: bool) -> Re
     let overlay = overlay_lookup(node, key, timeout).await;
     let reason = match &overlay {
         Ok(v) if v["found"].as_bool() == Some(true) => return overlay,
+        Ok(v) if v["status"] == "refused" => format!(
+            "the overlay owner {} refused (a value too large for one datagram)",
+            v["answered_by"].as_str().unwrap_or("?")
+        ),
         Ok(v) => format!("the overlay owner {} has no record {key:?}", v["answered_by"].as_str().unwrap_or("?")),
         Err(e) => format!("overlay: {e}"),
     };
@@ -360,7 +364,9 @@ pub fn request(path: &Path, instance: &str, req: &Value) -> Result<Value> {
     use std::io::{BufRead, Write};
     let daemon_err = |reason: String| Error::Daemon { path: path.into(), instance: instance.into(), reason };
     let mut s = std::os::unix::net::UnixStream::connect(path).map_err(|e| daemon_err(e.to_string()))?;
-    s.set_read_timeout(Some(Duration::from_secs(70)))?;
+    // Longest request: a lookup's overlay wait (≤ 60 s) plus its Kademlia
+    // fallback (≤ 10 s).
+    s.set_read_timeout(Some(Duration::from_secs(90)))?;
     s.write_all(format!("{req}\n").as_bytes()).map_err(|e| daemon_err(e.to_string()))?;
     let mut line = String::new();
     std::io::BufReader::new(&s).read_line(&mut line).map_err(|e| daemon_err(e.to_string()))?;

@@ -26,6 +26,10 @@ use crate::net::{self, NetConfig, NetHandle};
 use crate::paths;
 use crate::sys;
 
+/// Largest record value a LOOKUP_REPLY carries: the reply then fits the
+/// IPv6 minimum MTU (1280 − 40 IPv6 − 8 UDP − 96 header − 24 reply fields).
+pub const MAX_REPLY_VALUE: usize = 1112;
+
 /// A reply the control API is waiting for, matched by msg_id.
 pub struct Waiting {
     pub sent: Instant,
@@ -155,6 +159,10 @@ impl Node {
         // The records file first, then Kademlia's store.
         let value = st.record(&pkt.dst_key, key).map(|v| v.as_bytes().to_vec());
         let (status, value) = match value.or_else(|| self.store.value_at(&pkt.dst_key, key)) {
+            // A reply goes to an address the packet names: keep it to one
+            // datagram that fits any path (no fragments to bounce at a
+            // victim). The asker falls back to Kademlia for larger values.
+            Some(v) if v.len() > MAX_REPLY_VALUE => (STATUS_REFUSED, Vec::new()),
             Some(v) => (STATUS_FOUND, v),
             None => (STATUS_NOT_FOUND, Vec::new()),
         };
@@ -248,6 +256,8 @@ impl Node {
         let targets: Vec<(NodeId, SocketAddr, u64)> = {
             let mut st = self.state.lock().unwrap();
             st.peer_pings.retain(|_, (_, sent)| now.duration_since(*sent) < Duration::from_secs(10));
+            // Peers gone for a minute are forgotten (churn must not grow it).
+            st.last_pong.retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
             let list: Vec<(NodeId, SocketAddr)> = st
                 .router
                 .peers()
@@ -692,6 +702,7 @@ fn net_config(args: &RunArgs) -> Result<(IpAddr, NetConfig)> {
         advertise: args.advertise.clone(),
         ifaces: args.ifaces.clone(),
         overlay_port: args.overlay_port,
+        overlay_ip: overlay_ip.filter(|ip| !ip.is_unspecified()),
         static_peers: Vec::new(),
     };
     if !cfg.kad_protocol.starts_with('/') {

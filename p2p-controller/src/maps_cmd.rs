@@ -18,13 +18,17 @@ use crate::error::Result;
 pub type KadView = std::result::Result<Value, String>;
 
 /// (node ID, overlay endpoint) of every peer the Kademlia view routes to.
+/// A node ID listed twice (a static peer Kademlia also found) counts once,
+/// the first, as map sync does.
 fn kad_routed(view: &Value) -> BTreeSet<(String, String)> {
+    let mut seen = BTreeSet::new();
     view["peers"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|p| p["routable"].as_bool() == Some(true))
         .filter_map(|p| Some((p["node_id"].as_str()?.to_string(), p["overlay"].as_str()?.to_string())))
+        .filter(|(id, _)| seen.insert(id.clone()))
         .collect()
 }
 

@@ -37,7 +37,7 @@ pub struct Plan {
 
 /// Stable slot assignment for node IDs, with freed slots quarantined for
 /// one plan.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct SlotTable {
     by_id: HashMap<NodeId, (u32, SocketAddr)>,
     free: BTreeSet<u32>,
@@ -192,16 +192,39 @@ impl MapSync {
     }
 }
 
+/// How long a failed update waits before it is tried again.
+const RETRY: Duration = Duration::from_millis(500);
+
 fn worker(node: Arc<Node>, mut slots: SlotTable, rx: Receiver<Desired>) {
-    while let Ok(mut d) = rx.recv() {
+    let mut failed: Option<Desired> = None;
+    loop {
+        let next = match failed.take() {
+            // Retry the failed set unless a newer one arrives meanwhile.
+            Some(f) => match rx.recv_timeout(RETRY) {
+                Ok(newer) => Desired { peers: newer.peers, since: f.since.min(newer.since) },
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => f,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            },
+            None => match rx.recv() {
+                Ok(d) => d,
+                Err(_) => return,
+            },
+        };
+        let mut d = next;
         while let Ok(newer) = rx.try_recv() {
             d = Desired { peers: newer.peers, since: d.since.min(newer.since) };
         }
+        // A failed plan must not stick: slots and quarantine go back to
+        // what the maps hold, and the same set is tried again.
+        let before = slots.clone();
         let Some(plan) = slots.plan(&d.peers) else { continue };
         let result = apply(&node, &plan);
-        let took = d.since.elapsed();
-        let mut st = node.state.lock().unwrap();
-        record(&mut st.map_sync, &plan, took, result);
+        let ok = result.is_ok();
+        record(&mut node.state.lock().unwrap().map_sync, &plan, d.since.elapsed(), result);
+        if !ok {
+            slots = before;
+            failed = Some(d);
+        }
     }
 }
 
@@ -223,7 +246,7 @@ pub fn record(stats: &mut SyncStats, plan: &Plan, took: Duration, result: Result
             );
         }
         Err(e) => {
-            log::error!("map sync failed, the maps keep the previous peer set: {e}");
+            log::error!("map sync failed (retrying in {} ms): {e}", RETRY.as_millis());
             stats.errors += 1;
             stats.last_error = Some(e);
         }

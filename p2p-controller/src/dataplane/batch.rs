@@ -31,7 +31,7 @@ fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
 }
 
 /// Writes `values[i]` at array index `keys[i]` (`V` is the map's value type).
-pub fn update<V>(map_fd: i32, keys: &[u32], values: &[V]) -> io::Result<()> {
+pub fn update<V: aya::Pod>(map_fd: i32, keys: &[u32], values: &[V]) -> io::Result<()> {
     assert_eq!(keys.len(), values.len());
     let mut attr = BatchAttr {
         in_batch: 0,
@@ -48,7 +48,7 @@ pub fn update<V>(map_fd: i32, keys: &[u32], values: &[V]) -> io::Result<()> {
 
 /// Every entry of an array map of `max_entries` values of type `V`, by
 /// index. `V` must be the map's value type (plain old data).
-pub fn lookup_all<V: Copy + Default>(map_fd: i32, max_entries: u32) -> io::Result<Vec<V>> {
+pub fn lookup_all<V: aya::Pod + Default>(map_fd: i32, max_entries: u32) -> io::Result<Vec<V>> {
     const CHUNK: usize = 8192;
     let mut out = vec![V::default(); max_entries as usize];
     let mut keys = vec![0u32; CHUNK];

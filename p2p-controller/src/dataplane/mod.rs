@@ -128,11 +128,18 @@ pub struct Dataplane {
     /// writes only the entries that differ (a full generation is 65,536
     /// syscalls; map sync must finish within 100 ms).
     route_shadow: [Option<RouteTable>; ROUTE_GENERATIONS as usize],
-    /// ROUTES and ROUTE_TRIE mapped into this process (None: the kernel
-    /// refused the mapping; updates then go through batched syscalls).
+    /// ROUTES and ROUTE_TRIE mapped into this process (None: mmap was
+    /// refused, e.g. by a security policy; updates then go through batched
+    /// syscalls).
     route_maps: Option<(mapped::MappedArray<u32>, mapped::MappedArray<TrieNode>)>,
+    /// When CONFIG last switched the live routing generation.
+    last_flip: Option<std::time::Instant>,
     links: Vec<(String, XdpLinkId, &'static str)>,
 }
+
+/// How long packets may still use a generation after the flip away from it:
+/// an XDP program runs in one RCU read section, microseconds; this is ample.
+const FLIP_GRACE: Duration = Duration::from_millis(2);
 
 impl Dataplane {
     /// Loads the embedded object: creates maps (pinning them if asked) and
@@ -175,6 +182,7 @@ impl Dataplane {
             peer_slots: Default::default(),
             route_shadow: Default::default(),
             route_maps: None,
+            last_flip: None,
             links: Vec::new(),
         };
         dp.route_maps = match (dp.map_fd(names::ROUTES), dp.map_fd(names::ROUTE_TRIE)) {
@@ -222,9 +230,25 @@ impl Dataplane {
     }
 
     fn write_config(&mut self) -> Result<()> {
-        let config = self.config;
+        self.write_config_value(self.config)
+    }
+
+    /// Writes CONFIG; `self.config` follows only once the kernel has it.
+    fn write_config_value(&mut self, config: Config) -> Result<()> {
         let mut a: Array<_, Config> = self.map_mut(names::CONFIG)?;
-        a.set(0, config, 0).map_err(map_err(names::CONFIG))
+        a.set(0, config, 0).map_err(map_err(names::CONFIG))?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// Sleeps until `FLIP_GRACE` has passed since the last generation flip.
+    fn wait_flip_grace(&self) {
+        if let Some(t) = self.last_flip {
+            let since = t.elapsed();
+            if since < FLIP_GRACE {
+                std::thread::sleep(FLIP_GRACE - since);
+            }
+        }
     }
 
     fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T>
@@ -287,16 +311,28 @@ impl Dataplane {
             }
         }
         let next_gen = (self.config.route_gen + 1) % ROUTE_GENERATIONS;
+        // The idle generation was live until the last flip: packets that
+        // read CONFIG before it may still walk it.
+        self.wait_flip_grace();
         self.write_routes(next_gen, table)?;
-        self.config.route_gen = next_gen;
-        self.config.peer_count = live_count as u32;
-        self.write_config()?;
+        let mut config = self.config;
+        config.route_gen = next_gen;
+        config.peer_count = live_count as u32;
+        self.write_config_value(config)?;
+        self.last_flip = Some(std::time::Instant::now());
         let keep: std::collections::HashSet<u32> = entries.iter().map(|(s, _)| *s).collect();
-        let stale: Vec<u32> = self.peer_slots.keys().copied().filter(|s| !keep.contains(s)).collect();
+        // Slots that held a peer and are no longer in the set (cleared ones
+        // stay in `peer_slots` only to carry their generation).
+        let stale: Vec<u32> = self
+            .peer_slots
+            .iter()
+            .filter(|(s, p)| !keep.contains(s) && (p.node_id != [0; 32] || p.flags & names::PEER_LIVE != 0))
+            .map(|(s, _)| *s)
+            .collect();
         if !stale.is_empty() {
-            // Let packets that read the previous generation finish (XDP runs
-            // in one RCU read section, microseconds) before clearing slots.
-            std::thread::sleep(Duration::from_millis(2));
+            // Let packets that read the previous generation finish before
+            // clearing the slots it points to.
+            self.wait_flip_grace();
             let cleared: Vec<(u32, PeerEntry)> = stale
                 .iter()
                 .map(|s| {

@@ -98,6 +98,12 @@ impl PinnedMaps {
     /// The live generation's leaves with the number of buckets that reach each.
     pub fn routes(&self) -> Result<(u32, Vec<RouteLeaf>)> {
         let cfg = self.config()?;
+        if cfg.route_gen >= names::ROUTE_GENERATIONS {
+            return Err(DataplaneError::Pinned {
+                dir: self.dir.clone(),
+                reason: format!("CONFIG.route_gen is {}: these pins come from another version", cfg.route_gen),
+            });
+        }
         let peers: std::collections::HashMap<u32, PeerEntry> = self.peers()?.into_iter().collect();
         let routes: Vec<u32> = self.array_values(names::ROUTES, ROUTE_BUCKETS * names::ROUTE_GENERATIONS)?;
         let trie: Vec<TrieNode> = self.array_values(names::ROUTE_TRIE, TRIE_CAPACITY * names::ROUTE_GENERATIONS)?;

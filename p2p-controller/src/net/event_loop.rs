@@ -63,7 +63,11 @@ pub struct EventLoop {
     redials: HashMap<ConnectionId, PeerId>,
     gets: HashMap<QueryId, PendingGet>,
     puts: HashMap<QueryId, PendingPut>,
-    subs: HashMap<String, Vec<mpsc::UnboundedSender<PubsubMessage>>>,
+    subs: HashMap<String, Vec<mpsc::Sender<PubsubMessage>>>,
+    /// Messages dropped for subscribers that did not keep up.
+    pubsub_dropped: u64,
+    /// Bootstraps this node started (automatic ones report progress too).
+    bootstrap_queries: HashSet<QueryId>,
     sync: MapSync,
     /// When the first change not yet handed to map sync was seen.
     changed: Option<Instant>,
@@ -116,6 +120,8 @@ impl EventLoop {
             gets: HashMap::new(),
             puts: HashMap::new(),
             subs: HashMap::new(),
+            pubsub_dropped: 0,
+            bootstrap_queries: HashSet::new(),
             sync,
             changed: Some(now),
             last_desired: None,
@@ -206,12 +212,34 @@ impl EventLoop {
 
     fn on_new_listen_addr(&mut self, address: Multiaddr) {
         let Some(ip) = advert::ip_of(&address) else { return };
-        if !self.should_advertise(ip) {
+        // `--advertise` addresses that are not this host's (a public
+        // address in front of NAT) go out with the ports listened on here.
+        let local = sys::all_addrs();
+        let foreign: Vec<IpAddr> = self
+            .cfg
+            .advertise
+            .iter()
+            .filter(|a| a.is_ipv4() == ip.is_ipv4() && !local.iter().any(|(_, l)| l == *a))
+            .copied()
+            .collect();
+        for public in foreign {
+            self.advertise(advert::with_ip(&address, public), public);
+        }
+        if self.should_advertise(ip) {
+            self.advertise(address, ip);
+        }
+    }
+
+    /// Adds a libp2p address to what identify carries, and the overlay
+    /// endpoint on its IP.
+    fn advertise(&mut self, address: Multiaddr, ip: IpAddr) {
+        if self.swarm.external_addresses().any(|a| *a == address) {
             return;
         }
-        log::info!("listening on {address} (advertised)");
+        log::info!("advertising {address}");
         self.swarm.add_external_address(address);
-        if self.overlay_ips.insert(ip) {
+        // The overlay socket listens on every address unless bound to one.
+        if self.cfg.overlay_ip.is_none_or(|o| o == ip) && self.overlay_ips.insert(ip) {
             let overlay = advert::overlay_multiaddr(ip, self.cfg.overlay_port);
             log::info!("advertising overlay endpoint {overlay}");
             self.swarm.add_external_address(overlay);
@@ -238,7 +266,7 @@ impl EventLoop {
             SwarmEvent::ExpiredListenAddr { address, .. } => self.on_expired_listen_addr(address),
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 let remote = advert::ip_of(endpoint.get_remote_address());
-                self.book.on_connected(peer_id, connection_id, remote);
+                self.book.on_connected(peer_id, connection_id, remote, Instant::now());
                 self.redials.remove(&connection_id);
                 for t in self.targets.iter_mut() {
                     if t.dialing == Some(connection_id) || (t.peer == Some(peer_id) && !t.connected) {
@@ -295,7 +323,7 @@ impl EventLoop {
                 if let Some(peer) = self.redials.remove(&connection_id).or(peer_id.filter(|p| self.routed.contains(p)))
                     && !self.book.get(&peer).is_some_and(|s| s.connected())
                 {
-                    self.found_dead(peer, format!("unreachable: {err}"));
+                    self.found_dead(peer, format!("unreachable: {err}"), false);
                 }
             }
             _ => {}
@@ -314,8 +342,8 @@ impl EventLoop {
     }
 
     /// Takes a peer out of the maps and of Kademlia's table.
-    fn found_dead(&mut self, peer: PeerId, why: String) {
-        if self.book.mark_dead(&peer, Instant::now(), why.clone()) {
+    fn found_dead(&mut self, peer: PeerId, why: String, by_pong: bool) {
+        if self.book.mark_dead(&peer, Instant::now(), why.clone(), by_pong) {
             log::info!("peer {peer} is dead ({why}): removing it from the routing table and the maps");
             self.dead_found += 1;
             self.kad().remove_peer(&peer);
@@ -340,15 +368,25 @@ impl EventLoop {
             kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
                 QueryResult::GetRecord(r) => self.on_get_progress(id, r),
                 QueryResult::PutRecord(r) => self.on_put_done(id, r),
-                QueryResult::Bootstrap(Ok(ok)) if step.last => {
+                QueryResult::Bootstrap(r) => {
+                    // Ours are reported at info; the periodic and automatic
+                    // ones (same events, other query ids) at debug.
+                    let ours = self.bootstrap_queries.contains(&id);
                     let n = self.table().len();
-                    log::info!(
-                        "Kademlia bootstrap finished ({} remaining): {n} peers in the routing table",
-                        ok.num_remaining
-                    );
+                    match r {
+                        Ok(_) if step.last && ours => {
+                            log::info!("Kademlia bootstrap finished: {n} peers in the routing table")
+                        }
+                        Ok(_) if step.last => log::debug!("periodic Kademlia bootstrap finished: {n} peers"),
+                        Err(e) if ours => log::warn!("Kademlia bootstrap: {e}"),
+                        Err(e) => log::debug!("periodic Kademlia bootstrap: {e}"),
+                        Ok(_) => {}
+                    }
+                    if step.last {
+                        self.bootstrap_queries.remove(&id);
+                    }
                     self.touch();
                 }
-                QueryResult::Bootstrap(Err(e)) => log::warn!("Kademlia bootstrap: {e}"),
                 _ => {}
             },
             _ => {}
@@ -403,7 +441,10 @@ impl EventLoop {
             let via_bootstrap = self.targets.iter().any(|t| t.peer == Some(peer_id) && t.connected);
             if via_bootstrap && self.table().len() <= 1 {
                 match self.kad().bootstrap() {
-                    Ok(_) => log::info!("Kademlia bootstrap started through {peer_id}"),
+                    Ok(id) => {
+                        self.bootstrap_queries.insert(id);
+                        log::info!("Kademlia bootstrap started through {peer_id}");
+                    }
                     Err(e) => log::warn!("Kademlia bootstrap: {e:?}"),
                 }
             }
@@ -450,7 +491,19 @@ impl EventLoop {
 
     fn deliver_local(&mut self, msg: PubsubMessage) -> usize {
         let Some(list) = self.subs.get_mut(&msg.topic) else { return 0 };
-        list.retain(|tx| tx.send(msg.clone()).is_ok());
+        let mut dropped = 0;
+        list.retain(|tx| match tx.try_send(msg.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                dropped += 1;
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        if dropped > 0 {
+            self.pubsub_dropped += dropped;
+            log::warn!("pub/sub: {dropped} subscriber(s) of {} fell behind; a message was dropped", msg.topic);
+        }
         list.len()
     }
 
@@ -494,8 +547,11 @@ impl EventLoop {
         }
         if self.rebootstrap_at.is_some_and(|t| now >= t) {
             self.rebootstrap_at = None;
-            if let Err(e) = self.kad().bootstrap() {
-                log::debug!("re-bootstrap after deaths: {e:?}");
+            match self.kad().bootstrap() {
+                Ok(id) => {
+                    self.bootstrap_queries.insert(id);
+                }
+                Err(e) => log::debug!("re-bootstrap after deaths: {e:?}"),
             }
         }
         // Liveness: a routed peer silent on the overlay for DEAD_AFTER is dead.
@@ -511,8 +567,15 @@ impl EventLoop {
                 .collect()
         };
         for p in overdue {
-            self.found_dead(p, format!("no overlay PONG for {} ms", super::peers::DEAD_AFTER.as_millis()));
-            let _ = self.swarm.disconnect_peer_id(p);
+            self.found_dead(p, format!("no overlay PONG for {} ms", super::peers::DEAD_AFTER.as_millis()), true);
+        }
+        for p in self.book.revive_due(now) {
+            let addrs = self.book.get(&p).map(|s| s.listen_addrs.clone()).unwrap_or_default();
+            log::info!("peer {p} may be routed to again (revive back-off over)");
+            for a in addrs {
+                self.kad().add_address(&p, a);
+            }
+            self.touch();
         }
         // Every 10 s: forget what no longer matters, drop closed subscribers.
         if self.ticks.is_multiple_of(100) {
@@ -589,7 +652,8 @@ impl EventLoop {
                     None => Ok(
                         json!({"topic": topic, "message_id": message_id, "peers": peers, "local_subscribers": local}),
                     ),
-                    Some(_) if local > 0 => {
+                    // Nobody else subscribes: the local subscribers are all there is to reach.
+                    Some(gossipsub::PublishError::NoPeersSubscribedToTopic) if local > 0 => {
                         Ok(json!({"topic": topic, "message_id": message_id, "peers": 0, "local_subscribers": local}))
                     }
                     Some(gossipsub::PublishError::NoPeersSubscribedToTopic) => Err(format!(
@@ -658,6 +722,7 @@ impl EventLoop {
             "pubsub": {
                 "subscribed": self.subs.keys().collect::<Vec<_>>(),
                 "peers": topic_peers,
+                "dropped": self.pubsub_dropped,
             },
         })
     }

@@ -37,6 +37,8 @@ use crate::mapsync::MapSync;
 pub const DEFAULT_KAD_PROTOCOL: &str = "/p2p-nos/kad/1.0.0";
 /// Default libp2p port, TCP and QUIC (`--p2p-port`).
 pub const DEFAULT_P2P_PORT: u16 = 9471;
+/// Messages queued per local pub/sub subscriber.
+pub const SUBSCRIBER_QUEUE: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct NetConfig {
@@ -58,6 +60,9 @@ pub struct NetConfig {
     pub advertise: Vec<IpAddr>,
     pub ifaces: Vec<String>,
     pub overlay_port: u16,
+    /// The overlay socket's address when bound to one (`--listen IP`): only
+    /// that address is advertised as an overlay endpoint.
+    pub overlay_ip: Option<IpAddr>,
     /// `--peers`: always routed to, whatever Kademlia says.
     pub static_peers: Vec<Peer>,
 }
@@ -124,7 +129,7 @@ pub(crate) enum NetCommand {
     },
     Subscribe {
         topic: String,
-        tx: mpsc::UnboundedSender<PubsubMessage>,
+        tx: mpsc::Sender<PubsubMessage>,
         reply: Reply<()>,
     },
     /// Close every connection (peers see the node leave at once, QUIC ones
@@ -180,8 +185,11 @@ impl NetHandle {
         let _ = tokio::time::timeout(timeout, self.ask(NetCommand::Shutdown)).await;
     }
 
-    pub async fn subscribe(&self, topic: String) -> Result<mpsc::UnboundedReceiver<PubsubMessage>> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// Messages of `topic` for a local subscriber. A subscriber that falls
+    /// [`SUBSCRIBER_QUEUE`] messages behind loses the newest ones (counted in
+    /// `status.pubsub.dropped`) rather than growing the daemon's memory.
+    pub async fn subscribe(&self, topic: String) -> Result<mpsc::Receiver<PubsubMessage>> {
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
         self.ask(|reply| NetCommand::Subscribe { topic, tx, reply }).await?.map_err(Error::Remote)?;
         Ok(rx)
     }

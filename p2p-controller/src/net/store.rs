@@ -3,6 +3,7 @@
 //! key's owner answers … from its Kademlia record store").
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -11,16 +12,23 @@ use libp2p::kad::store::{MemoryStore, RecordStore, Result};
 use libp2p::kad::{ProviderRecord, Record, RecordKey};
 use p2p_common::id::NodeId;
 
-/// A [`MemoryStore`] behind a mutex; clones share it.
+/// A [`MemoryStore`] behind a mutex, with an index from each record's
+/// point in the key space to its key (a "who owns this point" LOOKUP must
+/// not hash every record); clones share it.
 #[derive(Clone)]
-pub struct SharedStore(Arc<Mutex<MemoryStore>>);
+pub struct SharedStore(Arc<Mutex<Inner>>);
+
+struct Inner {
+    store: MemoryStore,
+    by_point: HashMap<NodeId, RecordKey>,
+}
 
 impl SharedStore {
     pub fn new(local: PeerId) -> Self {
-        SharedStore(Arc::new(Mutex::new(MemoryStore::new(local))))
+        SharedStore(Arc::new(Mutex::new(Inner { store: MemoryStore::new(local), by_point: HashMap::new() })))
     }
 
-    fn lock(&self) -> MutexGuard<'_, MemoryStore> {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -28,23 +36,20 @@ impl SharedStore {
     /// key space is `key_id`. An empty `key` (a "who owns this point"
     /// LOOKUP) matches any record at that point.
     pub fn value_at(&self, key_id: &NodeId, key: &[u8]) -> Option<Vec<u8>> {
-        let store = self.lock();
-        let now = Instant::now();
-        if !key.is_empty() {
-            if NodeId::from_record_key(key) != *key_id {
-                return None;
-            }
-            return store.get(&RecordKey::new(&key)).filter(|r| !r.is_expired(now)).map(|r| r.value.clone());
-        }
-        store
-            .records()
-            .find(|r| !r.is_expired(now) && NodeId::from_record_key(r.key.as_ref()) == *key_id)
-            .map(|r| r.value.clone())
+        let inner = self.lock();
+        let key = if key.is_empty() {
+            inner.by_point.get(key_id)?.clone()
+        } else if NodeId::from_record_key(key) == *key_id {
+            RecordKey::new(&key)
+        } else {
+            return None;
+        };
+        inner.store.get(&key).filter(|r| !r.is_expired(Instant::now())).map(|r| r.value.clone())
     }
 
     /// Number of records held.
     pub fn len(&self) -> usize {
-        self.lock().records().count()
+        self.lock().by_point.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -53,7 +58,7 @@ impl SharedStore {
 
     /// Whether a record with this key is held here.
     pub fn holds(&self, key: &[u8]) -> bool {
-        self.lock().get(&RecordKey::new(&key)).is_some_and(|r| !r.is_expired(Instant::now()))
+        self.lock().store.get(&RecordKey::new(&key)).is_some_and(|r| !r.is_expired(Instant::now()))
     }
 }
 
@@ -62,35 +67,44 @@ impl RecordStore for SharedStore {
     type ProvidedIter<'a> = std::vec::IntoIter<Cow<'a, ProviderRecord>>;
 
     fn get(&self, k: &RecordKey) -> Option<Cow<'_, Record>> {
-        self.lock().get(k).map(|r| Cow::Owned(r.into_owned()))
+        self.lock().store.get(k).map(|r| Cow::Owned(r.into_owned()))
     }
 
     fn put(&mut self, r: Record) -> Result<()> {
-        self.lock().put(r)
+        let mut inner = self.lock();
+        let (point, key) = (NodeId::from_record_key(r.key.as_ref()), r.key.clone());
+        inner.store.put(r)?;
+        inner.by_point.insert(point, key);
+        Ok(())
     }
 
     fn remove(&mut self, k: &RecordKey) {
-        self.lock().remove(k)
+        let mut inner = self.lock();
+        inner.store.remove(k);
+        let point = NodeId::from_record_key(k.as_ref());
+        if inner.by_point.get(&point) == Some(k) {
+            inner.by_point.remove(&point);
+        }
     }
 
     fn records(&self) -> Self::RecordsIter<'_> {
-        self.lock().records().map(|r| Cow::Owned(r.into_owned())).collect::<Vec<_>>().into_iter()
+        self.lock().store.records().map(|r| Cow::Owned(r.into_owned())).collect::<Vec<_>>().into_iter()
     }
 
     fn add_provider(&mut self, record: ProviderRecord) -> Result<()> {
-        self.lock().add_provider(record)
+        self.lock().store.add_provider(record)
     }
 
     fn providers(&self, key: &RecordKey) -> Vec<ProviderRecord> {
-        self.lock().providers(key)
+        self.lock().store.providers(key)
     }
 
     fn provided(&self) -> Self::ProvidedIter<'_> {
-        self.lock().provided().map(|r| Cow::Owned(r.into_owned())).collect::<Vec<_>>().into_iter()
+        self.lock().store.provided().map(|r| Cow::Owned(r.into_owned())).collect::<Vec<_>>().into_iter()
     }
 
     fn remove_provider(&mut self, k: &RecordKey, p: &PeerId) {
-        self.lock().remove_provider(k, p)
+        self.lock().store.remove_provider(k, p)
     }
 }
 
@@ -114,5 +128,8 @@ mod tests {
         assert_eq!(clone.value_at(&NodeId::from_record_key(b"old"), b"old"), None, "expired");
         assert!(clone.holds(b"alpha") && !clone.holds(b"old"));
         assert_eq!(clone.len(), 2);
+        s.remove(&RecordKey::new(&"alpha"));
+        assert_eq!(clone.value_at(&id, b""), None, "removed from the index too");
+        assert_eq!(clone.len(), 1);
     }
 }
