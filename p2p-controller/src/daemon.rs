@@ -412,6 +412,14 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
     };
     let _lock = lock_instance(&instance)?;
     clear_stale(&instance);
+    // From here on every exit, early errors included, undoes what was made.
+    let mut cleanup = Cleanup {
+        pin_dir: None,
+        sysctls: Vec::new(),
+        socket_path: None,
+        run_state: paths::run_state_file(&instance),
+        lock_file: paths::lock_file(&instance),
+    };
 
     // One dual-stack IPv6 socket serves both families (IPv4 as mapped).
     let listen_ip = match listen_ip {
@@ -424,13 +432,6 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
 
     let pin_dir = paths::pin_dir(&instance);
     let socket_path = args.control_socket.clone().unwrap_or_else(|| paths::control_socket(&instance));
-    let mut cleanup = Cleanup {
-        pin_dir: None,
-        sysctls: Vec::new(),
-        socket_path: None,
-        run_state: paths::run_state_file(&instance),
-        lock_file: paths::lock_file(&instance),
-    };
 
     // The userspace datapath still pins STATS and friends when it can, so
     // that `maps` reads both modes alike; without BPF it runs regardless.

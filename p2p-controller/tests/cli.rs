@@ -147,6 +147,7 @@ fn port_in_use_is_reported() {
         .output()
         .unwrap();
     assert_clean_failure(&o, "already in use");
+    assert!(!std::path::Path::new("/run/p2p-nos/cli-test-port.lock").exists(), "a failed start leaves no lock file");
 }
 
 #[test]

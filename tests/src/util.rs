@@ -118,3 +118,41 @@ pub fn tail(path: &Path, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// Xorshift64: enough randomness for picking keys and nodes, no dependency.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn seeded(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
+    /// Seeded from the clock.
+    pub fn from_clock() -> Rng {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Rng::seeded(t.as_nanos() as u64)
+    }
+
+    /// Seeded from `P2P_TEST_SEED` if set, else the clock; prints the seed
+    /// so that a failing run can be repeated.
+    pub fn for_test() -> Rng {
+        let seed = std::env::var("P2P_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(Rng::from_clock().0);
+        eprintln!("random seed {seed} (P2P_TEST_SEED={seed} repeats it)");
+        Rng::seeded(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    pub fn pick<T: Copy>(&mut self, v: &[T]) -> T {
+        v[self.below(v.len())]
+    }
+}

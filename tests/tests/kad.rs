@@ -17,33 +17,12 @@ use p2p_tests::node::packets;
 use p2p_tests::testbed::{Testbed, greedy_path};
 use p2p_tests::topo::Lan;
 use p2p_tests::traffic::closest;
-use p2p_tests::util::{TempDir, json_u64, tail, wait_for};
+use p2p_tests::util::{Rng, TempDir, json_u64, tail, wait_for};
 use p2p_tests::{Controller, Node, NodeSpec, XdpPass, require};
 use serde_json::Value;
 
 const READY: Duration = Duration::from_secs(60);
 const CONVERGE: Duration = Duration::from_secs(60);
-
-/// Xorshift64, seeded from the clock; the seed is printed for reruns.
-struct Rng(u64);
-impl Rng {
-    fn new() -> Rng {
-        let seed = std::env::var("P2P_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
-        }) | 1;
-        eprintln!("random seed {seed} (P2P_TEST_SEED={seed} repeats it)");
-        Rng(seed)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
-        v[(self.next() % v.len() as u64) as usize]
-    }
-}
 
 fn ceil_log2(n: usize) -> u64 {
     (usize::BITS - (n - 1).leading_zeros()) as u64
@@ -176,7 +155,7 @@ fn kad_testbed_twelve_nodes() -> Result<()> {
     const N: usize = 12;
     let tb = Testbed::start(&env.ctl, N, &["--kbucket-size", "2"], true, false)?;
     let ids = tb.ids();
-    let mut rng = Rng::new();
+    let mut rng = Rng::for_test();
 
     // Convergence; then 200 lookups. The per-node counters are compared
     // with the paths predicted from the tables, so the tables must not move
@@ -188,7 +167,7 @@ fn kad_testbed_twelve_nodes() -> Result<()> {
         started.elapsed(),
         tables.iter().map(|t| t.len()).collect::<Vec<_>>()
     );
-    let keys: Vec<String> = (0..200).map(|i| format!("key-{i}-{}", rng.next() % 1_000_000)).collect();
+    let keys: Vec<String> = (0..200).map(|i| format!("key-{i}-{}", rng.next_u64() % 1_000_000)).collect();
     let mut attempt = 0;
     let (run, before, after) = loop {
         attempt += 1;
@@ -244,7 +223,7 @@ fn kad_testbed_twelve_nodes() -> Result<()> {
     }
 
     // DHT: put on h1, get from every other node, from the network.
-    let dht_keys: Vec<String> = (0..4).map(|i| format!("dht-{i}-{}", rng.next() % 1_000_000)).collect();
+    let dht_keys: Vec<String> = (0..4).map(|i| format!("dht-{i}-{}", rng.next_u64() % 1_000_000)).collect();
     for k in &dht_keys {
         let v = tb.node(0).cli(&["dht", "put", k, &format!("value of {k}")])?;
         ensure!(v["stored"].as_bool() == Some(true), "dht put {k}: {v}");
@@ -261,7 +240,7 @@ fn kad_testbed_twelve_nodes() -> Result<()> {
     }
 
     // Pub/sub: h2..h12 subscribe, h1 publishes once.
-    let topic = format!("news-{}", rng.next() % 1000);
+    let topic = format!("news-{}", rng.next_u64() % 1000);
     let subs: Vec<Subscriber> =
         (1..N).map(|i| Subscriber::start(&env.ctl, tb.node(i), &topic, tb.tmp.path())).collect::<Result<_>>()?;
     let seen = tb
@@ -308,7 +287,7 @@ fn kad_testbed_twelve_nodes() -> Result<()> {
     eprintln!("no survivor routes to the stopped nodes {clean_after:?} after SIGTERM");
     let tables = tb.wait_converged(Duration::from_secs(10))?;
     eprintln!("survivors converged {:?} after the stop", t0.elapsed());
-    let keys: Vec<String> = (0..50).map(|i| format!("after-{i}-{}", rng.next() % 1_000_000)).collect();
+    let keys: Vec<String> = (0..50).map(|i| format!("after-{i}-{}", rng.next_u64() % 1_000_000)).collect();
     run_lookups(&tb, &tables, &keys, &mut rng)?;
 
     // Map sync latency, as each daemon measured it (routing-table change

@@ -14,7 +14,7 @@ use p2p_common::id::NodeId;
 use p2p_tests::node::Controller;
 use p2p_tests::testbed::Testbed;
 use p2p_tests::traffic::closest;
-use p2p_tests::util::json_u64;
+use p2p_tests::util::{Rng, json_u64};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -60,9 +60,9 @@ pub fn run(args: &BenchArgs, bin: std::path::PathBuf) -> Result<Value> {
     tb.wait_converged(Duration::from_secs(60))?;
     println!("==> routing tables converged in {:.1} s", started.elapsed().as_secs_f64());
     let ids: Vec<NodeId> = tb.ids();
-    let mut rng = Rng::new();
+    let mut rng = Rng::from_clock();
 
-    let keys: Vec<String> = (0..args.records).map(|i| format!("bench-{i}-{}", rng.next() % 1_000_000)).collect();
+    let keys: Vec<String> = (0..args.records).map(|i| format!("bench-{i}-{}", rng.next_u64() % 1_000_000)).collect();
     for (i, key) in keys.iter().enumerate() {
         check_interrupt()?;
         let v = tb.node(i % n).request(&json!({"cmd": "dht_put", "key": key, "value": format!("value of {key}")}))?;
@@ -130,22 +130,4 @@ pub fn run(args: &BenchArgs, bin: std::path::PathBuf) -> Result<Value> {
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "interrupted": INTERRUPTED.load(Ordering::SeqCst),
     }))
-}
-
-/// Xorshift64.
-struct Rng(u64);
-impl Rng {
-    fn new() -> Rng {
-        Rng(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
-            | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }

@@ -14,7 +14,7 @@ use clap::Args;
 use p2p_common::counters::COUNTER_NAMES;
 use p2p_tests::node::{Controller, packets};
 use p2p_tests::testbed::Testbed;
-use p2p_tests::util::json_u64;
+use p2p_tests::util::{Rng, json_u64};
 use serde_json::{Value, json};
 use std::os::unix::process::CommandExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -132,9 +132,7 @@ struct Totals {
 
 /// Lookups at `rate` per second from random nodes, over the control socket.
 fn generate(tb: &Testbed, keys: &[String], rate: u32, totals: &Totals) {
-    let mut rng =
-        Rng(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
-            | 1);
+    let mut rng = Rng::from_clock();
     let start = Instant::now();
     let mut count: u64 = 0;
     while !STOP.load(Ordering::Relaxed) {
@@ -146,8 +144,8 @@ fn generate(tb: &Testbed, keys: &[String], rate: u32, totals: &Totals) {
         count += 1;
         let alive = tb.alive();
         let node = tb.node(alive[rng.below(alive.len())]);
-        let key = if rng.next().is_multiple_of(4) {
-            format!("absent-{}", rng.next() % 10_000)
+        let key = if rng.next_u64().is_multiple_of(4) {
+            format!("absent-{}", rng.next_u64() % 10_000)
         } else {
             keys[rng.below(keys.len())].clone()
         };
@@ -227,18 +225,4 @@ fn monitor(tb: &Testbed, totals: &Totals, generator: &std::thread::JoinHandle<()
     }
     println!();
     Ok(())
-}
-
-/// Xorshift64: enough randomness for picking targets, no dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }

@@ -355,22 +355,10 @@ impl Dataplane {
     /// already hold the same value there.
     fn write_routes(&mut self, generation: u32, table: &RouteTable) -> Result<()> {
         let shadow = self.route_shadow[generation as usize].take();
-        let trie_base = generation * TRIE_CAPACITY;
-        let (node_keys, nodes): (Vec<u32>, Vec<TrieNode>) = table
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(i, n)| shadow.as_ref().is_none_or(|s| s.nodes.get(*i) != Some(n)))
-            .map(|(i, n)| (trie_base + i as u32, *n))
-            .unzip();
-        let bucket_base = generation * ROUTE_BUCKETS;
-        let (bucket_keys, buckets): (Vec<u32>, Vec<u32>) = table
-            .buckets
-            .iter()
-            .enumerate()
-            .filter(|(i, r)| shadow.as_ref().is_none_or(|s| s.buckets.get(*i) != Some(r)))
-            .map(|(i, r)| (bucket_base + i as u32, *r))
-            .unzip();
+        let (node_keys, nodes) =
+            changed(&table.nodes, shadow.as_ref().map(|s| &s.nodes[..]), generation * TRIE_CAPACITY);
+        let (bucket_keys, buckets) =
+            changed(&table.buckets, shadow.as_ref().map(|s| &s.buckets[..]), generation * ROUTE_BUCKETS);
         match self.route_maps.as_mut() {
             Some((routes, trie)) => {
                 for (k, n) in node_keys.iter().zip(&nodes) {
@@ -522,6 +510,16 @@ impl Dataplane {
         test_run_prog(self.xdp(names::PROG_XDP)?, frame, ingress_ifindex, repeat)
             .map_err(|source| DataplaneError::Program { what: "BPF_PROG_TEST_RUN".into(), source })
     }
+}
+
+/// The entries of `new` that differ from `old` (all without `old`), as
+/// (map index from `base`, value).
+fn changed<V: PartialEq + Copy>(new: &[V], old: Option<&[V]>, base: u32) -> (Vec<u32>, Vec<V>) {
+    new.iter()
+        .enumerate()
+        .filter(|(i, v)| old.is_none_or(|o| o.get(*i) != Some(v)))
+        .map(|(i, v)| (base + i as u32, *v))
+        .unzip()
 }
 
 /// BPF_PROG_TEST_RUN of any XDP program: output frame, verdict, mean duration.
