@@ -362,7 +362,7 @@ fn stock_libp2p_kad_node_interoperates() -> Result<()> {
         return Ok(());
     };
     let stock = env.ctl.bin.with_file_name("kad-stock");
-    ensure!(stock.is_file(), "{} is missing: `cargo build -p p2p-tests` builds it", stock.display());
+    ensure!(stock.is_file(), "{} is missing: `cargo build -p kad-stock` builds it", stock.display());
     let tb = Testbed::start(&env.ctl, 4, &[], true, false)?;
     tb.wait_converged(CONVERGE)?;
     let put = tb.node(1).cli(&["dht", "put", "ours", "from p2p-nos"])?;
@@ -471,5 +471,40 @@ fn stock_libp2p_kad_node_interoperates() -> Result<()> {
     ensure!(routed.len() == 3, "h1 routes to {routed:?}");
     let kernel = tb.node(0).cli(&["maps", "peers"])?["kernel"].clone();
     ensure!(!foreign_id.is_empty() && !kernel.to_string().contains(&foreign_id), "foreign node in h1's maps: {kernel}");
+    Ok(())
+}
+
+/// Nodes that listen on QUIC alone join and route to each other over it.
+#[test]
+fn quic_only_nodes_join() -> Result<()> {
+    let Some(env) = require("quic_only_nodes_join") else {
+        return Ok(());
+    };
+    let ctl = &env.ctl;
+    let tmp = TempDir::new("quic")?;
+    let lan = Lan::new(2)?;
+    let _pass = XdpPass::start(ctl, &lan.bridge, &lan.port_names(), &tmp.join("xdp-pass.log"))?;
+    let quic = ["--listen".to_string(), "/ip4/0.0.0.0/udp/9471/quic-v1".to_string()];
+    let mut first = NodeSpec::new(ctl, tmp.path(), "h1", lan.host(1), &[Lan::HOST_IF], Lan::addr(1))?;
+    first.extra_args = quic.to_vec();
+    let mut second = NodeSpec::new(ctl, tmp.path(), "h2", lan.host(2), &[Lan::HOST_IF], Lan::addr(2))?;
+    let boot = format!("/ip4/{}/udp/9471/quic-v1/p2p/{}", first.addr, first.peer_id);
+    second.extra_args = [&quic[..], &["--bootstrap".to_string(), boot]].concat();
+    let mut n1 = Node::start(ctl, &first, &[])?;
+    let mut n2 = Node::start(ctl, &second, &[])?;
+    n1.wait_ready(READY)?;
+    n2.wait_ready(READY)?;
+    for (n, other) in [(&n1, &second), (&n2, &first)] {
+        let st = n.wait_status(Duration::from_secs(20), |s| json_u64(s, "peers") == 1)?;
+        ensure!(json_u64(&st, "peers") == 1, "{} has no peer over QUIC: {st}", n.name());
+        let listen = st["listen_addrs"].as_array().context("listen_addrs")?;
+        ensure!(listen.iter().all(|a| a.as_str().is_some_and(|a| a.ends_with("/quic-v1"))), "{st}");
+        let peers = n.cli(&["peers"])?;
+        ensure!(peers.to_string().contains(&other.peer_id), "{} does not list {}: {peers}", n.name(), other.name);
+    }
+    let v = n2.cli(&["dht", "put", "over-quic", "yes"])?;
+    ensure!(v["stored"] == true, "{v}");
+    let v = n1.cli(&["dht", "get", "over-quic", "--network"])?;
+    ensure!(v["value"] == "yes", "{v}");
     Ok(())
 }
