@@ -330,6 +330,30 @@ impl EventLoop {
         }
     }
 
+    /// Offers Kademlia every connected, living peer that speaks our protocol
+    /// and is not in its table. Kademlia inserts a peer only when a
+    /// connection comes up: one turned away then because its bucket was full
+    /// would stay out after deaths freed room, leaving a bucket empty that
+    /// greedy forwarding needs.
+    fn refill_from_connected(&mut self) {
+        let table: HashSet<PeerId> = self.table().into_iter().collect();
+        let offers: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .book
+            .iter()
+            .filter(|(p, s)| s.connected() && s.speaks_kad && s.dead.is_none() && !table.contains(p))
+            .map(|(p, s)| (*p, s.listen_addrs.clone()))
+            .collect();
+        for (peer, addrs) in offers {
+            for a in addrs {
+                if self.kad().add_address(&peer, a) == kad::RoutingUpdate::Success {
+                    log::debug!("routing table: + {peer} (connected, room freed)");
+                    self.touch();
+                    break;
+                }
+            }
+        }
+    }
+
     /// Kademlia's addresses for a peer in its table.
     fn kad_addresses(&mut self, peer: &PeerId) -> Vec<Multiaddr> {
         let mut out = Vec::new();
@@ -547,6 +571,7 @@ impl EventLoop {
         }
         if self.rebootstrap_at.is_some_and(|t| now >= t) {
             self.rebootstrap_at = None;
+            self.refill_from_connected();
             match self.kad().bootstrap() {
                 Ok(id) => {
                     self.bootstrap_queries.insert(id);
@@ -577,8 +602,10 @@ impl EventLoop {
             }
             self.touch();
         }
-        // Every 10 s: forget what no longer matters, drop closed subscribers.
+        // Every 10 s: fill holes from connected peers, forget what no longer
+        // matters, drop closed subscribers.
         if self.ticks.is_multiple_of(100) {
+            self.refill_from_connected();
             let table: HashSet<PeerId> = self.table().into_iter().collect();
             let recent = |s: &super::peers::PeerState| {
                 s.dead.as_ref().is_some_and(|(t, _)| now.duration_since(*t) < Duration::from_secs(600))
