@@ -227,7 +227,7 @@ async fn dispatch(node: &Arc<Node>, req: &Value) -> Result<Value> {
 /// local store).
 fn answered_by(node: &Node, from: Option<libp2p::PeerId>) -> String {
     match from {
-        Some(p) => NodeId::from_peer_id_bytes(&p.to_bytes()).to_string(),
+        Some(p) => crate::identity::node_id_of(&p).to_string(),
         None => node.identity.node_id.to_string(),
     }
 }
@@ -280,11 +280,7 @@ async fn overlay_lookup(node: &Node, key: &str, timeout: Duration) -> Result<Val
     };
     let Some(first_hop) = first_hop else {
         // This node owns the key.
-        let found = {
-            let st = node.state.lock().unwrap();
-            st.record(&dst, key.as_bytes()).map(|v| v.as_bytes().to_vec())
-        }
-        .or_else(|| node.store.value_at(&dst, key.as_bytes()));
+        let found = node.value_at(&node.state.lock().unwrap(), &dst, key.as_bytes());
         return Ok(json!({
             "key": key, "found": found.is_some(), "status": if found.is_some() { "found" } else { "not_found" },
             "value": found.map(|v| String::from_utf8_lossy(&v).into_owned()),

@@ -153,12 +153,16 @@ impl Node {
             .unwrap_or(peer.ip())
     }
 
+    /// The value this node serves for record key `key` at point `key_id`:
+    /// from the records file first, then from Kademlia's store.
+    pub fn value_at(&self, st: &State, key_id: &NodeId, key: &[u8]) -> Option<Vec<u8>> {
+        st.record(key_id, key).map(|v| v.as_bytes().to_vec()).or_else(|| self.store.value_at(key_id, key))
+    }
+
     /// Answers a LOOKUP this node owns from its record store.
     fn answer_lookup(&self, st: &mut State, pkt: &Packet) -> Option<(SocketAddr, Vec<u8>)> {
         let (reply_to, key) = codec::parse_lookup_payload(&pkt.payload)?;
-        // The records file first, then Kademlia's store.
-        let value = st.record(&pkt.dst_key, key).map(|v| v.as_bytes().to_vec());
-        let (status, value) = match value.or_else(|| self.store.value_at(&pkt.dst_key, key)) {
+        let (status, value) = match self.value_at(st, &pkt.dst_key, key) {
             // A reply goes to an address the packet names: keep it to one
             // datagram that fits any path (no fragments to bounce at a
             // victim). The asker falls back to Kademlia for larger values.
@@ -535,14 +539,8 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
 
     // Static peers go into the maps now; the control plane adds the rest.
     let mut slots = SlotTable::new();
-    if let Some(plan) = slots.plan(&static_peers) {
-        let started = Instant::now();
-        let r = mapsync::apply(&node, &plan);
-        if let Err(e) = &r {
-            return Err(Error::Usage(format!("the peer set cannot be routed: {e}")));
-        }
-        mapsync::record(&mut node.state.lock().unwrap().map_sync, &plan, started.elapsed(), r);
-    }
+    mapsync::sync(&node, &mut slots, &static_peers, Instant::now())
+        .map_err(|e| Error::Usage(format!("the peer set cannot be routed: {e}")))?;
     let sync = MapSync::spawn(node.clone(), slots)?;
     net_cfg.static_peers = static_peers;
     let handle = net::spawn(node.clone(), net_cfg, sync)?;

@@ -54,12 +54,7 @@ impl Router {
     pub fn new(self_id: NodeId, peers: Vec<(u32, Peer)>) -> Result<Router, RouteError> {
         let ids: Vec<(u32, [u8; 32])> = peers.iter().map(|(s, p)| (*s, p.node_id.0)).collect();
         let table = route_build::build(&self_id.0, &ids)?;
-        Ok(Router::with_table(self_id, peers, table))
-    }
-
-    /// A router over a table already built from `peers`.
-    pub fn with_table(self_id: NodeId, peers: Vec<(u32, Peer)>, table: RouteTable) -> Router {
-        Router { self_id, table, peers: peers.into_iter().collect(), blocked: HashSet::new() }
+        Ok(Router { self_id, table, peers: peers.into_iter().collect(), blocked: HashSet::new() })
     }
 
     pub fn table(&self) -> &RouteTable {

@@ -12,6 +12,11 @@ use p2p_common::id::NodeId;
 use crate::error::{Error, Result};
 use crate::paths::KEY_FILE;
 
+/// A peer's node ID: SHA-256 of its peer ID (WIRE.md "Identifiers").
+pub fn node_id_of(peer: &PeerId) -> NodeId {
+    NodeId::from_peer_id_bytes(&peer.to_bytes())
+}
+
 pub struct Identity {
     pub keypair: Keypair,
     pub peer_id: PeerId,
@@ -21,8 +26,7 @@ pub struct Identity {
 impl Identity {
     fn from_keypair(keypair: Keypair) -> Identity {
         let peer_id = keypair.public().to_peer_id();
-        let node_id = NodeId::from_peer_id_bytes(&peer_id.to_bytes());
-        Identity { keypair, peer_id, node_id }
+        Identity { keypair, peer_id, node_id: node_id_of(&peer_id) }
     }
 
     /// Loads `<state_dir>/node.key`, creating the directory and a new key

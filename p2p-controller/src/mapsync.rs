@@ -52,14 +52,6 @@ impl SlotTable {
         Self::default()
     }
 
-    pub fn len(&self) -> usize {
-        self.by_id.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
-    }
-
     pub fn slot_of(&self, id: &NodeId) -> Option<u32> {
         self.by_id.get(id).map(|(s, _)| *s)
     }
@@ -152,9 +144,23 @@ pub struct SyncStats {
     pub last_error: Option<String>,
 }
 
+/// Takes the maps and the router to `peers` and records how long it took
+/// since `since`. A failed update must not stick: the slot table goes back
+/// to what the maps hold, so the same set can be tried again.
+pub fn sync(node: &Node, slots: &mut SlotTable, peers: &[Peer], since: Instant) -> Result<(), String> {
+    let before = slots.clone();
+    let Some(plan) = slots.plan(peers) else { return Ok(()) };
+    let result = apply(node, &plan);
+    if result.is_err() {
+        *slots = before;
+    }
+    record(&mut node.state.lock().unwrap().map_sync, &plan, since.elapsed(), result.clone());
+    result
+}
+
 /// Applies a plan: kernel maps first (new slots, generation flip, stale
 /// slots cleared), then the userspace router in one swap.
-pub fn apply(node: &Node, plan: &Plan) -> Result<(), String> {
+fn apply(node: &Node, plan: &Plan) -> Result<(), String> {
     let entries: Vec<(u32, PeerEntry)> = plan.entries.iter().map(|(s, p)| (*s, peer_entry(p))).collect();
     let router = Router::new(node.identity.node_id, plan.entries.clone()).map_err(|e| e.to_string())?;
     if let Some(dp) = node.dataplane.lock().unwrap().as_mut() {
@@ -214,21 +220,14 @@ fn worker(node: Arc<Node>, mut slots: SlotTable, rx: Receiver<Desired>) {
         while let Ok(newer) = rx.try_recv() {
             d = Desired { peers: newer.peers, since: d.since.min(newer.since) };
         }
-        // A failed plan must not stick: slots and quarantine go back to
-        // what the maps hold, and the same set is tried again.
-        let before = slots.clone();
-        let Some(plan) = slots.plan(&d.peers) else { continue };
-        let result = apply(&node, &plan);
-        let ok = result.is_ok();
-        record(&mut node.state.lock().unwrap().map_sync, &plan, d.since.elapsed(), result);
-        if !ok {
-            slots = before;
+        if sync(&node, &mut slots, &d.peers, d.since).is_err() {
+            log::info!("retrying the map update in {} ms", RETRY.as_millis());
             failed = Some(d);
         }
     }
 }
 
-pub fn record(stats: &mut SyncStats, plan: &Plan, took: Duration, result: Result<(), String>) {
+fn record(stats: &mut SyncStats, plan: &Plan, took: Duration, result: Result<(), String>) {
     match result {
         Ok(()) => {
             stats.updates += 1;
@@ -246,7 +245,7 @@ pub fn record(stats: &mut SyncStats, plan: &Plan, took: Duration, result: Result
             );
         }
         Err(e) => {
-            log::error!("map sync failed (retrying in {} ms): {e}", RETRY.as_millis());
+            log::error!("map sync failed: {e}");
             stats.errors += 1;
             stats.last_error = Some(e);
         }

@@ -17,6 +17,7 @@ const READY: Duration = Duration::from_secs(60);
 pub struct Testbed {
     pub nodes: Vec<Option<Node>>,
     pub specs: Vec<NodeSpec>,
+    ctl: Controller,
     _pass: XdpPass,
     pub lan: Lan,
     pub tmp: TempDir,
@@ -26,6 +27,20 @@ impl Testbed {
     /// Starts `n` nodes with `extra` arguments each; `bootstrap`: nodes
     /// 2..n get `--bootstrap` to node 1; `mdns`: mDNS on.
     pub fn start(ctl: &Controller, n: usize, extra: &[&str], bootstrap: bool, mdns: bool) -> Result<Testbed> {
+        let mut tb = Testbed::prepare(ctl, n, extra, bootstrap, mdns)?;
+        // All start before any is waited for: they find each other sooner.
+        for i in 0..n {
+            tb.nodes[i] = Some(Node::start(ctl, &tb.specs[i], &[])?);
+        }
+        for node in tb.nodes.iter_mut().flatten() {
+            node.wait_ready(READY)?;
+        }
+        Ok(tb)
+    }
+
+    /// The namespaces, bridge and node specs of [`Testbed::start`], with no
+    /// node running yet: a test may change a spec, then [`Testbed::launch`].
+    pub fn prepare(ctl: &Controller, n: usize, extra: &[&str], bootstrap: bool, mdns: bool) -> Result<Testbed> {
         let tmp = TempDir::new("kad")?;
         let lan = Lan::new(n)?;
         let pass = XdpPass::start(ctl, &lan.bridge, &lan.port_names(), &tmp.join("xdp-pass.log"))?;
@@ -39,14 +54,15 @@ impl Testbed {
             }
             specs.push(s);
         }
-        let mut nodes = Vec::new();
-        for s in &specs {
-            nodes.push(Some(Node::start(ctl, s, &[])?));
-        }
-        for n in nodes.iter_mut().flatten() {
-            n.wait_ready(READY)?;
-        }
-        Ok(Testbed { nodes, specs, _pass: pass, lan, tmp })
+        let nodes = specs.iter().map(|_| None).collect();
+        Ok(Testbed { nodes, specs, ctl: ctl.clone(), _pass: pass, lan, tmp })
+    }
+
+    /// Starts node `i` (0-based) from its spec and waits until it is ready.
+    pub fn launch(&mut self, i: usize) -> Result<&mut Node> {
+        let mut node = Node::start(&self.ctl, &self.specs[i], &[])?;
+        node.wait_ready(READY)?;
+        Ok(self.nodes[i].insert(node))
     }
 
     pub fn ids(&self) -> Vec<NodeId> {

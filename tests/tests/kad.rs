@@ -15,13 +15,11 @@ use anyhow::{Context, Result, bail, ensure};
 use p2p_common::id::NodeId;
 use p2p_tests::node::packets;
 use p2p_tests::testbed::{Testbed, greedy_path};
-use p2p_tests::topo::Lan;
 use p2p_tests::traffic::closest;
-use p2p_tests::util::{Rng, TempDir, json_u64, tail, wait_for};
-use p2p_tests::{Controller, Node, NodeSpec, XdpPass, require};
+use p2p_tests::util::{Rng, json_u64, tail, wait_for};
+use p2p_tests::{Controller, Node, require};
 use serde_json::Value;
 
-const READY: Duration = Duration::from_secs(60);
 const CONVERGE: Duration = Duration::from_secs(60);
 
 fn ceil_log2(n: usize) -> u64 {
@@ -326,27 +324,20 @@ fn unreachable_bootstrap_is_retried_until_it_answers() -> Result<()> {
     let Some(env) = require("unreachable_bootstrap_is_retried_until_it_answers") else {
         return Ok(());
     };
-    let ctl = &env.ctl;
-    let tmp = TempDir::new("boot")?;
-    let lan = Lan::new(2)?;
-    let _pass = XdpPass::start(ctl, &lan.bridge, &lan.port_names(), &tmp.join("xdp-pass.log"))?;
-    let first = NodeSpec::new(ctl, tmp.path(), "h1", lan.host(1), &[Lan::HOST_IF], Lan::addr(1))?;
-    let mut second = NodeSpec::new(ctl, tmp.path(), "h2", lan.host(2), &[Lan::HOST_IF], Lan::addr(2))?;
-    second.extra_args = vec!["--bootstrap".into(), first.bootstrap_addr()];
-    let mut n2 = Node::start(ctl, &second, &[])?;
-    n2.wait_ready(READY)?;
+    let mut tb = Testbed::prepare(&env.ctl, 2, &[], true, false)?;
+    tb.launch(1)?;
+    let n2 = tb.node(1);
     let st = n2.wait_status(Duration::from_secs(10), |s| json_u64(s, "bootstrap.0.failures") >= 2)?;
     ensure!(json_u64(&st, "bootstrap.0.failures") >= 2, "no retries: {st}");
     ensure!(st["bootstrap"][0]["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{st}");
     ensure!(st["bootstrap"][0]["connected"] == Value::Bool(false), "{st}");
-    n2.check_alive()?;
-    let log = tail(&second.log_path(), 200);
+    tb.nodes[1].as_mut().expect("h2 runs").check_alive()?;
+    let log = tail(&tb.specs[1].log_path(), 200);
     ensure!(log.contains("unreachable") && log.contains("retrying in"), "the log does not say it retries:\n{log}");
 
-    let mut n1 = Node::start(ctl, &first, &[])?;
-    n1.wait_ready(READY)?;
+    tb.launch(0)?;
     // Back-off is at most 60 s; after 2–3 failures the next try is ≤ 8 s away.
-    let st = n2.wait_status(Duration::from_secs(30), |s| json_u64(s, "peers") == 1)?;
+    let st = tb.node(1).wait_status(Duration::from_secs(30), |s| json_u64(s, "peers") == 1)?;
     ensure!(json_u64(&st, "peers") == 1, "h2 did not join h1: {st}");
     ensure!(st["bootstrap"][0]["connected"] == Value::Bool(true), "{st}");
     Ok(())
@@ -480,21 +471,14 @@ fn quic_only_nodes_join() -> Result<()> {
     let Some(env) = require("quic_only_nodes_join") else {
         return Ok(());
     };
-    let ctl = &env.ctl;
-    let tmp = TempDir::new("quic")?;
-    let lan = Lan::new(2)?;
-    let _pass = XdpPass::start(ctl, &lan.bridge, &lan.port_names(), &tmp.join("xdp-pass.log"))?;
-    let quic = ["--listen".to_string(), "/ip4/0.0.0.0/udp/9471/quic-v1".to_string()];
-    let mut first = NodeSpec::new(ctl, tmp.path(), "h1", lan.host(1), &[Lan::HOST_IF], Lan::addr(1))?;
-    first.extra_args = quic.to_vec();
-    let mut second = NodeSpec::new(ctl, tmp.path(), "h2", lan.host(2), &[Lan::HOST_IF], Lan::addr(2))?;
-    let boot = format!("/ip4/{}/udp/9471/quic-v1/p2p/{}", first.addr, first.peer_id);
-    second.extra_args = [&quic[..], &["--bootstrap".to_string(), boot]].concat();
-    let mut n1 = Node::start(ctl, &first, &[])?;
-    let mut n2 = Node::start(ctl, &second, &[])?;
-    n1.wait_ready(READY)?;
-    n2.wait_ready(READY)?;
-    for (n, other) in [(&n1, &second), (&n2, &first)] {
+    let mut tb = Testbed::prepare(&env.ctl, 2, &["--listen", "/ip4/0.0.0.0/udp/9471/quic-v1"], false, false)?;
+    let boot = format!("/ip4/{}/udp/9471/quic-v1/p2p/{}", tb.specs[0].addr, tb.specs[0].peer_id);
+    tb.specs[1].extra_args.extend(["--bootstrap".to_string(), boot]);
+    tb.launch(0)?;
+    tb.launch(1)?;
+    let (n1, n2) = (tb.node(0), tb.node(1));
+    let (first, second) = (&tb.specs[0], &tb.specs[1]);
+    for (n, other) in [(n1, second), (n2, first)] {
         let st = n.wait_status(Duration::from_secs(20), |s| json_u64(s, "peers") == 1)?;
         ensure!(json_u64(&st, "peers") == 1, "{} has no peer over QUIC: {st}", n.name());
         let listen = st["listen_addrs"].as_array().context("listen_addrs")?;

@@ -44,13 +44,15 @@ impl PinnedMaps {
         Ok(PinnedMaps { dir: dir.to_path_buf() })
     }
 
-    fn map(&self, name: &'static str) -> Result<Map> {
-        let path = self.dir.join(name);
-        let data = MapData::from_pin(&path).map_err(|e| DataplaneError::Pinned {
+    fn map_data(&self, name: &'static str) -> Result<MapData> {
+        MapData::from_pin(self.dir.join(name)).map_err(|e| DataplaneError::Pinned {
             dir: self.dir.clone(),
             reason: format!("{name}: {}", super::error_chain(&e)),
-        })?;
-        Map::from_map_data(data).map_err(map_err(name))
+        })
+    }
+
+    fn map(&self, name: &'static str) -> Result<Map> {
+        Map::from_map_data(self.map_data(name)?).map_err(map_err(name))
     }
 
     pub fn stats(&self) -> Result<Vec<Counter>> {
@@ -68,11 +70,7 @@ impl PinnedMaps {
     /// Every value of an array map, by index: in batches, or one lookup per
     /// entry on kernels without BPF_MAP_LOOKUP_BATCH.
     fn array_values<V: aya::Pod + Default>(&self, name: &'static str, max_entries: u32) -> Result<Vec<V>> {
-        let path = self.dir.join(name);
-        let data = MapData::from_pin(&path).map_err(|e| DataplaneError::Pinned {
-            dir: self.dir.clone(),
-            reason: format!("{name}: {}", super::error_chain(&e)),
-        })?;
+        let data = self.map_data(name)?;
         use std::os::fd::{AsFd, AsRawFd};
         match super::batch::lookup_all::<V>(data.fd().as_fd().as_raw_fd(), max_entries) {
             Ok(v) => Ok(v),
@@ -108,7 +106,10 @@ impl PinnedMaps {
         let routes: Vec<u32> = self.array_values(names::ROUTES, ROUTE_BUCKETS * names::ROUTE_GENERATIONS)?;
         let trie: Vec<TrieNode> = self.array_values(names::ROUTE_TRIE, TRIE_CAPACITY * names::ROUTE_GENERATIONS)?;
         let base = (cfg.route_gen * ROUTE_BUCKETS) as usize;
-        let buckets = &routes[base..base + ROUTE_BUCKETS as usize];
+        let buckets = routes.get(base..base + ROUTE_BUCKETS as usize).ok_or_else(|| DataplaneError::Pinned {
+            dir: self.dir.clone(),
+            reason: "ROUTES is smaller than this version's: these pins come from another version".into(),
+        })?;
         let trie_base = cfg.route_gen * TRIE_CAPACITY;
         let counts = route_build::leaf_buckets(buckets, |r| trie.get((trie_base + r) as usize).copied());
         let leaves = counts

@@ -1,7 +1,6 @@
 //! The libp2p swarm: TCP and QUIC, Noise, Yamux; identify, ping, Kademlia
 //! in server mode, mDNS and gossipsub.
 
-use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use libp2p::identity::Keypair;
@@ -80,8 +79,4 @@ pub fn build(keypair: &Keypair, cfg: &NetConfig, store: SharedStore) -> Result<S
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
         .build();
     Ok(swarm)
-}
-
-pub fn nonzero(n: usize) -> NonZeroUsize {
-    NonZeroUsize::new(n.max(1)).expect("max(1)")
 }

@@ -14,7 +14,6 @@ use libp2p::kad::{self, GetRecordOk, PutRecordOk, QueryId, QueryResult, Quorum, 
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, mdns, ping};
-use p2p_common::id::NodeId;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -25,6 +24,7 @@ use super::{GetResult, NetCommand, NetConfig, PeerView, PubsubMessage, Reply, ad
 use crate::daemon::Node;
 use crate::datapath::Peer;
 use crate::error::{Error, Result};
+use crate::identity::node_id_of;
 use crate::mapsync::MapSync;
 use crate::sys;
 
@@ -32,10 +32,6 @@ const TICK: Duration = Duration::from_millis(100);
 
 fn is_tcp(a: &Multiaddr) -> bool {
     a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::Tcp(_)))
-}
-
-pub fn node_id_of(peer: &PeerId) -> NodeId {
-    NodeId::from_peer_id_bytes(&peer.to_bytes())
 }
 
 struct PendingGet {
@@ -72,8 +68,6 @@ pub struct EventLoop {
     /// When the first change not yet handed to map sync was seen.
     changed: Option<Instant>,
     last_desired: Option<Vec<Peer>>,
-    routed: HashSet<PeerId>,
-    overlay_ips: HashSet<IpAddr>,
     inbound_requests: u64,
     dead_found: u64,
     ticks: u64,
@@ -125,8 +119,6 @@ impl EventLoop {
             sync,
             changed: Some(now),
             last_desired: None,
-            routed: HashSet::new(),
-            overlay_ips: HashSet::new(),
             inbound_requests: 0,
             dead_found: 0,
             ticks: 0,
@@ -179,7 +171,6 @@ impl EventLoop {
             }
         }
         self.book.set_in_maps(&routed, Instant::now());
-        self.routed = routed;
         out
     }
 
@@ -239,8 +230,8 @@ impl EventLoop {
         log::info!("advertising {address}");
         self.swarm.add_external_address(address);
         // The overlay socket listens on every address unless bound to one.
-        if self.cfg.overlay_ip.is_none_or(|o| o == ip) && self.overlay_ips.insert(ip) {
-            let overlay = advert::overlay_multiaddr(ip, self.cfg.overlay_port);
+        let overlay = advert::overlay_multiaddr(ip, self.cfg.overlay_port);
+        if self.cfg.overlay_ip.is_none_or(|o| o == ip) && !self.swarm.external_addresses().any(|a| *a == overlay) {
             log::info!("advertising overlay endpoint {overlay}");
             self.swarm.add_external_address(overlay);
         }
@@ -250,7 +241,7 @@ impl EventLoop {
         self.swarm.remove_external_address(&address);
         let Some(ip) = advert::ip_of(&address) else { return };
         let still = self.swarm.external_addresses().any(|a| advert::ip_of(a) == Some(ip) && advert::is_dialable(a));
-        if !still && self.overlay_ips.remove(&ip) {
+        if !still {
             self.swarm.remove_external_address(&advert::overlay_multiaddr(ip, self.cfg.overlay_port));
         }
     }
@@ -286,7 +277,7 @@ impl EventLoop {
                         t.on_lost(now);
                     }
                 }
-                if last && self.routed.contains(&peer_id) {
+                if last && self.book.is_routed(&peer_id) {
                     // Alive peers answer a redial at once; a stopped one
                     // refuses it, and is found dead without waiting for PINGs.
                     log::debug!("last connection to routed peer {peer_id} closed ({cause:?}): redialling");
@@ -320,7 +311,7 @@ impl EventLoop {
                         t.failures + 1
                     );
                 }
-                if let Some(peer) = self.redials.remove(&connection_id).or(peer_id.filter(|p| self.routed.contains(p)))
+                if let Some(peer) = self.redials.remove(&connection_id).or(peer_id.filter(|p| self.book.is_routed(p)))
                     && !self.book.get(&peer).is_some_and(|s| s.connected())
                 {
                     self.found_dead(peer, format!("unreachable: {err}"), false);
@@ -337,21 +328,29 @@ impl EventLoop {
     /// greedy forwarding needs.
     fn refill_from_connected(&mut self) {
         let table: HashSet<PeerId> = self.table().into_iter().collect();
-        let offers: Vec<(PeerId, Vec<Multiaddr>)> = self
+        let offers: Vec<PeerId> = self
             .book
             .iter()
             .filter(|(p, s)| s.connected() && s.speaks_kad && s.dead.is_none() && !table.contains(p))
-            .map(|(p, s)| (*p, s.listen_addrs.clone()))
+            .map(|(p, _)| *p)
             .collect();
-        for (peer, addrs) in offers {
-            for a in addrs {
-                if self.kad().add_address(&peer, a) == kad::RoutingUpdate::Success {
-                    log::debug!("routing table: + {peer} (connected, room freed)");
-                    self.touch();
-                    break;
-                }
+        for peer in offers {
+            if self.offer_to_kad(&peer) {
+                log::debug!("routing table: + {peer} (connected, room freed)");
+                self.touch();
             }
         }
+    }
+
+    /// Gives Kademlia the dialable addresses identify reported for `peer`;
+    /// true if it took the peer (or a new address of it).
+    fn offer_to_kad(&mut self, peer: &PeerId) -> bool {
+        let addrs = self.book.get(peer).map(|s| s.listen_addrs.clone()).unwrap_or_default();
+        let mut taken = false;
+        for a in addrs {
+            taken |= self.kad().add_address(peer, a) == kad::RoutingUpdate::Success;
+        }
+        taken
     }
 
     /// Kademlia's addresses for a peer in its table.
@@ -459,9 +458,7 @@ impl EventLoop {
         if speaks {
             // Only now does the peer enter Kademlia's table (DESIGN.md:
             // add_address alone would let a non-speaker in).
-            for addr in info.listen_addrs.iter().filter(|a| advert::is_dialable(a)) {
-                self.kad().add_address(&peer_id, addr.clone());
-            }
+            self.offer_to_kad(&peer_id);
             let via_bootstrap = self.targets.iter().any(|t| t.peer == Some(peer_id) && t.connected);
             if via_bootstrap && self.table().len() <= 1 {
                 match self.kad().bootstrap() {
@@ -582,24 +579,18 @@ impl EventLoop {
         // Liveness: a routed peer silent on the overlay for DEAD_AFTER is dead.
         let overdue: Vec<PeerId> = {
             let st = self.node.state.lock().unwrap();
-            self.routed
-                .iter()
-                .filter(|p| {
-                    let pong = st.last_pong.get(&node_id_of(p)).copied();
-                    self.book.get(p).is_some_and(|s| s.overdue(now, pong))
-                })
-                .copied()
+            self.book
+                .routed()
+                .filter(|(p, s)| s.overdue(now, st.last_pong.get(&node_id_of(p)).copied()))
+                .map(|(p, _)| *p)
                 .collect()
         };
         for p in overdue {
             self.found_dead(p, format!("no overlay PONG for {} ms", super::peers::DEAD_AFTER.as_millis()), true);
         }
         for p in self.book.revive_due(now) {
-            let addrs = self.book.get(&p).map(|s| s.listen_addrs.clone()).unwrap_or_default();
             log::info!("peer {p} may be routed to again (revive back-off over)");
-            for a in addrs {
-                self.kad().add_address(&p, a);
-            }
+            self.offer_to_kad(&p);
             self.touch();
         }
         // Every 10 s: fill holes from connected peers, forget what no longer
@@ -735,7 +726,7 @@ impl EventLoop {
                 "protocol": self.cfg.kad_protocol,
                 "mode": self.swarm.behaviour().kad.mode().to_string(),
                 "peers": table.len(),
-                "routable": self.routed.len(),
+                "routable": self.book.routed().count(),
                 "records": self.node.store.len(),
                 "replication": self.cfg.replication.get(),
                 "quorum": self.cfg.quorum.get(),
@@ -787,7 +778,7 @@ impl EventLoop {
                 addresses,
                 overlay: st.endpoint.map(|e| e.to_string()),
                 connected: st.connected(),
-                routable: self.routed.contains(&pid),
+                routable: self.book.is_routed(&pid),
                 state: st.state(),
                 agent: st.agent.clone(),
             });

@@ -182,6 +182,16 @@ impl PeerBook {
         }
     }
 
+    /// Whether the datapath routes to `peer` (it is in the maps).
+    pub fn is_routed(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|s| s.in_maps_since.is_some())
+    }
+
+    /// The peers the datapath routes to.
+    pub fn routed(&self) -> impl Iterator<Item = (&PeerId, &PeerState)> {
+        self.peers.iter().filter(|(_, s)| s.in_maps_since.is_some())
+    }
+
     /// Records which peers the datapath routes to now.
     pub fn set_in_maps(&mut self, routed: &std::collections::HashSet<PeerId>, now: Instant) {
         for (id, st) in self.peers.iter_mut() {

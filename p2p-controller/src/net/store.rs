@@ -55,11 +55,6 @@ impl SharedStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// Whether a record with this key is held here.
-    pub fn holds(&self, key: &[u8]) -> bool {
-        self.lock().store.get(&RecordKey::new(&key)).is_some_and(|r| !r.is_expired(Instant::now()))
-    }
 }
 
 impl RecordStore for SharedStore {
@@ -126,7 +121,6 @@ mod tests {
         expired.expires = Some(Instant::now() - std::time::Duration::from_secs(1));
         s.put(expired).unwrap();
         assert_eq!(clone.value_at(&NodeId::from_record_key(b"old"), b"old"), None, "expired");
-        assert!(clone.holds(b"alpha") && !clone.holds(b"old"));
         assert_eq!(clone.len(), 2);
         s.remove(&RecordKey::new(&"alpha"));
         assert_eq!(clone.value_at(&id, b""), None, "removed from the index too");
