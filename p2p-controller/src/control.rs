@@ -1,37 +1,46 @@
 //! The control API: one JSON request per line on a unix socket (mode 0660),
-//! one JSON response line back, `"ok": true` plus the result fields, or
-//! `"ok": false, "error": S`. Requests (README "Control API" has an example
-//! of each):
-//!
-//! - `{"cmd":"status"}`
-//! - `{"cmd":"peers"}`: the control plane's view of every peer
-//! - `{"cmd":"lookup","key":K,"timeout_ms":N,"fallback":true}`
-//! - `{"cmd":"dht_put","key":K,"value":V,"quorum":N}` (`quorum` optional)
-//! - `{"cmd":"dht_get","key":K,"timeout_ms":N,"network":false}`
-//! - `{"cmd":"pubsub_publish","topic":T,"message":M}`
-//! - `{"cmd":"pubsub_subscribe","topic":T}`: a first line `{"ok":true,…}`,
-//!   then one line per message until the client closes the connection
-//! - `{"cmd":"send","node_id":HEX,"data":S}`, `{"cmd":"ping","node_id":HEX,"timeout_ms":N}`
+//! one JSON response line back ([`crate::api`] has the types; README
+//! "Control API" an example of each call). The server answers from the
+//! components' handles; [`call`] and [`stream`] are the client side.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use p2p_common::codec::{self, Packet};
 use p2p_common::id::NodeId;
 use p2p_common::wire::*;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::oneshot;
 
-use crate::daemon::{Node, Waiting, monotonic_ns};
+use crate::api::{self, Request};
 use crate::error::{Error, Result};
+use crate::liveness::LivenessHandle;
+use crate::mapsync::MapSyncHandle;
 use crate::net::NetHandle;
+use crate::overlay::{OverlayHandle, monotonic_ns};
 
-pub fn serve(node: Arc<Node>, path: &Path) -> Result<()> {
+/// What the control API answers from: this node's fixed facts and every
+/// component's handle.
+#[derive(Clone)]
+pub struct Ctx {
+    pub instance: String,
+    pub peer_id: String,
+    pub node_id: NodeId,
+    pub datapath: String,
+    pub xdp_mode: Option<String>,
+    pub ifaces: Vec<String>,
+    pub started: Instant,
+    pub overlay: OverlayHandle,
+    pub net: NetHandle,
+    pub sync: MapSyncHandle,
+    pub liveness: LivenessHandle,
+}
+
+pub fn serve(ctx: Ctx, path: &Path) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -45,72 +54,90 @@ pub fn serve(node: Arc<Node>, path: &Path) -> Result<()> {
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let node = node.clone();
+            let ctx = ctx.clone();
             tokio::spawn(async move {
-                let _ = handle(node, stream).await;
+                let _ = handle(ctx, stream).await;
             });
         }
     });
     Ok(())
 }
 
-async fn write_line(w: &mut OwnedWriteHalf, v: &Value) -> std::io::Result<()> {
-    w.write_all(format!("{v}\n").as_bytes()).await
+async fn write_line(w: &mut OwnedWriteHalf, line: String) -> std::io::Result<()> {
+    w.write_all(format!("{line}\n").as_bytes()).await
 }
 
-fn ok(mut v: Value) -> Value {
-    v["ok"] = json!(true);
-    v
+/// `{"ok": true, …fields of v}`.
+fn ok_line<T: Serialize>(v: &T) -> String {
+    let mut v = serde_json::to_value(v).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("ok".into(), true.into());
+    }
+    v.to_string()
 }
 
-fn err(e: impl std::fmt::Display) -> Value {
-    json!({"ok": false, "error": e.to_string()})
+fn err_line(e: impl std::fmt::Display) -> String {
+    serde_json::to_string(&api::ErrorResponse { ok: false, error: e.to_string() }).unwrap_or_default()
 }
 
-async fn handle(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> {
+async fn handle(ctx: Ctx, stream: UnixStream) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
     while let Some(line) = lines.next_line().await? {
-        let req = match serde_json::from_str::<Value>(&line) {
+        let req = match parse(&line) {
             Ok(req) => req,
             Err(e) => {
-                write_line(&mut w, &err(format!("request is not JSON: {e}"))).await?;
+                write_line(&mut w, err_line(e)).await?;
                 continue;
             }
         };
-        if req["cmd"].as_str() == Some("pubsub_subscribe") {
-            return subscribe(&node, &req, lines, w).await;
+        if let Request::PubsubSubscribe { topic } = req {
+            return subscribe(&ctx, topic, lines, w).await;
         }
-        let resp = match dispatch(&node, &req).await {
-            Ok(v) => ok(v),
-            Err(e) => err(e),
+        let resp = match dispatch(&ctx, req).await {
+            Ok(line) => line,
+            Err(e) => err_line(e),
         };
-        write_line(&mut w, &resp).await?;
+        write_line(&mut w, resp).await?;
     }
     Ok(())
 }
 
+/// A request line, with an error that says what is wrong with it.
+fn parse(line: &str) -> Result<Request> {
+    let v: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| Error::Usage(format!("request is not JSON: {e}")))?;
+    match v.get("cmd") {
+        None => return Err(Error::Usage("missing \"cmd\"".into())),
+        Some(serde_json::Value::String(_)) => {}
+        Some(_) => return Err(Error::Usage("\"cmd\" must be a string".into())),
+    }
+    serde_json::from_value(v).map_err(|e| {
+        let msg = e.to_string();
+        if msg.starts_with("unknown variant") {
+            Error::Usage(format!("unknown command ({})", Request::NAMES))
+        } else {
+            Error::Usage(msg)
+        }
+    })
+}
+
 /// Streams a topic's messages until the client goes away.
 async fn subscribe(
-    node: &Node,
-    req: &Value,
+    ctx: &Ctx,
+    topic: String,
     mut lines: Lines<BufReader<OwnedReadHalf>>,
     mut w: OwnedWriteHalf,
 ) -> std::io::Result<()> {
-    let started = async {
-        let topic = str_arg(req, "topic")?;
-        let rx = net(node)?.subscribe(topic.to_string()).await?;
-        Ok::<_, Error>((topic.to_string(), rx))
+    let mut rx = match ctx.net.subscribe(topic.clone()).await {
+        Ok(rx) => rx,
+        Err(e) => return write_line(&mut w, err_line(e)).await,
     };
-    let (topic, mut rx) = match started.await {
-        Ok(x) => x,
-        Err(e) => return write_line(&mut w, &err(e)).await,
-    };
-    write_line(&mut w, &ok(json!({"subscribed": topic}))).await?;
+    write_line(&mut w, ok_line(&api::Subscribed { subscribed: topic })).await?;
     loop {
         tokio::select! {
             m = rx.recv() => match m {
-                Some(m) => write_line(&mut w, &serde_json::to_value(&m).unwrap_or_default()).await?,
+                Some(m) => write_line(&mut w, serde_json::to_string(&m).unwrap_or_default()).await?,
                 None => return Ok(()),
             },
             l = lines.next_line() => if !matches!(l, Ok(Some(_))) { return Ok(()) },
@@ -118,184 +145,156 @@ async fn subscribe(
     }
 }
 
-fn net(node: &Node) -> Result<&NetHandle> {
-    node.net.get().ok_or_else(|| Error::Remote("the control plane is not running yet".into()))
-}
-
-fn str_arg<'a>(req: &'a Value, name: &str) -> Result<&'a str> {
-    req[name].as_str().ok_or_else(|| Error::Usage(format!("missing \"{name}\" (a string)")))
-}
-
-fn node_id_arg(req: &Value) -> Result<NodeId> {
-    let s = str_arg(req, "node_id")?;
+fn node_id_arg(s: &str) -> Result<NodeId> {
     s.parse().map_err(|e| Error::Usage(format!("node_id: {e}")))
 }
 
-fn timeout_arg(req: &Value, default_ms: u64) -> Duration {
-    Duration::from_millis(req["timeout_ms"].as_u64().unwrap_or(default_ms).clamp(1, 60_000))
+fn timeout(ms: u64) -> Duration {
+    Duration::from_millis(ms.clamp(1, 60_000))
 }
 
-async fn dispatch(node: &Arc<Node>, req: &Value) -> Result<Value> {
-    match req["cmd"].as_str() {
-        Some("status") => status(node).await,
-        Some("peers") => {
-            let peers = net(node)?.view().await?;
-            Ok(json!({"node_id": node.identity.node_id.to_string(), "peers": peers}))
+async fn dispatch(ctx: &Ctx, req: Request) -> Result<String> {
+    Ok(match req {
+        Request::Status => ok_line(&status(ctx).await?),
+        Request::Peers => {
+            let peers = ctx.net.view().await?;
+            ok_line(&api::Peers { node_id: ctx.node_id.to_string(), peers })
         }
-        Some("lookup") => {
-            let key = str_arg(req, "key")?;
-            lookup(node, key, timeout_arg(req, 1000), req["fallback"].as_bool().unwrap_or(true)).await
+        Request::Lookup { key, timeout_ms, fallback } => {
+            ok_line(&lookup(ctx, &key, timeout(timeout_ms), fallback).await?)
         }
-        Some("dht_put") => {
-            let key = str_arg(req, "key")?;
-            let value = str_arg(req, "value")?;
-            let quorum = match req.get("quorum").and_then(Value::as_u64) {
+        Request::DhtPut { key, value, quorum } => {
+            let quorum = match quorum {
                 Some(q) => Some(
                     std::num::NonZeroUsize::new(q as usize)
                         .ok_or_else(|| Error::Usage("quorum must be at least 1".into()))?,
                 ),
                 None => None,
             };
-            net(node)?.put(key.into(), value.as_bytes().to_vec(), quorum).await
+            ok_line(&ctx.net.put(key, value.into_bytes(), quorum).await?)
         }
-        Some("dht_get") => {
-            let key = str_arg(req, "key")?;
-            let network = req["network"].as_bool().unwrap_or(false);
-            let r = net(node)?.get(key.into(), network, timeout_arg(req, 5000)).await?;
-            Ok(json!({
-                "key": key,
-                "found": r.value.is_some(),
-                "value": r.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()),
-                "from": r.from.map(|p| p.to_string()),
-                "answered_by": r.value.as_ref().map(|_| answered_by(node, r.from)),
-                "source": r.value.as_ref().map(|_| if r.from.is_some() { "network" } else { "local" }),
-                "rtt_us": r.elapsed.as_micros() as u64,
-            }))
+        Request::DhtGet { key, timeout_ms, network } => {
+            let r = ctx.net.get(key.clone(), network, timeout(timeout_ms)).await?;
+            ok_line(&api::DhtGet {
+                found: r.value.is_some(),
+                value: r.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()),
+                from: r.from.map(|p| p.to_string()),
+                answered_by: r.value.as_ref().map(|_| answered_by(ctx, r.from)),
+                source: r.value.as_ref().map(|_| if r.from.is_some() { "network" } else { "local" }.to_string()),
+                rtt_us: r.elapsed.as_micros() as u64,
+                key,
+            })
         }
-        Some("pubsub_publish") => {
-            let topic = str_arg(req, "topic")?;
-            let message = str_arg(req, "message")?;
-            net(node)?.publish(topic.into(), message.as_bytes().to_vec()).await
+        Request::PubsubPublish { topic, message } => ok_line(&ctx.net.publish(topic, message.into_bytes()).await?),
+        Request::PubsubSubscribe { .. } => {
+            return Err(Error::Usage("pubsub_subscribe must be the first request on a connection".into()));
         }
-        Some("send") => {
-            let dst = node_id_arg(req)?;
-            let data = req["data"].as_str().unwrap_or_default();
+        Request::Send { node_id, data } => {
+            let dst = node_id_arg(&node_id)?;
             if data.len() > 1400 {
                 return Err(Error::Usage(format!("DATA of {} bytes does not fit one packet (max 1400)", data.len())));
             }
-            let pkt = Packet::new(KIND_DATA, node.identity.node_id, dst, rand::random(), data.as_bytes().to_vec());
-            match node.originate(&pkt).await? {
-                Some(via) => Ok(json!({"sent": true, "via": via.to_string(), "msg_id": pkt.msg_id})),
-                None if dst == node.identity.node_id => {
-                    Ok(json!({"sent": true, "via": null, "delivered_locally": true}))
+            let pkt = Packet::new(KIND_DATA, ctx.node_id, dst, rand::random(), data.into_bytes());
+            let sent = match ctx.overlay.originate(&pkt)? {
+                Some(via) => api::Sent {
+                    sent: true,
+                    via: Some(via.to_string()),
+                    msg_id: Some(pkt.msg_id),
+                    delivered_locally: false,
+                },
+                None if dst == ctx.node_id => {
+                    api::Sent { sent: true, via: None, msg_id: None, delivered_locally: true }
                 }
                 None => {
-                    Err(Error::Remote(format!("no route to {dst}: this node is the closest and it is not that node")))
+                    return Err(Error::Remote(format!(
+                        "no route to {dst}: this node is the closest and it is not that node"
+                    )));
                 }
-            }
+            };
+            ok_line(&sent)
         }
-        Some("ping") => {
-            let dst = node_id_arg(req)?;
-            let msg_id = rand::random::<u64>();
-            let pkt = Packet::new(KIND_PING, node.identity.node_id, dst, msg_id, monotonic_ns().to_be_bytes().to_vec());
-            let rx = wait_for(node, msg_id);
-            let via = node.originate(&pkt).await?;
-            if via.is_none() {
-                node.state.lock().unwrap().waiting.remove(&msg_id);
-                return if dst == node.identity.node_id {
-                    Ok(json!({"rtt_us": 0, "from": dst.to_string(), "via": null}))
-                } else {
-                    Err(Error::Remote(format!("no route to {dst}")))
-                };
-            }
-            let (reply, rtt) = await_reply(node, msg_id, rx, timeout_arg(req, 2000)).await?;
-            Ok(
-                json!({"rtt_us": rtt.as_micros() as u64, "from": reply.src_id.to_string(), "via": via.map(|v| v.to_string())}),
-            )
+        Request::Ping { node_id, timeout_ms } => {
+            let dst = node_id_arg(&node_id)?;
+            let pkt = Packet::new(KIND_PING, ctx.node_id, dst, rand::random(), monotonic_ns().to_be_bytes().to_vec());
+            let via = match ctx.overlay.routing().next_hop(&dst) {
+                Some(Some((_, p))) => p.addr,
+                _ if dst == ctx.node_id => {
+                    return Ok(ok_line(&api::Pinged { rtt_us: 0, from: dst.to_string(), via: None }));
+                }
+                _ => return Err(Error::Remote(format!("no route to {dst}"))),
+            };
+            let (reply, rtt) = ctx.overlay.request(&pkt, via, timeout(timeout_ms)).await?;
+            ok_line(&api::Pinged {
+                rtt_us: rtt.as_micros() as u64,
+                from: reply.src_id.to_string(),
+                via: Some(via.to_string()),
+            })
         }
-        Some("pubsub_subscribe") => {
-            Err(Error::Usage("pubsub_subscribe must be the first request on a connection".into()))
-        }
-        Some(other) => Err(Error::Usage(format!(
-            "unknown command {other:?} (status, peers, lookup, dht_put, dht_get, pubsub_publish, pubsub_subscribe, send, ping)"
-        ))),
-        None => Err(Error::Usage("missing \"cmd\"".into())),
-    }
+    })
 }
 
 /// The node ID of the peer a Kademlia answer came from (this node for the
 /// local store).
-fn answered_by(node: &Node, from: Option<libp2p::PeerId>) -> String {
+fn answered_by(ctx: &Ctx, from: Option<libp2p::PeerId>) -> String {
     match from {
         Some(p) => crate::identity::node_id_of(&p).to_string(),
-        None => node.identity.node_id.to_string(),
+        None => ctx.node_id.to_string(),
     }
 }
 
-async fn status(node: &Node) -> Result<Value> {
-    let mut v = node.status_json();
-    if let Some(net) = node.net.get() {
-        let n = net.status().await?;
-        if let (Some(dst), Some(src)) = (v.as_object_mut(), n.as_object()) {
-            for (k, val) in src {
-                dst.insert(k.clone(), val.clone());
-            }
-        }
-        v["overlay_endpoint"] = n["overlay_endpoints"].get(0).cloned().unwrap_or(Value::Null);
-        v["kad_peers"] = n["kad"]["peers"].clone();
-    }
-    Ok(v)
-}
-
-fn wait_for(node: &Node, msg_id: u64) -> oneshot::Receiver<(Packet, Duration)> {
-    let (tx, rx) = oneshot::channel();
-    node.state.lock().unwrap().waiting.insert(msg_id, Waiting { sent: Instant::now(), tx });
-    rx
-}
-
-async fn await_reply(
-    node: &Node,
-    msg_id: u64,
-    rx: oneshot::Receiver<(Packet, Duration)>,
-    timeout: Duration,
-) -> Result<(Packet, Duration)> {
-    match tokio::time::timeout(timeout, rx).await {
-        Ok(Ok(r)) => Ok(r),
-        _ => {
-            node.state.lock().unwrap().waiting.remove(&msg_id);
-            Err(Error::Remote(format!("no reply within {} ms", timeout.as_millis())))
-        }
-    }
+async fn status(ctx: &Ctx) -> Result<api::Status> {
+    let net = ctx.net.status().await?;
+    let liveness = ctx.liveness.status().await;
+    let routed = ctx.overlay.routing().peers().count();
+    Ok(api::Status {
+        instance: ctx.instance.clone(),
+        peer_id: ctx.peer_id.clone(),
+        node_id: ctx.node_id.to_string(),
+        datapath: ctx.datapath.clone(),
+        xdp_mode: ctx.xdp_mode.clone(),
+        ifaces: ctx.ifaces.clone(),
+        overlay_port: ctx.overlay.port(),
+        peers: routed,
+        peers_answered: liveness.peers_answered,
+        ready: liveness.ready,
+        overlay: ctx.overlay.status(),
+        records: ctx.overlay.records(),
+        map_sync: ctx.sync.status().await,
+        uptime_s: ctx.started.elapsed().as_secs(),
+        overlay_endpoint: net.overlay_endpoints.first().cloned(),
+        kad_peers: net.kad.peers,
+        net,
+    })
 }
 
 /// The overlay path of `lookup`: a LOOKUP to the XOR-closest peer, routed
 /// hop by hop to the key's owner, whose LOOKUP_REPLY comes straight back.
 /// `Err` only for "no reply within the timeout".
-async fn overlay_lookup(node: &Node, key: &str, timeout: Duration) -> Result<Value> {
+async fn overlay_lookup(ctx: &Ctx, key: &str, timeout: Duration) -> Result<api::Lookup> {
     let dst = NodeId::from_record_key(key.as_bytes());
-    let msg_id = rand::random::<u64>();
-    let first_hop = {
-        let st = node.state.lock().unwrap();
-        st.router.next_hop(&dst).and_then(|h| h.map(|(_, p)| p.addr))
-    };
+    let first_hop = ctx.overlay.routing().next_hop(&dst).and_then(|h| h.map(|(_, p)| p.addr));
     let Some(first_hop) = first_hop else {
         // This node owns the key.
-        let found = node.value_at(&node.state.lock().unwrap(), &dst, key.as_bytes());
-        return Ok(json!({
-            "key": key, "found": found.is_some(), "status": if found.is_some() { "found" } else { "not_found" },
-            "value": found.map(|v| String::from_utf8_lossy(&v).into_owned()),
-            "answered_by": node.identity.node_id.to_string(), "owner": null,
-            "hops": 0, "rtt_us": 0, "path": "local"
-        }));
+        let found = ctx.overlay.value_at(&dst, key.as_bytes());
+        return Ok(api::Lookup {
+            key: key.into(),
+            found: found.is_some(),
+            status: if found.is_some() { "found" } else { "not_found" }.into(),
+            value: found.map(|v| String::from_utf8_lossy(&v).into_owned()),
+            answered_by: Some(ctx.node_id.to_string()),
+            owner: None,
+            hops: Some(0),
+            rtt_us: 0,
+            path: "local".into(),
+            ..Default::default()
+        });
     };
     // The reply comes straight back to this node's overlay socket, at the
     // address the first hop sees.
-    let reply_addr = std::net::SocketAddr::new(node.local_addr_towards(first_hop), node.overlay_port);
+    let reply_addr = std::net::SocketAddr::new(OverlayHandle::local_addr_for(first_hop), ctx.overlay.port());
     let pkt =
-        Packet::new(KIND_LOOKUP, node.identity.node_id, dst, msg_id, codec::lookup_payload(reply_addr, key.as_bytes()));
-    let rx = wait_for(node, msg_id);
-    node.send_to(&pkt.encode(), first_hop)?;
-    let (reply, rtt) = await_reply(node, msg_id, rx, timeout).await?;
+        Packet::new(KIND_LOOKUP, ctx.node_id, dst, rand::random(), codec::lookup_payload(reply_addr, key.as_bytes()));
+    let (reply, rtt) = ctx.overlay.request(&pkt, first_hop, timeout).await?;
     let (status, owner, value) = codec::parse_lookup_reply_payload(&reply.payload)
         .ok_or_else(|| Error::Remote("malformed LOOKUP_REPLY payload".into()))?;
     // The owner echoes the LOOKUP's ttl on arrival in the reply's ttl; each
@@ -307,89 +306,111 @@ async fn overlay_lookup(node: &Node, key: &str, timeout: Duration) -> Result<Val
         STATUS_REFUSED => "refused",
         _ => "unknown",
     };
-    Ok(json!({
-        "key": key,
-        "found": status == STATUS_FOUND,
-        "status": status_name,
-        "value": (status == STATUS_FOUND).then(|| String::from_utf8_lossy(value).to_string()),
-        "answered_by": reply.src_id.to_string(),
-        "owner": owner.to_string(),
-        "hops": hops,
-        "rtt_us": rtt.as_micros() as u64,
-        "path": "overlay"
-    }))
+    Ok(api::Lookup {
+        key: key.into(),
+        found: status == STATUS_FOUND,
+        status: status_name.into(),
+        value: (status == STATUS_FOUND).then(|| String::from_utf8_lossy(value).to_string()),
+        answered_by: Some(reply.src_id.to_string()),
+        owner: Some(owner.to_string()),
+        hops: Some(hops),
+        rtt_us: rtt.as_micros() as u64,
+        path: "overlay".into(),
+        ..Default::default()
+    })
 }
 
 /// `lookup`: the overlay first; without an answer (or with "not found")
 /// and `fallback`, Kademlia's iterative get. `path` says which answered.
-async fn lookup(node: &Node, key: &str, timeout: Duration, fallback: bool) -> Result<Value> {
-    let overlay = overlay_lookup(node, key, timeout).await;
+async fn lookup(ctx: &Ctx, key: &str, timeout: Duration, fallback: bool) -> Result<api::Lookup> {
+    let overlay = overlay_lookup(ctx, key, timeout).await;
     let reason = match &overlay {
-        Ok(v) if v["found"].as_bool() == Some(true) => return overlay,
-        Ok(v) if v["status"] == "refused" => format!(
+        Ok(v) if v.found => return overlay,
+        Ok(v) if v.status == "refused" => format!(
             "the overlay owner {} refused (a value too large for one datagram)",
-            v["answered_by"].as_str().unwrap_or("?")
+            v.answered_by.as_deref().unwrap_or("?")
         ),
-        Ok(v) => format!("the overlay owner {} has no record {key:?}", v["answered_by"].as_str().unwrap_or("?")),
+        Ok(v) => format!("the overlay owner {} has no record {key:?}", v.answered_by.as_deref().unwrap_or("?")),
         Err(e) => format!("overlay: {e}"),
     };
     if !fallback {
         return overlay;
     }
-    let net = net(node)?;
-    let r = net.get(key.into(), false, Duration::from_secs(10)).await?;
+    let r = ctx.net.get(key.into(), false, Duration::from_secs(10)).await?;
     let found = r.value.is_some();
-    Ok(json!({
-        "key": key,
-        "found": found,
-        "status": if found { "found" } else { "not_found" },
-        "value": r.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()),
-        "answered_by": found.then(|| answered_by(node, r.from)),
-        "from": r.from.map(|p| p.to_string()),
-        "owner": null,
-        "hops": null,
-        "rtt_us": r.elapsed.as_micros() as u64,
-        "path": "kademlia",
-        "fallback_reason": reason,
-        "overlay": overlay.ok(),
-    }))
+    Ok(api::Lookup {
+        key: key.into(),
+        found,
+        status: if found { "found" } else { "not_found" }.into(),
+        value: r.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()),
+        answered_by: found.then(|| answered_by(ctx, r.from)),
+        from: r.from.map(|p| p.to_string()),
+        owner: None,
+        hops: None,
+        rtt_us: r.elapsed.as_micros() as u64,
+        path: "kademlia".into(),
+        fallback_reason: Some(reason),
+        overlay: overlay.ok().map(Box::new),
+    })
 }
 
-/// Client side: one request, one response.
-pub fn request(path: &Path, instance: &str, req: &Value) -> Result<Value> {
-    use std::io::{BufRead, Write};
-    let daemon_err = |reason: String| Error::Daemon { path: path.into(), instance: instance.into(), reason };
-    let mut s = std::os::unix::net::UnixStream::connect(path).map_err(|e| daemon_err(e.to_string()))?;
-    // Longest request: a lookup's overlay wait (≤ 60 s) plus its Kademlia
-    // fallback (≤ 10 s).
-    s.set_read_timeout(Some(Duration::from_secs(90)))?;
-    s.write_all(format!("{req}\n").as_bytes()).map_err(|e| daemon_err(e.to_string()))?;
-    let mut line = String::new();
-    std::io::BufReader::new(&s).read_line(&mut line).map_err(|e| daemon_err(e.to_string()))?;
-    let v: Value = serde_json::from_str(&line).map_err(|e| daemon_err(format!("bad response: {e}")))?;
-    if v["ok"].as_bool() == Some(true) {
-        Ok(v)
-    } else {
-        Err(Error::Remote(v["error"].as_str().unwrap_or("unknown error").to_string()))
-    }
+// ---------------------------------------------------------------- client side
+
+fn connect(path: &Path, instance: &str) -> Result<std::os::unix::net::UnixStream> {
+    std::os::unix::net::UnixStream::connect(path).map_err(|e| Error::Daemon {
+        path: path.into(),
+        instance: instance.into(),
+        reason: e.to_string(),
+    })
 }
 
-/// Client side of `pubsub_subscribe`: calls `on_message` for each message
-/// line until it returns false or the daemon goes away.
-pub fn stream(path: &Path, instance: &str, req: &Value, mut on_message: impl FnMut(&Value) -> bool) -> Result<()> {
-    use std::io::{BufRead, Write};
+/// One response line: the `T` of an `"ok": true` answer, or the daemon's error.
+fn read_response<T: DeserializeOwned>(line: &str, path: &Path, instance: &str) -> Result<T> {
     let daemon_err = |reason: String| Error::Daemon { path: path.into(), instance: instance.into(), reason };
-    let mut s = std::os::unix::net::UnixStream::connect(path).map_err(|e| daemon_err(e.to_string()))?;
-    s.write_all(format!("{req}\n").as_bytes()).map_err(|e| daemon_err(e.to_string()))?;
-    let mut lines = std::io::BufReader::new(&s).lines();
-    let first = lines.next().ok_or_else(|| daemon_err("closed the connection".into()))??;
-    let v: Value = serde_json::from_str(&first).map_err(|e| daemon_err(format!("bad response: {e}")))?;
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| daemon_err(format!("bad response: {e}")))?;
     if v["ok"].as_bool() != Some(true) {
         return Err(Error::Remote(v["error"].as_str().unwrap_or("unknown error").to_string()));
     }
+    serde_json::from_value(v)
+        .map_err(|e| daemon_err(format!("unexpected response ({e}): is the daemon of another version?")))
+}
+
+/// Client side: one request, one typed response.
+pub fn call<T: DeserializeOwned>(path: &Path, instance: &str, req: &Request) -> Result<T> {
+    use std::io::{BufRead, Write};
+    let daemon_err = |reason: String| Error::Daemon { path: path.into(), instance: instance.into(), reason };
+    let mut s = connect(path, instance)?;
+    // Longest request: a lookup's overlay wait (≤ 60 s) plus its Kademlia
+    // fallback (≤ 10 s).
+    s.set_read_timeout(Some(Duration::from_secs(90)))?;
+    let line = serde_json::to_string(req).map_err(|e| Error::Usage(e.to_string()))?;
+    s.write_all(format!("{line}\n").as_bytes()).map_err(|e| daemon_err(e.to_string()))?;
+    let mut line = String::new();
+    std::io::BufReader::new(&s).read_line(&mut line).map_err(|e| daemon_err(e.to_string()))?;
+    read_response(&line, path, instance)
+}
+
+/// Client side of `pubsub_subscribe`: calls `on_message` for each message
+/// until it returns false or the daemon goes away.
+pub fn stream(
+    path: &Path,
+    instance: &str,
+    topic: &str,
+    mut on_message: impl FnMut(&api::PubsubMessage) -> bool,
+) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let daemon_err = |reason: String| Error::Daemon { path: path.into(), instance: instance.into(), reason };
+    let mut s = connect(path, instance)?;
+    let req = serde_json::to_string(&Request::PubsubSubscribe { topic: topic.into() })
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    s.write_all(format!("{req}\n").as_bytes()).map_err(|e| daemon_err(e.to_string()))?;
+    let mut lines = std::io::BufReader::new(&s).lines();
+    let first = lines.next().ok_or_else(|| daemon_err("closed the connection".into()))??;
+    let _: api::Subscribed = read_response(&first, path, instance)?;
     for line in lines {
-        let v: Value = serde_json::from_str(&line?).map_err(|e| daemon_err(format!("bad message: {e}")))?;
-        if !on_message(&v) {
+        let m: api::PubsubMessage =
+            serde_json::from_str(&line?).map_err(|e| daemon_err(format!("bad message: {e}")))?;
+        if !on_message(&m) {
             break;
         }
     }

@@ -1,16 +1,22 @@
 //! p2p-nos node controller. `dataplane` is the only module that touches aya
-//! and the BPF maps.
+//! and the BPF maps; `userspace` is the same forwarding rules in this
+//! process (the fallback datapath). The daemon (`daemon`) wires the
+//! components together: `control` (the API), `net` (the libp2p swarm),
+//! `liveness`, `overlay` (the overlay socket) and `mapsync` (the only owner
+//! of the loaded `dataplane`).
+pub mod api;
 pub mod cli;
 pub mod control;
 pub mod daemon;
-pub mod datapath;
 pub mod dataplane;
 pub mod error;
 pub mod files;
 pub mod identity;
+pub mod liveness;
 pub mod maps_cmd;
 pub mod mapsync;
 pub mod net;
+pub mod overlay;
 pub mod paths;
-pub mod relay;
 pub mod sys;
+pub mod userspace;

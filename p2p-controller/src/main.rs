@@ -1,10 +1,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use p2p_controller::api::{self, Request};
 use p2p_controller::cli::{Cli, ClientArgs, Command, DhtCommand, MapsWhich, PubsubCommand};
 use p2p_controller::error::{Error, Result};
 use p2p_controller::{control, daemon, dataplane, identity, maps_cmd, paths, sys};
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -22,16 +23,12 @@ fn socket_path(client: &ClientArgs, instance: &str) -> std::path::PathBuf {
     client.control_socket.clone().unwrap_or_else(|| paths::control_socket(instance))
 }
 
-fn ask(client: &ClientArgs, instance: &str, req: Value) -> Result<Value> {
-    control::request(&socket_path(client, instance), instance, &req)
+fn ask<T: serde::de::DeserializeOwned>(client: &ClientArgs, instance: &str, req: Request) -> Result<T> {
+    control::call(&socket_path(client, instance), instance, &req)
 }
 
-fn print_json(v: &Value) {
-    let mut v = v.clone();
-    if let Some(o) = v.as_object_mut() {
-        o.remove("ok");
-    }
-    println!("{v}");
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string(v).unwrap_or_default());
 }
 
 fn dispatch(cli: Cli) -> Result<()> {
@@ -51,60 +48,55 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Maps { which, pin_dir, client, json } => {
             let dir = pin_dir.unwrap_or_else(|| paths::pin_dir(&instance));
             let kad = if matches!(which, MapsWhich::Routes | MapsWhich::Peers) {
-                ask(&client, &instance, json!({"cmd": "peers"})).map_err(|e| e.to_string())
+                ask::<api::Peers>(&client, &instance, Request::Peers).map_err(|e| e.to_string())
             } else {
                 Err(String::new())
             };
             maps_cmd::show(which, &dir, json, kad)
         }
         Command::Peers { client, json } => {
-            let v = ask(&client, &instance, json!({"cmd": "peers"}))?;
+            let v: api::Peers = ask(&client, &instance, Request::Peers)?;
             if json {
                 print_json(&v);
             } else {
-                let peers = v["peers"].as_array().cloned().unwrap_or_default();
                 println!("{:<54} {:<10} {:<9} {:<28} state", "peer_id", "node_id", "source", "overlay");
-                for p in &peers {
+                for p in &v.peers {
                     println!(
                         "{:<54} {:<10} {:<9} {:<28} {}{}",
-                        p["peer_id"].as_str().unwrap_or("-"),
-                        &p["node_id"].as_str().unwrap_or("")[..8.min(p["node_id"].as_str().unwrap_or("").len())],
-                        p["source"].as_str().unwrap_or(""),
-                        p["overlay"].as_str().unwrap_or("-"),
-                        p["state"].as_str().unwrap_or(""),
-                        if p["connected"].as_bool() == Some(true) { ", connected" } else { "" }
+                        p.peer_id.as_deref().unwrap_or("-"),
+                        &p.node_id[..8.min(p.node_id.len())],
+                        p.source,
+                        p.overlay.as_deref().unwrap_or("-"),
+                        p.state,
+                        if p.connected { ", connected" } else { "" }
                     );
                 }
-                let routable = peers.iter().filter(|p| p["routable"].as_bool() == Some(true)).count();
-                println!("{} peer(s), {routable} routed by the datapath", peers.len());
+                let routable = v.peers.iter().filter(|p| p.routable).count();
+                println!("{} peer(s), {routable} routed by the datapath", v.peers.len());
             }
             Ok(())
         }
         Command::Dht(DhtCommand::Put { key, value, quorum, client, json }) => {
-            let mut req = json!({"cmd": "dht_put", "key": key, "value": value});
-            if let Some(q) = quorum {
-                req["quorum"] = json!(q);
-            }
-            let v = ask(&client, &instance, req)?;
+            let v: api::DhtPut =
+                ask(&client, &instance, Request::DhtPut { key: key.clone(), value, quorum: quorum.map(|q| q as u64) })?;
             if json {
                 print_json(&v);
             } else {
-                println!("stored {key} (quorum {}, {} us)", v["quorum"], v["rtt_us"]);
+                println!("stored {key} (quorum {}, {} us)", v.quorum, v.rtt_us);
             }
             Ok(())
         }
         Command::Dht(DhtCommand::Get { key, timeout_ms, network, client, json }) => {
-            let req = json!({"cmd": "dht_get", "key": key, "timeout_ms": timeout_ms, "network": network});
-            let v = ask(&client, &instance, req)?;
+            let v: api::DhtGet = ask(&client, &instance, Request::DhtGet { key: key.clone(), timeout_ms, network })?;
             if json {
                 print_json(&v);
-            } else if v["found"].as_bool() == Some(true) {
+            } else if v.found {
                 println!(
                     "{key} = {}\nfrom {} ({}) in {} us",
-                    v["value"].as_str().unwrap_or(""),
-                    v["from"].as_str().unwrap_or("this node"),
-                    v["source"].as_str().unwrap_or(""),
-                    v["rtt_us"]
+                    v.value.as_deref().unwrap_or(""),
+                    v.from.as_deref().unwrap_or("this node"),
+                    v.source.as_deref().unwrap_or(""),
+                    v.rtt_us
                 );
             } else {
                 return Err(Error::Remote(format!("{key}: not found in the DHT")));
@@ -112,11 +104,11 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Pubsub(PubsubCommand::Publish { topic, message, client, json }) => {
-            let v = ask(&client, &instance, json!({"cmd": "pubsub_publish", "topic": topic, "message": message}))?;
+            let v: api::Published = ask(&client, &instance, Request::PubsubPublish { topic: topic.clone(), message })?;
             if json {
                 print_json(&v);
             } else {
-                println!("published on {topic} to {} peer(s): {}", v["peers"], v["message_id"].as_str().unwrap_or(""));
+                println!("published on {topic} to {} peer(s): {}", v.peers, v.message_id);
             }
             Ok(())
         }
@@ -124,103 +116,102 @@ fn dispatch(cli: Cli) -> Result<()> {
             let path = socket_path(&client, &instance);
             let mut seen = 0u64;
             eprintln!("subscribed to {topic}; Ctrl-C to stop");
-            control::stream(&path, &instance, &json!({"cmd": "pubsub_subscribe", "topic": topic}), |m| {
-                if json {
-                    println!("{m}");
-                } else {
-                    println!("{}", m["data"].as_str().unwrap_or(""));
-                }
+            control::stream(&path, &instance, &topic, |m| {
                 use std::io::Write;
-                let _ = std::io::stdout().flush();
+                let line = if json { serde_json::to_string(m).unwrap_or_default() } else { m.data.clone() };
+                let mut out = std::io::stdout().lock();
+                // A closed stdout (`| head`) ends the subscription quietly.
+                if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                    return false;
+                }
                 seen += 1;
                 count.is_none_or(|c| seen < c)
             })
         }
         Command::Status { client, json } => {
-            let v = ask(&client, &instance, json!({"cmd": "status"}))?;
+            let v: api::Status = ask(&client, &instance, Request::Status)?;
             if json {
                 print_json(&v);
             } else {
-                println!("instance      {}", v["instance"].as_str().unwrap_or(""));
-                println!("peer_id       {}", v["peer_id"].as_str().unwrap_or(""));
-                println!("node_id       {}", v["node_id"].as_str().unwrap_or(""));
-                println!(
-                    "datapath      {} {}",
-                    v["datapath"].as_str().unwrap_or(""),
-                    v["xdp_mode"].as_str().unwrap_or("")
-                );
-                println!("interfaces    {}", v["ifaces"]);
-                println!("overlay port  {}", v["overlay_port"]);
-                println!("listen        {}", v["listen_addrs"]);
-                println!("advertised    {}", v["external_addrs"]);
-                println!("overlay       {}", v["overlay_endpoints"]);
+                println!("instance      {}", v.instance);
+                println!("peer_id       {}", v.peer_id);
+                println!("node_id       {}", v.node_id);
+                println!("datapath      {} {}", v.datapath, v.xdp_mode.as_deref().unwrap_or(""));
+                println!("interfaces    {}", v.ifaces.join(" "));
+                println!("overlay port  {}", v.overlay_port);
+                println!("listen        {}", v.net.listen_addrs.join(" "));
+                println!("advertised    {}", v.net.external_addrs.join(" "));
+                println!("overlay       {}", v.net.overlay_endpoints.join(" "));
                 println!(
                     "peers         {} routed ({} answered ping), {} in Kademlia, {} connected",
-                    v["peers"], v["peers_answered"], v["kad_peers"], v["connected_peers"]
+                    v.peers, v.peers_answered, v.kad_peers, v.net.connected_peers
                 );
-                println!("bootstrap     {}", v["bootstrap"]);
-                println!("ready         {}", v["ready"]);
-                println!("delivered     {}", v["delivered"]);
-                println!("slow path     {}", v["slow_path"]);
-                println!("lookups answ. {}", v["lookups_answered"]);
+                println!("bootstrap     {}", compact(&v.net.bootstrap));
+                println!("ready         {}", v.ready);
+                println!("delivered     {}", compact(&v.overlay.delivered));
+                println!("slow path     {}", v.overlay.slow_path);
+                println!("lookups answ. {}", v.overlay.lookups_answered);
+                println!("map sync      {}", compact(&v.map_sync));
             }
             Ok(())
         }
         Command::Lookup { key, timeout_ms, no_fallback, client, json } => {
-            let req = json!({"cmd": "lookup", "key": key, "timeout_ms": timeout_ms, "fallback": !no_fallback});
-            let v = ask(&client, &instance, req)?;
+            let v: api::Lookup =
+                ask(&client, &instance, Request::Lookup { key: key.clone(), timeout_ms, fallback: !no_fallback })?;
+            let s = |o: &Option<String>| o.clone().unwrap_or_default();
             if json {
                 print_json(&v);
-            } else if v["path"].as_str() == Some("kademlia") {
-                println!("{}", v["fallback_reason"].as_str().unwrap_or(""));
-                if v["found"].as_bool() == Some(true) {
+            } else if v.path == "kademlia" {
+                println!("{}", s(&v.fallback_reason));
+                if v.found {
                     println!(
                         "{key} = {}\nanswered by Kademlia's iterative get from {} in {} us",
-                        v["value"].as_str().unwrap_or(""),
-                        v["answered_by"].as_str().unwrap_or(""),
-                        v["rtt_us"]
+                        s(&v.value),
+                        s(&v.answered_by),
+                        v.rtt_us
                     );
                 } else {
-                    println!("{key}: not found by Kademlia either ({} us)", v["rtt_us"]);
+                    println!("{key}: not found by Kademlia either ({} us)", v.rtt_us);
                 }
-            } else if v["found"].as_bool() == Some(true) {
+            } else if v.found {
                 println!(
                     "{} = {}\nanswered by {} ({}) in {} hop(s), rtt {} us, via {}",
                     key,
-                    v["value"].as_str().unwrap_or(""),
-                    v["answered_by"].as_str().unwrap_or(""),
-                    v["owner"].as_str().unwrap_or("this node"),
-                    v["hops"],
-                    v["rtt_us"],
-                    v["path"].as_str().unwrap_or("")
+                    s(&v.value),
+                    s(&v.answered_by),
+                    v.owner.as_deref().unwrap_or("this node"),
+                    v.hops.unwrap_or(0),
+                    v.rtt_us,
+                    v.path
                 );
             } else {
                 println!(
                     "{key}: not found; answered by {} in {} hop(s), rtt {} us",
-                    v["answered_by"].as_str().unwrap_or(""),
-                    v["hops"],
-                    v["rtt_us"]
+                    s(&v.answered_by),
+                    v.hops.unwrap_or(0),
+                    v.rtt_us
                 );
             }
             Ok(())
         }
         Command::Send { node_id, data, client, json } => {
             node_id.parse::<p2p_common::id::NodeId>().map_err(|e| Error::Usage(format!("NODE_ID: {e}")))?;
-            let v = ask(&client, &instance, json!({"cmd": "send", "node_id": node_id, "data": data}))?;
+            let len = data.len();
+            let v: api::Sent = ask(&client, &instance, Request::Send { node_id: node_id.clone(), data })?;
             if json {
                 print_json(&v);
             } else {
-                println!("sent {} byte(s) to {node_id} via {}", data.len(), v["via"].as_str().unwrap_or("this node"));
+                println!("sent {len} byte(s) to {node_id} via {}", v.via.as_deref().unwrap_or("this node"));
             }
             Ok(())
         }
         Command::Ping { node_id, timeout_ms, client, json } => {
             node_id.parse::<p2p_common::id::NodeId>().map_err(|e| Error::Usage(format!("NODE_ID: {e}")))?;
-            let v = ask(&client, &instance, json!({"cmd": "ping", "node_id": node_id, "timeout_ms": timeout_ms}))?;
+            let v: api::Pinged = ask(&client, &instance, Request::Ping { node_id, timeout_ms })?;
             if json {
                 print_json(&v);
             } else {
-                println!("PONG from {}: rtt {} us", v["from"].as_str().unwrap_or(""), v["rtt_us"]);
+                println!("PONG from {}: rtt {} us", v.from, v.rtt_us);
             }
             Ok(())
         }
@@ -247,4 +238,9 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Compact JSON of a status part, for the human-readable `status`.
+fn compact<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
 }

@@ -10,31 +10,30 @@ use p2p_common::counters::COUNTER_NAMES;
 use p2p_common::maps::{BLOCK_KIND_IP, BlockKey, PEER_LIVE};
 use serde_json::{Value, json};
 
+use crate::api::Peers;
 use crate::cli::MapsWhich;
 use crate::dataplane::{PinnedMaps, RouteLeaf, stats_by_name};
 use crate::error::Result;
 
 /// The daemon's answer to `{"cmd":"peers"}`, or why there is none.
-pub type KadView = std::result::Result<Value, String>;
+pub type KadView = std::result::Result<Peers, String>;
 
 /// (node ID, overlay endpoint) of every peer the Kademlia view routes to.
 /// A node ID listed twice (a static peer Kademlia also found) counts once,
 /// the first, as map sync does.
-fn kad_routed(view: &Value) -> BTreeSet<(String, String)> {
+fn kad_routed(view: &Peers) -> BTreeSet<(String, String)> {
     let mut seen = BTreeSet::new();
-    view["peers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["routable"].as_bool() == Some(true))
-        .filter_map(|p| Some((p["node_id"].as_str()?.to_string(), p["overlay"].as_str()?.to_string())))
+    view.peers
+        .iter()
+        .filter(|p| p.routable)
+        .filter_map(|p| Some((p.node_id.clone(), p.overlay.clone()?)))
         .filter(|(id, _)| seen.insert(id.clone()))
         .collect()
 }
 
 /// The routes the Kademlia view implies: the same builder the dataplane
 /// uses, over the same peers, summarised as node ID → buckets.
-fn kad_routes(self_id: &[u8; 32], view: &Value) -> std::result::Result<BTreeMap<String, u32>, String> {
+fn kad_routes(self_id: &[u8; 32], view: &Peers) -> std::result::Result<BTreeMap<String, u32>, String> {
     let peers: Vec<(u32, [u8; 32])> = kad_routed(view)
         .into_iter()
         .enumerate()
@@ -104,8 +103,7 @@ pub fn show(which: MapsWhich, dir: &Path, as_json: bool, kad: KadView) -> Result
                         })
                     })
                     .collect();
-                let mut out =
-                    json!({"kernel": v, "kademlia": kad.as_ref().ok().map(|k| k["peers"].clone()), "agree": agree});
+                let mut out = json!({"kernel": v, "kademlia": kad.as_ref().ok().map(|k| &k.peers), "agree": agree});
                 if let Some(k) = &kademlia {
                     let ids =
                         |s: &BTreeSet<(String, String)>| s.iter().map(|(i, _)| i.clone()).collect::<BTreeSet<_>>();
@@ -139,13 +137,8 @@ pub fn show(which: MapsWhich, dir: &Path, as_json: bool, kad: KadView) -> Result
                     Ok(v) => {
                         println!("\nKademlia (daemon)");
                         println!("{:<64}  {:<46}  state", "node_id", "overlay");
-                        for p in v["peers"].as_array().into_iter().flatten() {
-                            println!(
-                                "{:<64}  {:<46}  {}",
-                                p["node_id"].as_str().unwrap_or(""),
-                                p["overlay"].as_str().unwrap_or("-"),
-                                p["state"].as_str().unwrap_or("")
-                            );
+                        for p in &v.peers {
+                            println!("{:<64}  {:<46}  {}", p.node_id, p.overlay.as_deref().unwrap_or("-"), p.state);
                         }
                         println!(
                             "{}",

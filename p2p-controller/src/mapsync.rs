@@ -1,7 +1,10 @@
-//! Map sync: turns the set of peers the datapath should route to (static
+//! Map sync: the only owner of the kernel datapath ([`Dataplane`]). Its
+//! thread turns the set of peers the datapath should route to (static
 //! peers, plus Kademlia's routing table filtered by liveness and known
 //! overlay endpoints) into PEERS slots, the kernel maps and the userspace
-//! router.
+//! router, which it publishes to the overlay socket's owner through a
+//! `watch` channel. Everything else reaches the maps through
+//! [`MapSyncHandle`]'s commands; nobody else holds a lock on them.
 //!
 //! Why slots are handed out this way: a packet that read the previous
 //! routing generation may still be on its way to PEERS[slot] while a new
@@ -13,18 +16,20 @@
 //! plan, which is applied after the previous one finished (one worker
 //! thread applies plans in order).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use p2p_common::codec;
 use p2p_common::id::NodeId;
-use p2p_common::maps::{MAX_PEERS, PEER_LIVE, PEER_V4, PeerEntry};
+use p2p_common::maps::{Counter, MAX_PEERS, PEER_LIVE, PEER_V4, PeerEntry};
+use tokio::sync::{oneshot, watch};
 
-use crate::daemon::Node;
-use crate::datapath::{Peer, Router};
+use crate::api::SyncStats;
+use crate::dataplane::Dataplane;
+use crate::userspace::{Peer, Router};
 
 /// One update to apply: every slot in use after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,47 +134,29 @@ pub fn peer_entry(p: &Peer) -> PeerEntry {
     }
 }
 
-/// What `status` reports about map sync.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct SyncStats {
-    /// Updates applied (kernel maps and userspace router).
-    pub updates: u64,
-    pub peers: usize,
-    /// From the routing-table change to the maps being live, microseconds.
-    pub last_us: u64,
-    pub max_us: u64,
-    /// Updates that took longer than 100 ms.
-    pub over_100ms: u64,
-    pub errors: u64,
-    pub last_error: Option<String>,
-}
-
 /// Takes the maps and the router to `peers` and records how long it took
 /// since `since`. A failed update must not stick: the slot table goes back
 /// to what the maps hold, so the same set can be tried again.
-pub fn sync(node: &Node, slots: &mut SlotTable, peers: &[Peer], since: Instant) -> Result<(), String> {
-    let before = slots.clone();
-    let Some(plan) = slots.plan(peers) else { return Ok(()) };
-    let result = apply(node, &plan);
+fn sync(w: &mut Worker, peers: &[Peer], since: Instant) -> Result<(), String> {
+    let before = w.slots.clone();
+    let Some(plan) = w.slots.plan(peers) else { return Ok(()) };
+    let result = apply(w, &plan);
     if result.is_err() {
-        *slots = before;
+        w.slots = before;
     }
-    record(&mut node.state.lock().unwrap().map_sync, &plan, since.elapsed(), result.clone());
+    record(&mut w.stats, &plan, since.elapsed(), result.clone());
     result
 }
 
 /// Applies a plan: kernel maps first (new slots, generation flip, stale
 /// slots cleared), then the userspace router in one swap.
-fn apply(node: &Node, plan: &Plan) -> Result<(), String> {
+fn apply(w: &mut Worker, plan: &Plan) -> Result<(), String> {
     let entries: Vec<(u32, PeerEntry)> = plan.entries.iter().map(|(s, p)| (*s, peer_entry(p))).collect();
-    let router = Router::new(node.identity.node_id, plan.entries.clone()).map_err(|e| e.to_string())?;
-    if let Some(dp) = node.dataplane.lock().unwrap().as_mut() {
+    let router = Router::new(w.self_id, plan.entries.clone()).map_err(|e| e.to_string())?;
+    if let Some(dp) = w.dp.as_mut() {
         dp.set_peers_routed(&entries, router.table()).map_err(|e| e.to_string())?;
     }
-    let mut st = node.state.lock().unwrap();
-    st.router = router;
-    let live: HashSet<NodeId> = plan.entries.iter().map(|(_, p)| p.node_id).collect();
-    st.answered.retain(|id| live.contains(id));
+    w.routing.send_replace(Arc::new(router));
     Ok(())
 }
 
@@ -179,50 +166,135 @@ pub struct Desired {
     pub since: Instant,
 }
 
-/// Handle on the worker thread that applies desired peer sets in order,
-/// skipping to the newest when several queued up.
-#[derive(Clone)]
-pub struct MapSync {
-    tx: Sender<Desired>,
+enum Command {
+    Peers(Desired),
+    /// Userspace datapath: its counters into STATS.
+    MirrorStats(Vec<Counter>),
+    Status(oneshot::Sender<SyncStats>),
+    /// Detach XDP and remove the pins; the thread ends.
+    Stop(oneshot::Sender<()>),
 }
 
-impl MapSync {
-    pub fn spawn(node: Arc<Node>, slots: SlotTable) -> std::io::Result<MapSync> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new().name("map-sync".into()).spawn(move || worker(node, slots, rx))?;
-        Ok(MapSync { tx })
+/// Handle on the map-sync thread; clones share it.
+#[derive(Clone)]
+pub struct MapSyncHandle {
+    tx: Sender<Command>,
+}
+
+/// What the map-sync thread owns.
+struct Worker {
+    self_id: NodeId,
+    dp: Option<Dataplane>,
+    slots: SlotTable,
+    stats: SyncStats,
+    routing: watch::Sender<Arc<Router>>,
+    /// Poll aya-log's ring (`--ebpf-log`).
+    flush_logs: bool,
+}
+
+/// The peers the datapath routes to, as the userspace router: published by
+/// map sync after every update.
+pub type Routing = watch::Receiver<Arc<Router>>;
+
+/// Starts map sync with `static_peers` already in the maps (an error here
+/// is a start-up error: the peer set cannot be routed).
+pub fn spawn(
+    self_id: NodeId,
+    dp: Option<Dataplane>,
+    static_peers: &[Peer],
+    flush_logs: bool,
+) -> Result<(MapSyncHandle, Routing), String> {
+    let router = Router::new(self_id, Vec::new()).map_err(|e| e.to_string())?;
+    let (routing, rx) = watch::channel(Arc::new(router));
+    let mut w = Worker { self_id, dp, slots: SlotTable::new(), stats: SyncStats::default(), routing, flush_logs };
+    sync(&mut w, static_peers, Instant::now())?;
+    let (tx, commands) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("map-sync".into())
+        .spawn(move || worker(w, commands))
+        .map_err(|e| format!("cannot start the map-sync thread: {e}"))?;
+    Ok((MapSyncHandle { tx }, rx))
+}
+
+impl MapSyncHandle {
+    /// Takes the maps to `peers` (the newest set wins when several queue up).
+    pub fn submit(&self, peers: Vec<Peer>, since: Instant) {
+        let _ = self.tx.send(Command::Peers(Desired { peers, since }));
     }
 
-    pub fn submit(&self, peers: Vec<Peer>, since: Instant) {
-        let _ = self.tx.send(Desired { peers, since });
+    pub fn mirror_stats(&self, counters: Vec<Counter>) {
+        let _ = self.tx.send(Command::MirrorStats(counters));
+    }
+
+    pub async fn status(&self) -> SyncStats {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Command::Status(tx));
+        rx.await.unwrap_or_default()
+    }
+
+    /// Detaches XDP and removes the pins; returns once done (or at once if
+    /// the thread is gone).
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Stop(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 
 /// How long a failed update waits before it is tried again.
 const RETRY: Duration = Duration::from_millis(500);
+/// How often the thread wakes up without commands (aya-log lines).
+const IDLE: Duration = Duration::from_millis(100);
 
-fn worker(node: Arc<Node>, mut slots: SlotTable, rx: Receiver<Desired>) {
+fn worker(mut w: Worker, rx: Receiver<Command>) {
     let mut failed: Option<Desired> = None;
     loop {
-        let next = match failed.take() {
-            // Retry the failed set unless a newer one arrives meanwhile.
-            Some(f) => match rx.recv_timeout(RETRY) {
-                Ok(newer) => Desired { peers: newer.peers, since: f.since.min(newer.since) },
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => f,
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
-            },
-            None => match rx.recv() {
-                Ok(d) => d,
-                Err(_) => return,
-            },
+        let wait = if failed.is_some() { RETRY } else { IDLE };
+        let first = match rx.recv_timeout(wait) {
+            Ok(c) => Some(c),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
         };
-        let mut d = next;
-        while let Ok(newer) = rx.try_recv() {
-            d = Desired { peers: newer.peers, since: d.since.min(newer.since) };
+        // The newest desired set wins; a failed one is retried unless a
+        // newer one arrived meanwhile.
+        let mut desired = failed.take();
+        for cmd in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+            match cmd {
+                Command::Peers(d) => {
+                    let since = desired.as_ref().map_or(d.since, |p| p.since.min(d.since));
+                    desired = Some(Desired { peers: d.peers, since });
+                }
+                Command::MirrorStats(c) => {
+                    if let Some(dp) = w.dp.as_mut()
+                        && let Err(e) = dp.mirror_stats(&c)
+                    {
+                        log::debug!("mirroring stats: {e}");
+                    }
+                }
+                Command::Status(reply) => {
+                    let _ = reply.send(w.stats.clone());
+                }
+                Command::Stop(reply) => {
+                    if let Some(mut dp) = w.dp.take() {
+                        dp.detach_all();
+                        dp.unpin();
+                    }
+                    let _ = reply.send(());
+                    return;
+                }
+            }
         }
-        if sync(&node, &mut slots, &d.peers, d.since).is_err() {
+        if let Some(d) = desired
+            && sync(&mut w, &d.peers, d.since).is_err()
+        {
             log::info!("retrying the map update in {} ms", RETRY.as_millis());
             failed = Some(d);
+        }
+        if w.flush_logs
+            && let Some(dp) = w.dp.as_mut()
+        {
+            dp.flush_logs();
         }
     }
 }
@@ -256,6 +328,7 @@ fn record(stats: &mut SyncStats, plan: &Plan, took: Duration, result: Result<(),
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+    use std::collections::HashSet;
 
     fn peer(n: u8, port: u16) -> Peer {
         Peer { node_id: NodeId([n; 32]), addr: SocketAddr::new([10, 0, 0, n].into(), port) }

@@ -1,14 +1,20 @@
-//! `--bootstrap` targets: dialled until one answers, with exponential
-//! back-off (1 s, 2 s, 4 s … 60 s), and again whenever the routing table
-//! runs empty. A node with no reachable bootstrap keeps trying and says so;
-//! it never exits for it.
+//! Joining: `--bootstrap` targets dialled until one answers, with
+//! exponential back-off (1 s, 2 s, 4 s … 60 s), and again whenever the
+//! routing table runs empty; Kademlia bootstraps once the first target is
+//! identified and after deaths. A node with no reachable bootstrap keeps
+//! trying and says so; it never exits for it.
 
 use std::time::{Duration, Instant};
 
+use libp2p::kad::{self, QueryId};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::ConnectionId;
+use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{Multiaddr, PeerId};
-use serde_json::{Value, json};
+
+use super::event_loop::EventLoop;
+
+use crate::api::BootstrapStatus;
 
 pub const FIRST_RETRY: Duration = Duration::from_secs(1);
 pub const MAX_RETRY: Duration = Duration::from_secs(60);
@@ -82,17 +88,90 @@ impl Target {
         self.next_try = now + backoff(self.failures);
     }
 
-    pub fn status(&self, now: Instant) -> Value {
-        json!({
-            "addr": self.addr.to_string(),
-            "peer_id": self.peer.map(|p| p.to_string()),
-            "connected": self.connected,
-            "reached": self.reached,
-            "failures": self.failures,
-            "last_error": self.last_error,
-            "next_retry_ms": (!self.connected && self.dialing.is_none())
+    pub fn status(&self, now: Instant) -> BootstrapStatus {
+        BootstrapStatus {
+            addr: self.addr.to_string(),
+            peer_id: self.peer.map(|p| p.to_string()),
+            connected: self.connected,
+            reached: self.reached,
+            failures: self.failures,
+            last_error: self.last_error.clone(),
+            next_retry_ms: (!self.connected && self.dialing.is_none())
                 .then(|| self.next_try.saturating_duration_since(now).as_millis() as u64),
-        })
+        }
+    }
+}
+
+impl EventLoop {
+    /// Dials targets that never answered, with back-off, and all of them
+    /// again whenever the routing table has run empty; runs the
+    /// re-bootstrap that deaths scheduled.
+    pub(super) fn tick_bootstrap(&mut self, now: Instant) {
+        let empty = self.table().is_empty();
+        for i in 0..self.targets.len() {
+            let t = &self.targets[i];
+            // Reached once and the table is healthy: Kademlia has taken over.
+            let settled = t.reached && !empty;
+            if !t.due(now) || settled {
+                continue;
+            }
+            let opts = match t.peer {
+                Some(p) => DialOpts::peer_id(p).addresses(vec![t.addr.clone()]).build(),
+                None => DialOpts::unknown_peer_id().address(t.addr.clone()).build(),
+            };
+            let id = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => self.targets[i].dialing = Some(id),
+                Err(e) => {
+                    let err = crate::dataplane::error_chain(&e);
+                    let wait = self.targets[i].on_dial_failed(now, err.clone());
+                    log::warn!("bootstrap {}: {err}; retrying in {} s", self.targets[i].addr, wait.as_secs());
+                }
+            }
+        }
+        if self.rebootstrap_at.is_some_and(|t| now >= t) {
+            self.rebootstrap_at = None;
+            self.refill_from_connected();
+            match self.kad().bootstrap() {
+                Ok(id) => {
+                    self.bootstrap_queries.insert(id);
+                }
+                Err(e) => log::debug!("re-bootstrap after deaths: {e:?}"),
+            }
+        }
+    }
+
+    /// A peer that speaks our protocol was identified: if it is a bootstrap
+    /// target and the table is (nearly) empty, Kademlia bootstraps through it.
+    pub(super) fn bootstrap_through(&mut self, peer: PeerId) {
+        let via_bootstrap = self.targets.iter().any(|t| t.peer == Some(peer) && t.connected);
+        if via_bootstrap && self.table().len() <= 1 {
+            match self.kad().bootstrap() {
+                Ok(id) => {
+                    self.bootstrap_queries.insert(id);
+                    log::info!("Kademlia bootstrap started through {peer}");
+                }
+                Err(e) => log::warn!("Kademlia bootstrap: {e:?}"),
+            }
+        }
+    }
+
+    pub(super) fn on_bootstrap_progress(&mut self, id: QueryId, r: kad::BootstrapResult, last: bool) {
+        // Ours are reported at info; the periodic and automatic ones (same
+        // events, other query ids) at debug.
+        let ours = self.bootstrap_queries.contains(&id);
+        let n = self.table().len();
+        match r {
+            Ok(_) if last && ours => log::info!("Kademlia bootstrap finished: {n} peers in the routing table"),
+            Ok(_) if last => log::debug!("periodic Kademlia bootstrap finished: {n} peers"),
+            Err(e) if ours => log::warn!("Kademlia bootstrap: {e}"),
+            Err(e) => log::debug!("periodic Kademlia bootstrap: {e}"),
+            Ok(_) => {}
+        }
+        if last {
+            self.bootstrap_queries.remove(&id);
+        }
+        self.touch();
     }
 }
 

@@ -3,11 +3,13 @@
 //! finds peers, learns their overlay endpoints and drives map sync.
 //!
 //! - [`behaviour`]: the composed behaviour and the swarm builder;
-//! - [`event_loop`]: the task that owns the swarm, its handlers and the
-//!   liveness checks;
+//! - [`event_loop`]: the task that owns the swarm and dispatches its events,
+//!   the control API's commands and its tick to the concerns below;
+//! - [`membership`]: connections, identify, who is routed to, deaths;
+//! - [`dht`]: record puts and gets; [`pubsub`]: gossipsub topics;
+//! - [`bootstrap`]: `--bootstrap` targets, their back-off, Kademlia bootstraps;
 //! - [`peers`]: what we know of each peer (kad speaker, endpoint, dead);
 //! - [`advert`]: the overlay endpoint advertisement (multiaddr codec);
-//! - [`bootstrap`]: `--bootstrap` targets and their back-off;
 //! - [`store`]: Kademlia's record store, shared with the LOOKUP answerer.
 //!
 //! Everything else talks to the task through [`NetHandle`].
@@ -15,23 +17,26 @@
 pub mod advert;
 pub mod behaviour;
 pub mod bootstrap;
+mod dht;
 mod event_loop;
+mod membership;
 pub mod peers;
+mod pubsub;
 pub mod store;
 
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
 use std::time::Duration;
 
+use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::daemon::Node;
-use crate::datapath::Peer;
+use crate::api::{DhtPut, NetStatus, PeerView, Published, PubsubMessage};
 use crate::error::{Error, Result};
-use crate::mapsync::MapSync;
+use crate::liveness;
+use crate::mapsync::MapSyncHandle;
+use crate::userspace::Peer;
 
 /// Default Kademlia protocol name (`--kad-protocol`).
 pub const DEFAULT_KAD_PROTOCOL: &str = "/p2p-nos/kad/1.0.0";
@@ -67,26 +72,6 @@ pub struct NetConfig {
     pub static_peers: Vec<Peer>,
 }
 
-/// One peer as the control plane sees it (`peers`, `maps … --json`).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PeerView {
-    /// `null` for static peers (a peers file names node IDs only).
-    pub peer_id: Option<String>,
-    pub node_id: String,
-    /// "kad" (in Kademlia's routing table), "static" (`--peers`) or
-    /// "connected" (connected, not in the table).
-    pub source: &'static str,
-    /// Kademlia's addresses for it.
-    pub addresses: Vec<String>,
-    /// The overlay endpoint the datapath sends to.
-    pub overlay: Option<String>,
-    pub connected: bool,
-    /// Whether map sync puts it in PEERS/ROUTES.
-    pub routable: bool,
-    pub state: String,
-    pub agent: String,
-}
-
 /// The answer to a Kademlia get.
 #[derive(Debug, Clone)]
 pub struct GetResult {
@@ -96,26 +81,16 @@ pub struct GetResult {
     pub elapsed: Duration,
 }
 
-/// A pub/sub message for a local subscriber.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PubsubMessage {
-    pub topic: String,
-    /// The publisher's peer ID.
-    pub from: Option<String>,
-    pub message_id: String,
-    pub data: String,
-}
-
 pub(crate) type Reply<T> = oneshot::Sender<std::result::Result<T, String>>;
 
 pub(crate) enum NetCommand {
-    Status(oneshot::Sender<Value>),
+    Status(oneshot::Sender<NetStatus>),
     View(oneshot::Sender<Vec<PeerView>>),
     Put {
         key: String,
         value: Vec<u8>,
         quorum: Option<NonZeroUsize>,
-        reply: Reply<Value>,
+        reply: Reply<DhtPut>,
     },
     Get {
         key: String,
@@ -125,7 +100,7 @@ pub(crate) enum NetCommand {
     Publish {
         topic: String,
         data: Vec<u8>,
-        reply: Reply<Value>,
+        reply: Reply<Published>,
     },
     Subscribe {
         topic: String,
@@ -154,7 +129,7 @@ impl NetHandle {
         rx.await.map_err(|_| gone())
     }
 
-    pub async fn status(&self) -> Result<Value> {
+    pub async fn status(&self) -> Result<NetStatus> {
         self.ask(NetCommand::Status).await
     }
 
@@ -162,7 +137,7 @@ impl NetHandle {
         self.ask(NetCommand::View).await
     }
 
-    pub async fn put(&self, key: String, value: Vec<u8>, quorum: Option<NonZeroUsize>) -> Result<Value> {
+    pub async fn put(&self, key: String, value: Vec<u8>, quorum: Option<NonZeroUsize>) -> Result<DhtPut> {
         self.ask(|reply| NetCommand::Put { key, value, quorum, reply }).await?.map_err(Error::Remote)
     }
 
@@ -175,7 +150,7 @@ impl NetHandle {
         }
     }
 
-    pub async fn publish(&self, topic: String, data: Vec<u8>) -> Result<Value> {
+    pub async fn publish(&self, topic: String, data: Vec<u8>) -> Result<Published> {
         self.ask(|reply| NetCommand::Publish { topic, data, reply }).await?.map_err(Error::Remote)
     }
 
@@ -195,11 +170,20 @@ impl NetHandle {
     }
 }
 
+/// What the swarm task is wired to.
+pub struct Links {
+    pub sync: MapSyncHandle,
+    /// Kademlia's records (shared with the LOOKUP answerer).
+    pub store: store::SharedStore,
+    /// Verdicts of the liveness component.
+    pub liveness: mpsc::Receiver<liveness::Event>,
+}
+
 /// Builds the swarm, starts listening and spawns its task.
-pub fn spawn(node: Arc<Node>, cfg: NetConfig, sync: MapSync) -> Result<NetHandle> {
-    let swarm = behaviour::build(&node.identity.keypair, &cfg, node.store.clone()).map_err(Error::Usage)?;
+pub fn spawn(keypair: &Keypair, cfg: NetConfig, links: Links) -> Result<NetHandle> {
+    let swarm = behaviour::build(keypair, &cfg, links.store.clone()).map_err(Error::Usage)?;
     let (tx, rx) = mpsc::channel(64);
-    let lp = event_loop::EventLoop::new(swarm, node, cfg, sync)?;
-    tokio::spawn(lp.run(rx));
+    let lp = event_loop::EventLoop::new(swarm, cfg, links.sync, links.store)?;
+    tokio::spawn(lp.run(rx, links.liveness));
     Ok(NetHandle { tx })
 }

@@ -13,10 +13,6 @@ use libp2p::swarm::ConnectionId;
 
 use super::advert;
 
-/// A peer in the maps that has not answered an overlay PING for this long
-/// is dead (the daemon PINGs every map peer each second).
-pub const DEAD_AFTER: Duration = Duration::from_millis(3000);
-
 /// A peer found dead by missed PINGs while its libp2p side works (a
 /// firewall, a wrong endpoint) would flap in and out of the maps with every
 /// reconnection: it may come back only after this, doubled each time.
@@ -77,13 +73,6 @@ impl PeerState {
             Some(_) if self.pong_deaths == 0 => true,
             Some((at, _)) => now.saturating_duration_since(*at) >= revive_backoff(self.pong_deaths),
         }
-    }
-
-    /// Overdue for a PONG: in the maps for `DEAD_AFTER` and silent as long.
-    pub fn overdue(&self, now: Instant, last_pong: Option<Instant>) -> bool {
-        let Some(since) = self.in_maps_since else { return false };
-        let heard = last_pong.map_or(since, |p| p.max(since));
-        now.saturating_duration_since(heard) > DEAD_AFTER
     }
 }
 
@@ -274,20 +263,5 @@ mod tests {
         assert!(book.revive_due(t1 + REVIVE_BACKOFF).is_empty());
         assert_eq!(book.revive_due(t1 + REVIVE_BACKOFF * 2), vec![p]);
         assert_eq!(revive_backoff(100), MAX_REVIVE_BACKOFF);
-    }
-
-    #[test]
-    fn overdue_counts_from_entry_or_last_pong() {
-        let mut st = PeerState::default();
-        let t0 = Instant::now();
-        assert!(!st.overdue(t0 + DEAD_AFTER * 10, None), "not in the maps: never overdue");
-        st.in_maps_since = Some(t0);
-        assert!(!st.overdue(t0 + DEAD_AFTER, None));
-        assert!(st.overdue(t0 + DEAD_AFTER + Duration::from_millis(1), None));
-        let pong = t0 + Duration::from_secs(2);
-        assert!(!st.overdue(pong + DEAD_AFTER, Some(pong)));
-        assert!(st.overdue(pong + DEAD_AFTER + Duration::from_millis(1), Some(pong)));
-        // A PONG from before the peer (re-)entered the maps does not count.
-        assert!(st.overdue(t0 + DEAD_AFTER * 2, Some(t0 - Duration::from_secs(60))));
     }
 }

@@ -143,13 +143,16 @@ impl Router {
 
 /// Counters of the userspace datapath, in STATS layout. Bytes are counted as
 /// the Ethernet frame the XDP program would have seen, so modes compare.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Counters(pub Vec<Counter>);
 
-impl Counters {
-    pub fn new() -> Self {
+impl Default for Counters {
+    fn default() -> Self {
         Counters(vec![Counter::default(); COUNTER_COUNT as usize])
     }
+}
+
+impl Counters {
     /// `from` is canonical (IPv4 peers as IPv4, as the relay hands them over).
     pub fn count(&mut self, index: u32, udp_payload_len: usize, from: SocketAddr) {
         let ip_hdr = if from.is_ipv4() { 20 } else { 40 };

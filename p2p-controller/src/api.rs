@@ -1,0 +1,365 @@
+//! The control API's types, shared by the daemon (server) and the CLI
+//! (client): one JSON request per line on the unix socket, tagged by
+//! `"cmd"`, and one JSON response line back, `{"ok": true, …fields}` or
+//! `{"ok": false, "error": "…"}`. README "Control API" has an example of
+//! each call; the field names are the contract with other tools.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+fn yes() -> bool {
+    true
+}
+
+fn lookup_timeout() -> u64 {
+    1000
+}
+
+fn get_timeout() -> u64 {
+    5000
+}
+
+fn ping_timeout() -> u64 {
+    2000
+}
+
+/// A request to the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    /// The control plane's view of every peer, with liveness.
+    Peers,
+    Lookup {
+        key: String,
+        #[serde(default = "lookup_timeout")]
+        timeout_ms: u64,
+        /// Fall back to Kademlia's iterative get without an overlay answer.
+        #[serde(default = "yes")]
+        fallback: bool,
+    },
+    DhtPut {
+        key: String,
+        value: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        quorum: Option<u64>,
+    },
+    DhtGet {
+        key: String,
+        #[serde(default = "get_timeout")]
+        timeout_ms: u64,
+        /// Ignore this node's own copy.
+        #[serde(default)]
+        network: bool,
+    },
+    PubsubPublish {
+        topic: String,
+        message: String,
+    },
+    /// Must be the first request on its connection: a first response line,
+    /// then one [`PubsubMessage`] line per message until the client leaves.
+    PubsubSubscribe {
+        topic: String,
+    },
+    Send {
+        node_id: String,
+        #[serde(default)]
+        data: String,
+    },
+    Ping {
+        node_id: String,
+        #[serde(default = "ping_timeout")]
+        timeout_ms: u64,
+    },
+}
+
+impl Request {
+    /// Every `cmd` name, for error messages.
+    pub const NAMES: &'static str =
+        "status, peers, lookup, dht_put, dht_get, pubsub_publish, pubsub_subscribe, send, ping";
+}
+
+/// `{"ok": false, "error": …}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    pub ok: bool,
+    pub error: String,
+}
+
+/// Packets this node's controller took delivery of, by kind.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivered {
+    pub data: u64,
+    pub lookup: u64,
+    pub lookup_reply: u64,
+    pub ping: u64,
+    pub pong: u64,
+}
+
+/// What the overlay socket's owner reports.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct OverlayStatus {
+    pub delivered: Delivered,
+    /// Histograms of the DATA and LOOKUP packets delivered here, by `hops`
+    /// and by `ttl` on arrival.
+    pub delivered_hops: BTreeMap<String, u64>,
+    pub delivered_ttl: BTreeMap<String, u64>,
+    /// Packets the controller forwarded itself (XDP's `fwd_slow`, or all
+    /// forwarding in userspace mode).
+    pub slow_path: u64,
+    pub lookups_answered: u64,
+}
+
+/// What map sync reports.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct SyncStats {
+    /// Updates applied (kernel maps and userspace router).
+    pub updates: u64,
+    pub peers: usize,
+    /// From the routing-table change to the maps being live, microseconds.
+    pub last_us: u64,
+    pub max_us: u64,
+    /// Updates that took longer than 100 ms.
+    pub over_100ms: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct KadStatus {
+    pub protocol: String,
+    pub mode: String,
+    pub peers: usize,
+    pub routable: usize,
+    pub records: usize,
+    pub replication: usize,
+    pub quorum: usize,
+    pub kbucket_size: usize,
+    pub inbound_requests: u64,
+}
+
+/// One `--bootstrap` address and how reaching it goes.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct BootstrapStatus {
+    pub addr: String,
+    pub peer_id: Option<String>,
+    pub connected: bool,
+    pub reached: bool,
+    pub failures: u32,
+    pub last_error: Option<String>,
+    pub next_retry_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct PubsubStatus {
+    pub subscribed: Vec<String>,
+    /// Connected peers per topic they subscribe to.
+    pub peers: BTreeMap<String, usize>,
+    /// Messages dropped for local subscribers that did not keep up.
+    pub dropped: u64,
+}
+
+/// What the libp2p swarm's owner reports.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct NetStatus {
+    pub listen_addrs: Vec<String>,
+    pub external_addrs: Vec<String>,
+    pub overlay_endpoints: Vec<String>,
+    pub kad: KadStatus,
+    pub connected_peers: usize,
+    pub dead_found: u64,
+    pub bootstrap: Vec<BootstrapStatus>,
+    pub mdns: bool,
+    pub pubsub: PubsubStatus,
+}
+
+/// What the liveness component reports.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct LivenessStatus {
+    /// Routed peers that answered a PING since they entered the maps.
+    pub peers_answered: usize,
+    /// Every routed peer answered (or the node has run for 5 s).
+    pub ready: bool,
+}
+
+/// `status`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub instance: String,
+    pub peer_id: String,
+    pub node_id: String,
+    /// "xdp" or "userspace".
+    pub datapath: String,
+    /// "driver" or "skb" (XDP mode only).
+    pub xdp_mode: Option<String>,
+    pub ifaces: Vec<String>,
+    pub overlay_port: u16,
+    /// Peers the datapath routes to.
+    pub peers: usize,
+    pub peers_answered: usize,
+    pub ready: bool,
+    #[serde(flatten)]
+    pub overlay: OverlayStatus,
+    /// Records served to LOOKUPs (records file and Kademlia store).
+    pub records: usize,
+    pub map_sync: SyncStats,
+    pub uptime_s: u64,
+    #[serde(flatten)]
+    pub net: NetStatus,
+    /// The first of `overlay_endpoints`.
+    pub overlay_endpoint: Option<String>,
+    /// Peers in Kademlia's routing table.
+    pub kad_peers: usize,
+}
+
+/// One peer as the control plane sees it (`peers`, `maps … --json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerView {
+    /// `null` for static peers (a peers file names node IDs only).
+    pub peer_id: Option<String>,
+    pub node_id: String,
+    /// "kad" (in Kademlia's routing table), "static" (`--peers`) or
+    /// "connected" (connected, not in the table).
+    pub source: String,
+    /// Kademlia's addresses for it.
+    pub addresses: Vec<String>,
+    /// The overlay endpoint the datapath sends to.
+    pub overlay: Option<String>,
+    pub connected: bool,
+    /// Whether map sync puts it in PEERS/ROUTES.
+    pub routable: bool,
+    pub state: String,
+    pub agent: String,
+}
+
+/// `peers`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Peers {
+    pub node_id: String,
+    pub peers: Vec<PeerView>,
+}
+
+/// `lookup`: the overlay's answer, or Kademlia's after a fallback.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Lookup {
+    pub key: String,
+    pub found: bool,
+    /// "found", "not_found" or "refused".
+    pub status: String,
+    pub value: Option<String>,
+    /// Node ID of the node that answered.
+    pub answered_by: Option<String>,
+    /// The owner's overlay endpoint (overlay path; null when local).
+    pub owner: Option<String>,
+    /// Links the LOOKUP crossed (null for Kademlia).
+    pub hops: Option<u32>,
+    pub rtt_us: u64,
+    /// "overlay", "local" or "kademlia".
+    pub path: String,
+    /// Kademlia path: the peer that returned the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Kademlia path: why the overlay's answer was not taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
+    /// Kademlia path: the overlay's answer, if there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<Box<Lookup>>,
+}
+
+/// `dht_put`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DhtPut {
+    pub key: String,
+    pub stored: bool,
+    pub quorum: usize,
+    pub rtt_us: u64,
+}
+
+/// `dht_get`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DhtGet {
+    pub key: String,
+    pub found: bool,
+    pub value: Option<String>,
+    /// Peer ID of the peer that returned it (null: this node's store).
+    pub from: Option<String>,
+    pub answered_by: Option<String>,
+    /// "network" or "local".
+    pub source: Option<String>,
+    pub rtt_us: u64,
+}
+
+/// `pubsub_publish`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Published {
+    pub topic: String,
+    pub message_id: String,
+    /// Connected peers subscribed to the topic.
+    pub peers: usize,
+    pub local_subscribers: usize,
+}
+
+/// `pubsub_subscribe`'s first line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Subscribed {
+    pub subscribed: String,
+}
+
+/// A pub/sub message for a local subscriber (one line each).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PubsubMessage {
+    pub topic: String,
+    /// The publisher's peer ID.
+    pub from: Option<String>,
+    pub message_id: String,
+    pub data: String,
+}
+
+/// `send`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sent {
+    pub sent: bool,
+    /// The first hop (null: delivered to this node).
+    pub via: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msg_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delivered_locally: bool,
+}
+
+/// `ping`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pinged {
+    pub rtt_us: u64,
+    /// Node ID of the node that answered.
+    pub from: String,
+    pub via: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_read_as_documented() {
+        let r: Request = serde_json::from_str(r#"{"cmd":"lookup","key":"k"}"#).unwrap();
+        assert_eq!(r, Request::Lookup { key: "k".into(), timeout_ms: 1000, fallback: true });
+        let r: Request = serde_json::from_str(r#"{"cmd":"dht_put","key":"k","value":"v","quorum":2}"#).unwrap();
+        assert_eq!(r, Request::DhtPut { key: "k".into(), value: "v".into(), quorum: Some(2) });
+        assert_eq!(serde_json::to_string(&Request::Status).unwrap(), r#"{"cmd":"status"}"#);
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"nope"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"lookup"}"#).is_err(), "key is required");
+    }
+
+    #[test]
+    fn status_is_flat() {
+        let s = Status { overlay_port: 9470, ..Default::default() };
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["overlay_port"], 9470);
+        assert!(v["delivered"].is_object() && v["kad"].is_object() && v["bootstrap"].is_array());
+        let back: Status = serde_json::from_value(v).unwrap();
+        assert_eq!(back.overlay_port, 9470);
+    }
+}

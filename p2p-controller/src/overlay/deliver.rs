@@ -1,0 +1,118 @@
+//! What the overlay socket's owner does with each datagram: the userspace
+//! rules (every packet in userspace mode; in XDP mode only what XDP passed
+//! up), then local delivery: LOOKUPs answered from the records, replies
+//! handed to whoever waits for them, PONGs to the liveness component.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use p2p_common::codec::{self, Packet};
+use p2p_common::id::NodeId;
+use p2p_common::wire::*;
+
+use super::{MAX_REPLY_VALUE, OverlayConfig, OverlayHandle, Pong, Shared, State};
+use crate::mapsync::Routing;
+use crate::userspace::Verdict;
+
+/// The value served for record key `key` at point `key_id`: the records
+/// file first (an empty `key` matches any record at that point), then
+/// Kademlia's store.
+pub(super) fn value_at(cfg: &OverlayConfig, key_id: &NodeId, key: &[u8]) -> Option<Vec<u8>> {
+    cfg.records
+        .get(key_id)
+        .filter(|(k, _)| key.is_empty() || k.as_bytes() == key)
+        .map(|(_, v)| v.as_bytes().to_vec())
+        .or_else(|| cfg.store.value_at(key_id, key))
+}
+
+/// One datagram from the overlay socket; returns what to send back out.
+/// `from` comes canonical from the relay (IPv4-mapped turned into IPv4).
+pub(super) fn on_datagram(
+    shared: &Shared,
+    routing: &mut Routing,
+    buf: &[u8],
+    from: SocketAddr,
+) -> Option<(SocketAddr, Vec<u8>)> {
+    let router = routing.borrow_and_update().clone();
+    let verdict = router.process(buf, from);
+    let mut st = shared.state();
+    if shared.cfg.userspace {
+        st.counters.count(verdict.counter(), buf.len(), from);
+    }
+    match verdict {
+        Verdict::Drop(_) => None,
+        Verdict::Local(pkt) => deliver(shared, &mut st, pkt),
+        Verdict::Pong { to, bytes } => Some((to, bytes)),
+        Verdict::Forward { to, bytes, .. } => {
+            // In XDP mode this is the slow path (XDP counted fwd_slow).
+            st.status.slow_path += 1;
+            Some((to, bytes))
+        }
+    }
+}
+
+/// Handles a packet delivered to this node's controller.
+fn deliver(shared: &Shared, st: &mut State, pkt: Packet) -> Option<(SocketAddr, Vec<u8>)> {
+    let status = &mut st.status;
+    match pkt.kind {
+        KIND_DATA | KIND_LOOKUP => {
+            *status.delivered_hops.entry(pkt.hops.to_string()).or_default() += 1;
+            *status.delivered_ttl.entry(pkt.ttl.to_string()).or_default() += 1;
+            if pkt.kind == KIND_DATA {
+                status.delivered.data += 1;
+                None
+            } else {
+                status.delivered.lookup += 1;
+                let reply = answer_lookup(shared, &pkt);
+                if reply.is_some() {
+                    st.status.lookups_answered += 1;
+                }
+                reply
+            }
+        }
+        KIND_PING => {
+            status.delivered.ping += 1;
+            None
+        }
+        KIND_LOOKUP_REPLY | KIND_PONG => {
+            if pkt.kind == KIND_PONG {
+                status.delivered.pong += 1;
+                // Liveness matches its probes by msg_id; a full queue only
+                // delays its verdict by a probe.
+                let _ = shared.pongs.try_send(Pong { msg_id: pkt.msg_id, from: pkt.src_id, at: Instant::now() });
+            } else {
+                status.delivered.lookup_reply += 1;
+            }
+            if let Some(w) = st.waiting.remove(&pkt.msg_id) {
+                let _ = w.tx.send((pkt, w.sent.elapsed()));
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Answers a LOOKUP this node owns from its record store.
+fn answer_lookup(shared: &Shared, pkt: &Packet) -> Option<(SocketAddr, Vec<u8>)> {
+    let (reply_to, key) = codec::parse_lookup_payload(&pkt.payload)?;
+    let (status, value) = match value_at(&shared.cfg, &pkt.dst_key, key) {
+        // A reply goes to an address the packet names: keep it to one
+        // datagram that fits any path (no fragments to bounce at a
+        // victim). The asker falls back to Kademlia for larger values.
+        Some(v) if v.len() > MAX_REPLY_VALUE => (STATUS_REFUSED, Vec::new()),
+        Some(v) => (STATUS_FOUND, v),
+        None => (STATUS_NOT_FOUND, Vec::new()),
+    };
+    let owner = SocketAddr::new(OverlayHandle::local_addr_for(reply_to), shared.cfg.port);
+    let mut reply = Packet::new(
+        KIND_LOOKUP_REPLY,
+        shared.cfg.node_id,
+        pkt.src_id,
+        pkt.msg_id,
+        codec::lookup_reply_payload(status, owner, &value),
+    );
+    // Replies go straight back, unrouted. Their ttl carries the LOOKUP's
+    // ttl on arrival so that the origin can tell the hop count.
+    reply.ttl = pkt.ttl;
+    Some((reply_to, reply.encode()))
+}

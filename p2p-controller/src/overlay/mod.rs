@@ -1,0 +1,250 @@
+//! The overlay socket's owner: the UDP socket of WIRE.md on its own thread
+//! ([`relay`]), what reaches this node's controller on it (packets the XDP
+//! program passes up: local deliveries and the slow path; or every packet
+//! in userspace mode, which runs [`crate::userspace`]'s rules here), the
+//! LOOKUP answerer, and packets this node originates. Routing comes from
+//! map sync's published router; PONGs go to the liveness component.
+//!
+//! Everything else talks to it through [`OverlayHandle`].
+
+mod deliver;
+pub mod relay;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use p2p_common::codec::Packet;
+use p2p_common::id::NodeId;
+use p2p_common::wire::KIND_PING;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::api::OverlayStatus;
+use crate::error::{Error, Result};
+use crate::mapsync::{MapSyncHandle, Routing};
+use crate::net::store::SharedStore;
+use crate::userspace::Counters;
+
+/// Largest record value a LOOKUP_REPLY carries: the reply then fits the
+/// IPv6 minimum MTU (1280 − 40 IPv6 − 8 UDP − 96 header − 24 reply fields).
+pub const MAX_REPLY_VALUE: usize = 1112;
+/// PONGs queued for the liveness component before newer ones are dropped.
+const PONG_QUEUE: usize = 4096;
+
+/// A PONG that reached this node's controller.
+#[derive(Debug, Clone, Copy)]
+pub struct Pong {
+    pub msg_id: u64,
+    /// The answering node.
+    pub from: NodeId,
+    pub at: Instant,
+}
+
+/// A reply the control API is waiting for, matched by msg_id.
+struct Waiting {
+    sent: Instant,
+    tx: oneshot::Sender<(Packet, Duration)>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Userspace datapath's counters (STATS layout).
+    counters: Counters,
+    status: OverlayStatus,
+    waiting: HashMap<u64, Waiting>,
+}
+
+pub struct OverlayConfig {
+    pub node_id: NodeId,
+    pub port: u16,
+    /// This process is the datapath (counts every packet).
+    pub userspace: bool,
+    /// `--records`: key ID → (record key, value).
+    pub records: HashMap<NodeId, (String, String)>,
+    /// Kademlia's records (the LOOKUP answerer's second source).
+    pub store: SharedStore,
+}
+
+struct Shared {
+    cfg: OverlayConfig,
+    socket: UdpSocket,
+    routing: Routing,
+    state: Mutex<State>,
+    pongs: mpsc::Sender<Pong>,
+    stopping: AtomicBool,
+}
+
+/// Talks to the overlay socket's owner; clones share it.
+#[derive(Clone)]
+pub struct OverlayHandle(Arc<Shared>);
+
+/// The relay thread; [`Relay::stop`] ends it.
+pub struct Relay {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    pub fn stop(mut self) {
+        self.shared.stopping.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the relay thread on `socket` (blocking, with a receive timeout)
+/// and, in userspace mode, the task that mirrors its counters into STATS.
+/// Returns the handle, the relay and the PONGs for the liveness component.
+pub fn spawn(
+    cfg: OverlayConfig,
+    socket: UdpSocket,
+    routing: Routing,
+    sync: MapSyncHandle,
+) -> Result<(OverlayHandle, Relay, mpsc::Receiver<Pong>)> {
+    let (pongs, pong_rx) = mpsc::channel(PONG_QUEUE);
+    let userspace = cfg.userspace;
+    let shared = Arc::new(Shared {
+        cfg,
+        socket,
+        routing,
+        state: Mutex::new(State::default()),
+        pongs,
+        stopping: AtomicBool::new(false),
+    });
+    let rx = shared.clone();
+    let thread = std::thread::Builder::new().name("overlay-rx".into()).spawn(move || {
+        let mut routing = rx.routing.clone();
+        relay::serve(
+            &rx.socket,
+            |buf, from| deliver::on_datagram(&rx, &mut routing, buf, from),
+            || rx.stopping.load(Ordering::Relaxed),
+        );
+    })?;
+    let handle = OverlayHandle(shared.clone());
+    if userspace {
+        // `maps stats` reads both modes alike.
+        let h = handle.clone();
+        tokio::spawn(async move {
+            while !h.0.stopping.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                sync.mirror_stats(h.state().counters.0.clone());
+            }
+        });
+    }
+    Ok((handle, Relay { shared, thread: Some(thread) }, pong_rx))
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends on the overlay socket (IPv4 destinations as mapped addresses).
+    fn send_to(&self, bytes: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+        let to = match to {
+            SocketAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
+            v6 => v6,
+        };
+        self.socket.send_to(bytes, to)
+    }
+}
+
+impl OverlayHandle {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.0.state()
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.0.cfg.node_id
+    }
+
+    pub fn port(&self) -> u16 {
+        self.0.cfg.port
+    }
+
+    /// The router map sync published last.
+    pub fn routing(&self) -> Arc<crate::userspace::Router> {
+        self.0.routing.borrow().clone()
+    }
+
+    pub fn send_to(&self, bytes: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+        self.0.send_to(bytes, to)
+    }
+
+    /// Sends a packet that originates here: to this node itself, or to the
+    /// XOR-closest peer. Returns where it went (None = this node).
+    pub fn originate(&self, pkt: &Packet) -> Result<Option<SocketAddr>> {
+        let hop = match self.routing().next_hop(&pkt.dst_key) {
+            None => return Err(Error::Remote("no route: the routing table is inconsistent".into())),
+            Some(None) => None,
+            Some(Some((_, p))) => Some(p.addr),
+        };
+        if let Some(to) = hop {
+            self.send_to(&pkt.encode(), to)?;
+        }
+        Ok(hop)
+    }
+
+    /// A PING for `dst` straight to `to` (liveness probes, not routed).
+    pub fn ping(&self, dst: NodeId, to: SocketAddr, msg_id: u64) -> std::io::Result<usize> {
+        let p = Packet::new(KIND_PING, self.node_id(), dst, msg_id, monotonic_ns().to_be_bytes().to_vec());
+        self.send_to(&p.encode(), to)
+    }
+
+    /// This node's address as seen from `peer` (the source the kernel picks).
+    pub fn local_addr_for(peer: SocketAddr) -> IpAddr {
+        let bind: SocketAddr = if peer.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        UdpSocket::bind(bind)
+            .and_then(|s| s.connect(peer).map(|_| s))
+            .and_then(|s| s.local_addr())
+            .map(|a| a.ip())
+            .unwrap_or(peer.ip())
+    }
+
+    /// The value this node serves for record key `key` at point `key_id`:
+    /// from the records file first, then from Kademlia's store.
+    pub fn value_at(&self, key_id: &NodeId, key: &[u8]) -> Option<Vec<u8>> {
+        deliver::value_at(&self.0.cfg, key_id, key)
+    }
+
+    /// Records served to LOOKUPs.
+    pub fn records(&self) -> usize {
+        self.0.cfg.records.len() + self.0.cfg.store.len()
+    }
+
+    /// Sends `pkt` to `to` and waits up to `timeout` for the packet that
+    /// echoes its msg_id (a LOOKUP_REPLY or PONG); the reply and the RTT.
+    pub async fn request(&self, pkt: &Packet, to: SocketAddr, timeout: Duration) -> Result<(Packet, Duration)> {
+        let (tx, rx) = oneshot::channel();
+        self.state().waiting.insert(pkt.msg_id, Waiting { sent: Instant::now(), tx });
+        if let Err(e) = self.send_to(&pkt.encode(), to) {
+            self.state().waiting.remove(&pkt.msg_id);
+            return Err(e.into());
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => Ok(r),
+            _ => {
+                self.state().waiting.remove(&pkt.msg_id);
+                Err(Error::Remote(format!("no reply within {} ms", timeout.as_millis())))
+            }
+        }
+    }
+
+    pub fn status(&self) -> OverlayStatus {
+        self.state().status.clone()
+    }
+}
+
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
