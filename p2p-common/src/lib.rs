@@ -25,9 +25,10 @@ mod pod {
     unsafe impl aya::Pod for crate::maps::PeerEntry {}
     unsafe impl aya::Pod for crate::maps::TrieNode {}
     unsafe impl aya::Pod for crate::maps::IfaceAddrs {}
-    unsafe impl aya::Pod for crate::maps::BlockKey {}
     unsafe impl aya::Pod for crate::maps::BlockEntry {}
-    unsafe impl aya::Pod for crate::maps::TokenBucket {}
+    unsafe impl aya::Pod for crate::maps::RateBudget {}
+    unsafe impl aya::Pod for crate::maps::RateBucket {}
+    unsafe impl aya::Pod for crate::maps::SourceStats {}
     unsafe impl aya::Pod for crate::maps::LinkKey {}
     unsafe impl aya::Pod for crate::maps::LinkSecret {}
     unsafe impl aya::Pod for crate::maps::Counter {}

@@ -8,9 +8,13 @@ pub const CONFIG: &str = "CONFIG";
 pub const ROUTES: &str = "ROUTES";
 pub const ROUTE_TRIE: &str = "ROUTE_TRIE";
 pub const PEERS: &str = "PEERS";
+pub const PEER_ADDRS: &str = "PEER_ADDRS";
 pub const IFACES: &str = "IFACES";
 pub const BLOCKED: &str = "BLOCKED";
+pub const BLOCKED_NETS: &str = "BLOCKED_NETS";
 pub const RATE: &str = "RATE";
+pub const RATE_SOURCES: &str = "RATE_SOURCES";
+pub const SOURCE_STATS: &str = "SOURCE_STATS";
 pub const LINK_KEYS: &str = "LINK_KEYS";
 pub const LAST_SEEN: &str = "LAST_SEEN";
 pub const STATS: &str = "STATS";
@@ -18,9 +22,26 @@ pub const EVENTS: &str = "EVENTS";
 pub const TX_PORTS: &str = "TX_PORTS";
 pub const NEXT_HOPS: &str = "NEXT_HOPS";
 
-/// Every map the object declares, in the order the README lists them.
-pub const ALL_MAPS: [&str; 12] =
-    [CONFIG, ROUTES, ROUTE_TRIE, PEERS, IFACES, BLOCKED, RATE, LINK_KEYS, LAST_SEEN, STATS, EVENTS, TX_PORTS];
+/// Every map the object declares that is pinned, in the order the README
+/// lists them (NEXT_HOPS, a per-CPU cache, is not pinned).
+pub const ALL_MAPS: [&str; 16] = [
+    CONFIG,
+    ROUTES,
+    ROUTE_TRIE,
+    PEERS,
+    PEER_ADDRS,
+    IFACES,
+    BLOCKED,
+    BLOCKED_NETS,
+    RATE,
+    RATE_SOURCES,
+    SOURCE_STATS,
+    LINK_KEYS,
+    LAST_SEEN,
+    STATS,
+    EVENTS,
+    TX_PORTS,
+];
 
 /// Program names in the object.
 pub const PROG_XDP: &str = "p2p_xdp";
@@ -28,20 +49,34 @@ pub const PROG_XDP: &str = "p2p_xdp";
 /// frames to be delivered (DESIGN.md), and test rigs attach this one.
 pub const PROG_XDP_PASS: &str = "p2p_xdp_pass";
 
-/// Peer slots in PEERS (and RATE, LAST_SEEN).
-pub const MAX_PEERS: u32 = 131_072;
+/// Peer slots (PEERS, RATE, LAST_SEEN, NEXT_HOPS) by default: a k = 20
+/// Kademlia table in a 10^7-node network holds ~24 × 20 = 480 peers
+/// (log2 10^7 ≈ 23 populated buckets); twice that for headroom.
+/// `run --max-peers` sets it at load time.
+pub const DEFAULT_MAX_PEERS: u32 = 1024;
+/// The largest `--max-peers` accepted.
+pub const MAX_PEERS_LIMIT: u32 = 1 << 20;
+/// Endpoints per peer slot in PEER_ADDRS (peers advertise one per address).
+pub const ADDRS_PER_PEER: u32 = 4;
 /// Bits of the key consumed by the ROUTES bucket array.
 pub const ROUTE_PREFIX_BITS: u32 = 16;
 pub const ROUTE_BUCKETS: u32 = 1 << ROUTE_PREFIX_BITS;
 /// ROUTES and ROUTE_TRIE hold two generations; CONFIG.route_gen says which is
 /// live, so an update is written beside the live one and swapped in at once.
 pub const ROUTE_GENERATIONS: u32 = 2;
-/// Trie nodes per generation: a Patricia trie over n leaves has n-1 inner nodes.
-pub const TRIE_CAPACITY: u32 = MAX_PEERS + 1;
+/// Trie nodes per generation for `max_peers` peer slots: a Patricia trie
+/// over n leaves (the peers and this node) has n-1 inner nodes.
+pub const fn trie_capacity(max_peers: u32) -> u32 {
+    max_peers + 1
+}
 /// Most trie steps after the bucket the datapath takes (verifier loop bound).
 /// The builder refuses tables that would need more.
 pub const MAX_TRIE_DEPTH: u32 = 48;
+/// Node IDs in BLOCKED and prefixes in BLOCKED_NETS (allocated on use).
 pub const MAX_BLOCKED: u32 = 65_536;
+/// Sources that are not peers tracked at once (RATE_SOURCES, SOURCE_STATS:
+/// LRU, the least recently seen source is forgotten first).
+pub const DEFAULT_MAX_SOURCES: u32 = 16_384;
 pub const MAX_LINK_KEYS: u32 = 4_096;
 pub const MAX_IFACES: u32 = 64;
 pub const EVENTS_BYTES: u32 = 256 * 1024;
@@ -71,6 +106,62 @@ pub const POLICY_AUTH_REQUIRED: u16 = 1;
 /// aya-log lines are emitted only with this bit (`run --ebpf-log`).
 pub const POLICY_LOG: u16 = 2;
 
+/// The datapath answers PINGs itself only while the controller's heartbeat
+/// (CONFIG.heartbeat_ns, bumped every `HEARTBEAT_INTERVAL_NS`) is at most
+/// this old: a PONG then proves the controller alive, not only its XDP
+/// program (docs/WIRE.md step 6).
+pub const HEARTBEAT_FRESH_NS: u64 = 500_000_000;
+pub const HEARTBEAT_INTERVAL_NS: u64 = 100_000_000;
+/// LAST_SEEN is rewritten at most this often per peer (fewer writes to a
+/// cache line that every CPU may share).
+pub const LAST_SEEN_RESOLUTION_NS: u64 = 1_000_000;
+
+/// A rate budget: a token bucket in its "virtual scheduling" (GCRA) form.
+/// Each admitted packet advances a per-source clock by `pkt_cost_ns`
+/// (and by its frame bytes × `byte_cost_ps` / 1000); a packet is over
+/// budget when that clock would run more than `burst_ns` ahead of now.
+/// So the sustained rate is 10^9 / `pkt_cost_ns` packets/s (and 10^12 /
+/// `byte_cost_ps` bytes/s), with bursts of `burst_ns` worth of budget.
+/// A cost of 0 means no limit of that kind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateBudget {
+    pub pkt_cost_ns: u64,
+    pub byte_cost_ps: u64,
+    pub burst_ns: u64,
+}
+const _: () = assert!(size_of::<RateBudget>() == 24);
+
+impl RateBudget {
+    /// No limit.
+    pub const UNLIMITED: RateBudget = RateBudget { pkt_cost_ns: 0, byte_cost_ps: 0, burst_ns: 0 };
+
+    /// `pps` packets/s and `bytes_per_s` bytes/s (0: unlimited), bursts of
+    /// `burst_ns` worth of budget.
+    pub const fn new(pps: u64, bytes_per_s: u64, burst_ns: u64) -> RateBudget {
+        RateBudget {
+            pkt_cost_ns: cost(1_000_000_000, pps),
+            byte_cost_ps: cost(1_000_000_000_000, bytes_per_s),
+            burst_ns,
+        }
+    }
+
+    /// The clock advance for a frame of `bytes` under the byte budget.
+    #[inline(always)]
+    pub const fn byte_cost_ns(&self, bytes: u64) -> u64 {
+        bytes * self.byte_cost_ps / 1000
+    }
+}
+
+/// `unit / rate`, at least 1; 0 (unlimited) for a rate of 0.
+const fn cost(unit: u64, rate: u64) -> u64 {
+    match unit.checked_div(rate) {
+        None => 0,
+        Some(0) => 1,
+        Some(c) => c,
+    }
+}
+
 /// CONFIG[0]: this node.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -82,10 +173,18 @@ pub struct Config {
     /// Live generation of ROUTES / ROUTE_TRIE: 0 or 1.
     pub route_gen: u32,
     pub peer_count: u32,
-    /// Entries in BLOCKED: 0 lets the datapath skip its two hash look-ups.
-    pub blocked_count: u32,
+    /// Entries in BLOCKED (node IDs) and BLOCKED_NETS (prefixes): 0 lets
+    /// the datapath skip the look-up.
+    pub blocked_nodes: u32,
+    pub blocked_nets: u32,
+    /// ROUTE_TRIE nodes per generation (set at load time).
+    pub trie_capacity: u32,
+    /// CLOCK_MONOTONIC ns of the controller's last heartbeat.
+    pub heartbeat_ns: u64,
+    /// The budget of each source that is not a peer (RATE_SOURCES).
+    pub nonpeer_budget: RateBudget,
 }
-const _: () = assert!(size_of::<Config>() == 48);
+const _: () = assert!(size_of::<Config>() == 88);
 
 pub const PEER_LIVE: u8 = 1;
 pub const PEER_V4: u8 = 2;
@@ -130,19 +229,29 @@ pub struct IfaceAddrs {
 }
 const _: () = assert!(size_of::<IfaceAddrs>() == 24);
 
-pub const BLOCK_KIND_IP: u8 = 1;
-pub const BLOCK_KIND_NODE: u8 = 2;
+/// BLOCKED_NETS keys are kernel LPM trie keys over an IPv6 address:
+/// `{prefix_len: u32 (host order), addr: [u8; 16]}`, IPv4 as IPv4-mapped
+/// (an IPv4 /24 is a /120). BLOCKED's keys are node IDs (`[u8; 32]`).
+pub const NET_KEY_BITS: u32 = 128;
+/// An IPv4 prefix length as the IPv4-mapped prefix length.
+pub const V4_MAPPED_PREFIX: u32 = 96;
 
-/// BLOCKED key: an IP (IPv6 or IPv4-mapped in `id[..16]`, rest zero) or a node ID.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct BlockKey {
-    pub kind: u8,
-    pub _pad: [u8; 3],
-    pub id: [u8; 32],
-}
-const _: () = assert!(size_of::<BlockKey>() == 36);
+/// Why an entry is in BLOCKED / BLOCKED_NETS (reputation's evidence, or
+/// an operator's `block`).
+pub const REASON_OPERATOR: u32 = 1;
+pub const REASON_MALFORMED: u32 = 2;
+pub const REASON_RATE: u32 = 3;
+pub const REASON_AUTH: u32 = 4;
+pub const REASON_PROBES: u32 = 5;
+pub const REASON_RECORDS: u32 = 6;
+pub const REASON_LOOKUP: u32 = 7;
+pub const REASON_GOSSIPSUB: u32 = 8;
+pub const REASON_PREFIX: u32 = 9;
+/// Reason names by code (index 0: unknown).
+pub const REASON_NAMES: [&str; 10] =
+    ["unknown", "operator", "malformed", "rate", "auth", "probes", "records", "lookup", "gossipsub", "prefix"];
 
+/// BLOCKED / BLOCKED_NETS value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BlockEntry {
@@ -153,18 +262,31 @@ pub struct BlockEntry {
 }
 const _: () = assert!(size_of::<BlockEntry>() == 16);
 
-/// RATE[slot]: token bucket (filled by the bandwidth-management issue).
+/// RATE[slot] (a peer) and RATE_SOURCES[ip] (any other source): the
+/// budget and the clocks it advances, updated by every CPU with atomics.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TokenBucket {
-    pub tokens: u64,
-    pub last_ns: u64,
-    pub rate_pps: u32,
-    pub burst: u32,
+pub struct RateBucket {
+    /// Theoretical arrival time of the next packet (GCRA), CLOCK_MONOTONIC ns.
+    pub tat_pkt_ns: u64,
+    pub tat_byte_ns: u64,
+    pub budget: RateBudget,
 }
-const _: () = assert!(size_of::<TokenBucket>() == 24);
+const _: () = assert!(size_of::<RateBucket>() == 40);
 
-/// LINK_KEYS key: a neighbour's overlay endpoint.
+/// SOURCE_STATS[ip]: packets from one source IP dropped as evidence for
+/// reputation, counted by every CPU with atomics.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    pub malformed: u64,
+    pub rate: u64,
+    pub auth: u64,
+    pub blocked: u64,
+}
+const _: () = assert!(size_of::<SourceStats>() == 32);
+
+/// LINK_KEYS and PEER_ADDRS key: a neighbour's overlay endpoint.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LinkKey {

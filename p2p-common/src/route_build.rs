@@ -1,7 +1,7 @@
 //! Builds the ROUTES bucket array and ROUTE_TRIE Patricia trie from a peer
 //! set, and the brute-force reference that the datapath is proven against.
 
-use crate::maps::{MAX_TRIE_DEPTH, REF_LEAF, ROUTE_BUCKETS, SELF_REF, SELF_SLOT, TRIE_CAPACITY, TrieNode};
+use crate::maps::{MAX_PEERS_LIMIT, MAX_TRIE_DEPTH, REF_LEAF, ROUTE_BUCKETS, SELF_REF, SELF_SLOT, TrieNode};
 use crate::route::{closer, is_leaf, key_bit, walk};
 use std::fmt;
 
@@ -49,7 +49,7 @@ impl std::error::Error for RouteError {}
 /// Builds the tables for this node (`self_id`) and its live peers
 /// `(slot, node_id)`.
 pub fn build(self_id: &[u8; 32], peers: &[(u32, [u8; 32])]) -> Result<RouteTable, RouteError> {
-    if peers.len() + 1 > TRIE_CAPACITY as usize {
+    if peers.len() > MAX_PEERS_LIMIT as usize {
         return Err(RouteError::TooManyPeers(peers.len()));
     }
     let mut leaves: Vec<([u8; 32], u32)> = Vec::with_capacity(peers.len() + 1);
@@ -142,7 +142,7 @@ pub fn leaf_buckets(
         let mut steps = 0;
         while let Some(r) = stack.pop() {
             steps += 1;
-            if steps > 4 * TRIE_CAPACITY {
+            if steps > 4 * (MAX_PEERS_LIMIT + 1) {
                 break;
             }
             if is_leaf(r) {

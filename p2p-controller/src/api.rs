@@ -126,6 +126,19 @@ pub struct SyncStats {
     pub last_error: Option<String>,
 }
 
+/// The kernel maps: how big they were made and what they take.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct KernelStatus {
+    /// Peer slots (`--max-peers`); 0 without the kernel datapath.
+    pub max_peers: u32,
+    /// Non-peer sources tracked (`--max-sources`).
+    pub max_sources: u32,
+    /// Kernel memory all maps take (their `memlock`), bytes.
+    pub memory_bytes: u64,
+    /// The same per map.
+    pub maps: BTreeMap<String, u64>,
+}
+
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct KadStatus {
     pub protocol: String,
@@ -204,6 +217,7 @@ pub struct Status {
     /// Records served to LOOKUPs (records file and Kademlia store).
     pub records: usize,
     pub map_sync: SyncStats,
+    pub kernel: KernelStatus,
     pub uptime_s: u64,
     #[serde(flatten)]
     pub net: NetStatus,

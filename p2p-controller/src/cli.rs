@@ -43,7 +43,7 @@ pub enum Command {
         json: bool,
     },
     /// Run the node until SIGINT/SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Read the pinned maps of a node (no daemon needed).
     ///
     /// `routes` and `peers` also ask the daemon for its Kademlia view and
@@ -220,8 +220,9 @@ pub struct RunArgs {
     /// Interface to attach XDP to (repeatable).
     #[arg(long = "iface")]
     pub ifaces: Vec<String>,
-    /// Overlay UDP port.
-    #[arg(long, default_value_t = p2p_common::wire::DEFAULT_OVERLAY_PORT)]
+    /// Overlay UDP port (1-65535).
+    #[arg(long, default_value_t = p2p_common::wire::DEFAULT_OVERLAY_PORT,
+          value_parser = clap::value_parser!(u16).range(1..))]
     pub overlay_port: u16,
     #[arg(long, value_enum, default_value = "xdp")]
     pub datapath: DatapathKind,
@@ -281,6 +282,33 @@ pub struct RunArgs {
     /// Seconds between automatic Kademlia re-bootstraps.
     #[arg(long, default_value_t = 300)]
     pub bootstrap_interval: u64,
+    /// Peer slots the kernel maps are made with (PEERS, RATE, LAST_SEEN,
+    /// NEXT_HOPS, ROUTE_TRIE). The default fits a k = 20 Kademlia table in a
+    /// 10^7-node network twice over; `status` shows the kernel memory taken.
+    #[arg(long, default_value_t = p2p_common::maps::DEFAULT_MAX_PEERS,
+          value_parser = clap::value_parser!(u32).range(1..=p2p_common::maps::MAX_PEERS_LIMIT as i64))]
+    pub max_peers: u32,
+    /// Sources that are not peers whose rate budgets and evidence are
+    /// tracked at once (least recently seen forgotten first).
+    #[arg(long, default_value_t = p2p_common::maps::DEFAULT_MAX_SOURCES,
+          value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    pub max_sources: u32,
+    /// Rate budget of each peer in the "default" class (docs/WIRE.md step
+    /// 4): `unlimited`, or packets and/or bytes per second, e.g.
+    /// `200000pps,200MB/s`.
+    #[arg(long, value_name = "RATE", default_value = "200000pps,200MB/s")]
+    pub rate_default: String,
+    /// Rate budget of each source that is not a peer (per source IP).
+    #[arg(long, value_name = "RATE", default_value = "20000pps,20MB/s")]
+    pub rate_nonpeer: String,
+    /// A peer class and its rate budget, e.g. `mobile=2000pps,2MB/s` or
+    /// `high-capacity=unlimited` (repeatable; `p2p-controller rate assign`
+    /// puts peers in a class at run time).
+    #[arg(long, value_name = "NAME=RATE")]
+    pub rate_class: Vec<String>,
+    /// Bursts allowed above a budget, as this long a share of it.
+    #[arg(long, value_name = "DURATION", default_value = "50ms")]
+    pub rate_burst: String,
     /// Addresses to advertise (repeatable): a subset of this node's own, or
     /// a public address in front of NAT (advertised with the ports listened
     /// on here; forward them) [default: the addresses of the --iface

@@ -246,6 +246,7 @@ async fn status(ctx: &Ctx) -> Result<api::Status> {
     let net = ctx.net.status().await?;
     let liveness = ctx.liveness.status().await;
     let routed = ctx.overlay.routing().peers().count();
+    let (map_sync, kernel) = ctx.sync.status().await;
     Ok(api::Status {
         instance: ctx.instance.clone(),
         peer_id: ctx.peer_id.clone(),
@@ -259,7 +260,8 @@ async fn status(ctx: &Ctx) -> Result<api::Status> {
         ready: liveness.ready,
         overlay: ctx.overlay.status(),
         records: ctx.overlay.records(),
-        map_sync: ctx.sync.status().await,
+        map_sync,
+        kernel,
         uptime_s: ctx.started.elapsed().as_secs(),
         overlay_endpoint: net.overlay_endpoints.first().cloned(),
         kad_peers: net.kad.peers,

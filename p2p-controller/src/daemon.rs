@@ -26,7 +26,7 @@ use crate::net::store::SharedStore;
 use crate::net::{self, NetConfig};
 use crate::overlay::OverlayConfig;
 use crate::userspace::Peer;
-use crate::{control, files, liveness, mapsync, overlay, paths, sys};
+use crate::{control, files, liveness, mapsync, overlay, paths, sys, units};
 
 /// Everything `run` must undo, undone on drop (also on early errors).
 struct Cleanup {
@@ -137,20 +137,29 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         sys::check_privileges(args.netns.is_some())?;
         sys::check_bpffs()?;
     }
+    // Every input is checked before anything is changed (a key created,
+    // a lock taken, a program attached).
     let (listen_ip, mut net_cfg) = net_config(&args)?;
-    let state_dir = args.state_dir.clone().unwrap_or_else(|| paths::state_dir(&instance));
-    let (identity, created) = Identity::load_or_create(&state_dir)?;
-    if created {
-        log::info!("created a new node key in {}", state_dir.display());
-    }
+    let rate = rate_policy(&args)?;
     let peers = match &args.peers {
-        Some(p) => files::load_peers(p, Some(&identity.node_id))?,
+        Some(p) => files::load_peers(p, None)?,
         None => Vec::new(),
     };
     let records = match &args.records {
         Some(p) => files::load_records(p)?,
         None => Vec::new(),
     };
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| paths::state_dir(&instance));
+    let (identity, created) = Identity::load_or_create(&state_dir)?;
+    if created {
+        log::info!("created a new node key in {}", state_dir.display());
+    }
+    if let (Some(path), Some(p)) = (&args.peers, peers.iter().find(|p| p.node_id == identity.node_id)) {
+        return Err(Error::File {
+            path: path.clone(),
+            reason: format!("lists this node itself ({}, {}); remove that entry", p.node_id, p.addr),
+        });
+    }
     let _lock = lock_instance(&instance)?;
     clear_stale(&instance);
     // From here on every exit, early errors included, undoes what was made.
@@ -176,9 +185,8 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
     let (dp, xdp_mode) = setup_dataplane(&args, &identity, &pin_dir, &mut cleanup)?;
 
     // Static peers go into the maps now; the control plane adds the rest.
-    let static_peers: Vec<Peer> =
-        peers.iter().map(|p| Peer { node_id: p.node_id, addr: SocketAddr::new(p.addr, p.port) }).collect();
-    let (sync, routing) = mapsync::spawn(identity.node_id, dp, &static_peers, args.ebpf_log)
+    let static_peers: Vec<Peer> = peers.iter().map(|p| Peer::new(p.node_id, SocketAddr::new(p.addr, p.port))).collect();
+    let (sync, routing) = mapsync::spawn(identity.node_id, dp, &static_peers, rate, args.ebpf_log)
         .map_err(|e| Error::Usage(format!("the peer set cannot be routed: {e}")))?;
 
     let records: HashMap<NodeId, (String, String)> =
@@ -194,7 +202,7 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
     };
     let (overlay, relay, pongs) = overlay::spawn(overlay_cfg, socket, routing.clone(), sync.clone())?;
     let (liveness_tx, liveness_rx) = tokio::sync::mpsc::channel(256);
-    let liveness = liveness::spawn(overlay.clone(), routing, pongs, liveness_tx);
+    let liveness = liveness::spawn(overlay.clone(), sync.clone(), routing, pongs, liveness_tx);
     net_cfg.static_peers = static_peers.clone();
     let links = net::Links { sync: sync.clone(), store, liveness: liveness_rx };
     let net = net::spawn(&identity.keypair, net_cfg, links)?;
@@ -215,21 +223,21 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
     control::serve(ctx, &socket_path)?;
     cleanup.socket_path = Some(socket_path.clone());
 
-    eprintln!(
+    sys::say(format_args!(
         "p2p-controller: instance {instance} node {} peer {} datapath {:?} on {listen} ({} static peers, {nrecords} records); control {}",
         identity.node_id,
         identity.peer_id,
         args.datapath,
         static_peers.len(),
         socket_path.display()
-    );
+    ));
 
     wait_for_signal().await?;
     // Leave first: peers see the connections close and drop this node from
     // their maps at once, instead of waiting for missed PINGs.
     net.shutdown(Duration::from_secs(1)).await;
     relay.stop();
-    eprintln!("p2p-controller: shutting down instance {instance}");
+    sys::say(format_args!("p2p-controller: shutting down instance {instance}"));
     sync.stop().await;
     drop(cleanup);
     Ok(())
@@ -248,7 +256,12 @@ fn setup_dataplane(
     let xdp = args.datapath == DatapathKind::Xdp;
     // The userspace datapath still pins STATS and friends when it can, so
     // that `maps` reads both modes alike; without BPF it runs regardless.
-    let load = Dataplane::load(LoadOptions { pin_dir: Some(pin_dir.to_path_buf()), ebpf_log: args.ebpf_log });
+    let load = Dataplane::load(LoadOptions {
+        pin_dir: Some(pin_dir.to_path_buf()),
+        ebpf_log: args.ebpf_log,
+        max_peers: args.max_peers,
+        max_sources: args.max_sources,
+    });
     let mut dp = match load {
         Ok(dp) => {
             cleanup.pin_dir = Some(pin_dir.to_path_buf());
@@ -298,11 +311,35 @@ fn setup_dataplane(
             cleanup.sysctls.extend(sys::enable_forwarding(iface));
             let got = dp.attach(iface, args.xdp_mode, false)?;
             log::info!("XDP attached to {iface} in {got} mode");
-            eprintln!("p2p-controller: XDP attached to {iface} in {got} mode");
+            sys::say(format_args!("p2p-controller: XDP attached to {iface} in {got} mode"));
             xdp_mode = Some(got);
         }
     }
     Ok((Some(dp), xdp_mode))
+}
+
+/// The rate budgets of `--rate-default`, `--rate-nonpeer`, `--rate-class`.
+fn rate_policy(args: &RunArgs) -> Result<mapsync::RatePolicy> {
+    let burst = units::parse_duration(&args.rate_burst)
+        .map_err(|e| Error::Usage(format!("--rate-burst {e}")))?
+        .ok_or_else(|| Error::Usage("--rate-burst: give a duration such as 50ms".into()))?;
+    let budget = |flag: &str, s: &str| units::parse_budget(s, burst).map_err(|e| Error::Usage(format!("{flag} {e}")));
+    let mut classes = std::collections::BTreeMap::new();
+    classes.insert(mapsync::DEFAULT_CLASS.to_string(), budget("--rate-default", &args.rate_default)?);
+    for c in &args.rate_class {
+        let (name, rate) = c
+            .split_once('=')
+            .ok_or_else(|| Error::Usage(format!("--rate-class {c:?}: give NAME=RATE, e.g. mobile=2000pps,2MB/s")))?;
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(Error::Usage(format!("--rate-class {c:?}: a class name is letters, digits, '-' or '_'")));
+        }
+        classes.insert(name.to_string(), budget("--rate-class", rate)?);
+    }
+    Ok(mapsync::RatePolicy {
+        classes,
+        assigned: HashMap::new(),
+        nonpeer: budget("--rate-nonpeer", &args.rate_nonpeer)?,
+    })
 }
 
 /// Splits `--listen` into the overlay bind IP and libp2p listen

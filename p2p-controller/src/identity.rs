@@ -53,15 +53,23 @@ impl Identity {
                 })?;
                 let kp = Keypair::generate_ed25519();
                 let bytes = kp.to_protobuf_encoding().map_err(|e| file_err(e.to_string()))?;
-                let mut f = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(|e| file_err(format!("cannot create: {e}")))?;
-                f.write_all(&bytes)?;
-                f.sync_all()?;
-                Ok((Identity::from_keypair(kp), true))
+                // Written whole under a private name, then linked into
+                // place: another process starting at the same moment sees
+                // either no key or a complete one, and never overwrites it.
+                let tmp = state_dir.join(format!(".{KEY_FILE}.{}.{:016x}", std::process::id(), rand::random::<u64>()));
+                let written = (|| {
+                    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+                    f.write_all(&bytes)?;
+                    f.sync_all()?;
+                    fs::hard_link(&tmp, &path)
+                })();
+                let _ = fs::remove_file(&tmp);
+                match written {
+                    Ok(()) => Ok((Identity::from_keypair(kp), true)),
+                    // Another process created it first: use theirs.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::load_or_create(state_dir),
+                    Err(e) => Err(file_err(format!("cannot create: {e}"))),
+                }
             }
             Err(e) => Err(file_err(format!("cannot read: {e}"))),
         }
@@ -87,6 +95,20 @@ mod tests {
         assert_eq!(a.node_id, NodeId::from_peer_id_bytes(&a.peer_id.to_bytes()));
         fs::write(dir.join(KEY_FILE), b"garbage").unwrap();
         assert!(Identity::load_or_create(&dir).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_first_starts_share_one_key() {
+        let dir = std::env::temp_dir().join(format!("p2p-id-race-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let ids: Vec<PeerId> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8).map(|_| s.spawn(|| Identity::load_or_create(&dir).unwrap().0.peer_id)).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(ids.windows(2).all(|w| w[0] == w[1]), "every start reads the one key: {ids:?}");
+        let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from(KEY_FILE)], "no temporary files left");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

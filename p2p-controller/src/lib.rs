@@ -19,4 +19,5 @@ pub mod net;
 pub mod overlay;
 pub mod paths;
 pub mod sys;
+pub mod units;
 pub mod userspace;

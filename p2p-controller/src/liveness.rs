@@ -13,7 +13,7 @@ use p2p_common::id::NodeId;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::LivenessStatus;
-use crate::mapsync::Routing;
+use crate::mapsync::{MapSyncHandle, Routing};
 use crate::overlay::{OverlayHandle, Pong};
 
 /// A routed peer that has not answered an overlay PING for this long is dead.
@@ -52,6 +52,7 @@ impl LivenessHandle {
 
 struct Liveness {
     overlay: OverlayHandle,
+    sync: MapSyncHandle,
     routing: Routing,
     events: mpsc::Sender<Event>,
     started: Instant,
@@ -69,6 +70,7 @@ struct Liveness {
 /// Starts the liveness task; its events go to the control plane.
 pub fn spawn(
     overlay: OverlayHandle,
+    sync: MapSyncHandle,
     routing: Routing,
     pongs: mpsc::Receiver<Pong>,
     events: mpsc::Sender<Event>,
@@ -76,6 +78,7 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(16);
     let l = Liveness {
         overlay,
+        sync,
         routing,
         events,
         started: Instant::now(),
@@ -96,6 +99,9 @@ impl Liveness {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
+                    // The datapath answers PINGs only while this is fresh:
+                    // a PONG proves this task runs, not only XDP.
+                    self.sync.heartbeat(crate::overlay::monotonic_ns());
                     self.follow_routing();
                     if ticks.is_multiple_of(PING_ALL_TICKS) {
                         self.ping(false);

@@ -10,10 +10,17 @@ use serde_json::json;
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_) | Command::XdpPass { .. }) {
+        // A client whose reader went away (`status | head`) ends quietly,
+        // as Unix tools do; the daemon ignores SIGPIPE and writes nothing
+        // that can fail it.
+        // SAFETY: restoring the default disposition of one signal.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("p2p-controller: error: {e}");
+            sys::say(format_args!("p2p-controller: error: {e}"));
             ExitCode::FAILURE
         }
     }
@@ -44,7 +51,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Run(args) => daemon::run(args, instance),
+        Command::Run(args) => daemon::run(*args, instance),
         Command::Maps { which, pin_dir, client, json } => {
             let dir = pin_dir.unwrap_or_else(|| paths::pin_dir(&instance));
             let kad = if matches!(which, MapsWhich::Routes | MapsWhich::Peers) {
@@ -231,7 +238,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             let mut dp = dataplane::Dataplane::load(dataplane::LoadOptions::default())?;
             for i in &ifaces {
                 let got = dp.attach(i, xdp_mode, true)?;
-                eprintln!("p2p-controller: pass-through XDP on {i} ({got} mode)");
+                sys::say(format_args!("p2p-controller: pass-through XDP on {i} ({got} mode)"));
             }
             while !sys::wait_signal(&set, std::time::Duration::from_secs(3600)) {}
             dp.detach_all();

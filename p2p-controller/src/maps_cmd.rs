@@ -7,13 +7,14 @@ use std::path::Path;
 
 use p2p_common::codec::mapped_to_addr;
 use p2p_common::counters::COUNTER_NAMES;
-use p2p_common::maps::{BLOCK_KIND_IP, BlockKey, PEER_LIVE};
+use p2p_common::maps::{BlockEntry, PEER_LIVE, REASON_NAMES};
 use serde_json::{Value, json};
 
 use crate::api::Peers;
 use crate::cli::MapsWhich;
-use crate::dataplane::{PinnedMaps, RouteLeaf, stats_by_name};
+use crate::dataplane::{BlockTarget, PinnedMaps, RouteLeaf, stats_by_name};
 use crate::error::Result;
+use crate::units::show_target;
 
 /// The daemon's answer to `{"cmd":"peers"}`, or why there is none.
 pub type KadView = std::result::Result<Peers, String>;
@@ -192,37 +193,40 @@ pub fn show(which: MapsWhich, dir: &Path, as_json: bool, kad: KadView) -> Result
             }
         }
         MapsWhich::Blocked => {
+            let now = crate::overlay::monotonic_ns();
             let blocked = maps.blocked()?;
+            let reason = |r: u32| REASON_NAMES.get(r as usize).copied().unwrap_or(REASON_NAMES[0]);
+            let left_s = |e: &BlockEntry| (e.expires_ns != 0).then(|| e.expires_ns.saturating_sub(now) / 1_000_000_000);
             if as_json {
                 let v: Vec<Value> = blocked
                     .iter()
-                    .map(|(k, e)| {
-                        let what = if k.kind == BLOCK_KIND_IP {
-                            json!({"ip": block_key_text(k)})
-                        } else {
-                            json!({"node_id": block_key_text(k)})
-                        };
-                        json!({"key": what, "reason": e.reason, "expires_ns": e.expires_ns})
+                    .map(|(t, e)| {
+                        let kind = if matches!(t, BlockTarget::Node(_)) { "node" } else { "net" };
+                        json!({
+                            "target": show_target(t),
+                            "kind": kind,
+                            "reason": reason(e.reason),
+                            "reason_code": e.reason,
+                            "expires_ns": e.expires_ns,
+                            "remaining_s": left_s(e),
+                            "expired": e.expires_ns != 0 && e.expires_ns <= now,
+                        })
                     })
                     .collect();
                 println!("{}", Value::Array(v));
             } else {
-                println!("{:<66}  {:>6}  {:>20}", "ip or node_id", "reason", "expires_ns");
-                for (k, e) in &blocked {
-                    println!("{:<66}  {:>6}  {:>20}", block_key_text(k), e.reason, e.expires_ns);
+                println!("{:<66}  {:<10}  {:>12}", "node_id, address or prefix", "reason", "remaining");
+                for (t, e) in &blocked {
+                    let left = match left_s(e) {
+                        None => "forever".to_string(),
+                        Some(0) => "expired".to_string(),
+                        Some(s) => format!("{s} s"),
+                    };
+                    println!("{:<66}  {:<10}  {:>12}", show_target(t), reason(e.reason), left);
                 }
                 println!("{} entr(ies)", blocked.len());
             }
         }
     }
     Ok(())
-}
-
-/// A BLOCKED key as a user writes it: the IP, or the node ID in hex.
-fn block_key_text(k: &BlockKey) -> String {
-    if k.kind == BLOCK_KIND_IP {
-        mapped_to_addr(k.id[..16].try_into().expect("16 bytes")).to_string()
-    } else {
-        hex::encode(k.id)
-    }
 }

@@ -3,20 +3,23 @@
 //! peers, plus Kademlia's routing table filtered by liveness and known
 //! overlay endpoints) into PEERS slots, the kernel maps and the userspace
 //! router, which it publishes to the overlay socket's owner through a
-//! `watch` channel. Everything else reaches the maps through
+//! `watch` channel; it also writes the block list, the rate budgets and
+//! the controller's heartbeat, and reads the datapath's evidence
+//! (LAST_SEEN, SOURCE_STATS). Everything else reaches the maps through
 //! [`MapSyncHandle`]'s commands; nobody else holds a lock on them.
 //!
 //! Why slots are handed out this way: a packet that read the previous
 //! routing generation may still be on its way to PEERS[slot] while a new
-//! generation is swapped in. `Dataplane::set_peers` writes new slots first,
-//! flips the generation, and clears removed slots only after a grace
-//! period, so the old generation's slots stay valid. That only holds if a
-//! slot freed by one update is never given to another peer by the same
-//! update: [`SlotTable`] keeps freed slots in quarantine until the next
-//! plan, which is applied after the previous one finished (one worker
-//! thread applies plans in order).
+//! generation is swapped in. `Dataplane::set_peers_routed` writes new
+//! slots first, flips the generation, waits for an RCU grace period and
+//! only then clears removed slots, so the old generation's slots stay
+//! valid for every packet still using it. That only holds if a slot freed
+//! by one update is never given to another peer by the same update, and if
+//! a live slot is never rewritten: [`SlotTable`] keeps freed slots in
+//! quarantine until the next plan, and gives a peer whose address changed
+//! a new slot. One worker thread applies plans in order.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -24,12 +27,12 @@ use std::time::{Duration, Instant};
 
 use p2p_common::codec;
 use p2p_common::id::NodeId;
-use p2p_common::maps::{Counter, MAX_PEERS, PEER_LIVE, PEER_V4, PeerEntry};
+use p2p_common::maps::{BlockEntry, Counter, LinkKey, PEER_LIVE, PEER_V4, PeerEntry, RateBudget, SourceStats};
 use tokio::sync::{oneshot, watch};
 
-use crate::api::SyncStats;
-use crate::dataplane::Dataplane;
-use crate::userspace::{Peer, Router};
+use crate::api::{KernelStatus, SyncStats};
+use crate::dataplane::{BlockTarget, Dataplane, SlotEntry};
+use crate::userspace::{Blocks, Peer, Router};
 
 /// One update to apply: every slot in use after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,77 +45,94 @@ pub struct Plan {
 
 /// Stable slot assignment for node IDs, with freed slots quarantined for
 /// one plan.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct SlotTable {
-    by_id: HashMap<NodeId, (u32, SocketAddr)>,
+    by_id: HashMap<NodeId, (u32, Peer)>,
     free: BTreeSet<u32>,
     /// Slots freed by the last plan: reusable from the next one on.
     quarantine: Vec<u32>,
     /// Slots below this have been handed out at least once.
     high: u32,
+    /// Slots there are (`--max-peers`).
+    capacity: u32,
 }
 
 impl SlotTable {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(capacity: u32) -> Self {
+        SlotTable { by_id: HashMap::new(), free: BTreeSet::new(), quarantine: Vec::new(), high: 0, capacity }
     }
 
     pub fn slot_of(&self, id: &NodeId) -> Option<u32> {
         self.by_id.get(id).map(|(s, _)| *s)
     }
 
+    /// The node in `slot`.
+    pub fn node_in(&self, slot: u32) -> Option<NodeId> {
+        self.by_id.iter().find(|(_, (s, _))| *s == slot).map(|(id, _)| *id)
+    }
+
     /// The plan that takes the table to `desired` (duplicates by node ID:
-    /// the first wins), or `None` when nothing changes. Peers beyond
-    /// `MAX_PEERS` slots are left out with a warning.
+    /// the first wins), or `None` when nothing changes. A peer whose
+    /// endpoint changed moves to a new slot (its old one is quarantined
+    /// like any freed slot); other endpoint or budget changes keep the
+    /// slot. Peers beyond the capacity are left out with a warning.
     pub fn plan(&mut self, desired: &[Peer]) -> Option<Plan> {
         self.free.extend(self.quarantine.drain(..));
-        let mut want: HashMap<NodeId, SocketAddr> = HashMap::with_capacity(desired.len());
+        let mut want: HashMap<NodeId, &Peer> = HashMap::with_capacity(desired.len());
         let mut order = Vec::with_capacity(desired.len());
         for p in desired {
             if let std::collections::hash_map::Entry::Vacant(e) = want.entry(p.node_id) {
-                e.insert(p.addr);
+                e.insert(p);
                 order.push(p.node_id);
             }
         }
-        let gone: Vec<NodeId> = self.by_id.keys().filter(|id| !want.contains_key(id)).copied().collect();
+        let gone: Vec<NodeId> = self
+            .by_id
+            .iter()
+            .filter(|(id, (_, p))| want.get(id).is_none_or(|w| w.addr != p.addr))
+            .map(|(id, _)| *id)
+            .collect();
         let mut removed = 0;
         for id in &gone {
             if let Some((slot, _)) = self.by_id.remove(id) {
                 self.quarantine.push(slot);
-                removed += 1;
+                removed += usize::from(!want.contains_key(id));
             }
         }
         let (mut added, mut changed) = (0, 0);
         for id in order {
-            let addr = want[&id];
+            let peer = want[&id];
             match self.by_id.get_mut(&id) {
-                Some((_, a)) if *a == addr => {}
-                Some((_, a)) => {
-                    *a = addr;
+                Some((_, p)) if p == peer => {}
+                Some((_, p)) => {
+                    *p = peer.clone();
                     changed += 1;
                 }
                 None => {
                     let slot = match self.free.pop_first() {
                         Some(s) => s,
-                        None if self.high < MAX_PEERS => {
+                        None if self.high < self.capacity => {
                             self.high += 1;
                             self.high - 1
                         }
                         None => {
-                            log::warn!("all {MAX_PEERS} peer slots in use: {id} is not routed to");
+                            log::warn!("all {} peer slots in use (--max-peers): {id} is not routed to", self.capacity);
                             continue;
                         }
                     };
-                    self.by_id.insert(id, (slot, addr));
-                    added += 1;
+                    if gone.contains(&id) {
+                        changed += 1;
+                    } else {
+                        added += 1;
+                    }
+                    self.by_id.insert(id, (slot, peer.clone()));
                 }
             }
         }
         if added + removed + changed == 0 {
             return None;
         }
-        let mut entries: Vec<(u32, Peer)> =
-            self.by_id.iter().map(|(id, (slot, addr))| (*slot, Peer { node_id: *id, addr: *addr })).collect();
+        let mut entries: Vec<(u32, Peer)> = self.by_id.values().map(|(slot, p)| (*slot, p.clone())).collect();
         entries.sort_unstable_by_key(|(s, _)| *s);
         Some(Plan { entries, added, removed, changed })
     }
@@ -134,12 +154,41 @@ pub fn peer_entry(p: &Peer) -> PeerEntry {
     }
 }
 
+fn link_key(a: SocketAddr) -> LinkKey {
+    LinkKey { addr: codec::addr_to_mapped(a.ip()), port: a.port(), _pad: 0 }
+}
+
+/// The slot as the kernel maps hold it.
+fn slot_entry(slot: u32, p: &Peer) -> SlotEntry {
+    SlotEntry { slot, peer: peer_entry(p), endpoints: p.endpoints().map(link_key).collect(), budget: p.budget }
+}
+
+/// Rate budgets (docs/WIRE.md step 4): one per class, each peer in one
+/// class ("default" unless assigned), one for sources that are not peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RatePolicy {
+    pub classes: BTreeMap<String, RateBudget>,
+    pub assigned: HashMap<NodeId, String>,
+    pub nonpeer: RateBudget,
+}
+
+/// The class every peer is in unless assigned another.
+pub const DEFAULT_CLASS: &str = "default";
+
+impl RatePolicy {
+    pub fn budget_for(&self, node: &NodeId) -> RateBudget {
+        let class = self.assigned.get(node).map(String::as_str).unwrap_or(DEFAULT_CLASS);
+        self.classes.get(class).or_else(|| self.classes.get(DEFAULT_CLASS)).copied().unwrap_or(RateBudget::UNLIMITED)
+    }
+}
+
 /// Takes the maps and the router to `peers` and records how long it took
 /// since `since`. A failed update must not stick: the slot table goes back
 /// to what the maps hold, so the same set can be tried again.
 fn sync(w: &mut Worker, peers: &[Peer], since: Instant) -> Result<(), String> {
+    let peers: Vec<Peer> = peers.iter().map(|p| Peer { budget: w.rate.budget_for(&p.node_id), ..p.clone() }).collect();
     let before = w.slots.clone();
-    let Some(plan) = w.slots.plan(peers) else { return Ok(()) };
+    let Some(plan) = w.slots.plan(&peers) else { return Ok(()) };
     let result = apply(w, &plan);
     if result.is_err() {
         w.slots = before;
@@ -151,11 +200,12 @@ fn sync(w: &mut Worker, peers: &[Peer], since: Instant) -> Result<(), String> {
 /// Applies a plan: kernel maps first (new slots, generation flip, stale
 /// slots cleared), then the userspace router in one swap.
 fn apply(w: &mut Worker, plan: &Plan) -> Result<(), String> {
-    let entries: Vec<(u32, PeerEntry)> = plan.entries.iter().map(|(s, p)| (*s, peer_entry(p))).collect();
-    let router = Router::new(w.self_id, plan.entries.clone()).map_err(|e| e.to_string())?;
+    let router = w.router(plan.entries.clone())?;
     if let Some(dp) = w.dp.as_mut() {
+        let entries: Vec<SlotEntry> = plan.entries.iter().map(|(s, p)| slot_entry(*s, p)).collect();
         dp.set_peers_routed(&entries, router.table()).map_err(|e| e.to_string())?;
     }
+    w.entries = plan.entries.clone();
     w.routing.send_replace(Arc::new(router));
     Ok(())
 }
@@ -166,11 +216,21 @@ pub struct Desired {
     pub since: Instant,
 }
 
+type Reply<T> = oneshot::Sender<Result<T, String>>;
+
 enum Command {
     Peers(Desired),
     /// Userspace datapath: its counters into STATS.
     MirrorStats(Vec<Counter>),
-    Status(oneshot::Sender<SyncStats>),
+    Status(oneshot::Sender<(SyncStats, KernelStatus)>),
+    /// The controller is alive (CLOCK_MONOTONIC ns).
+    Heartbeat(u64),
+    /// LAST_SEEN of every routed peer.
+    LastSeen(oneshot::Sender<Vec<(NodeId, u64)>>),
+    SourceStats(oneshot::Sender<Vec<([u8; 16], SourceStats)>>),
+    Block(BlockTarget, BlockEntry, Reply<()>),
+    Unblock(BlockTarget, Reply<()>),
+    Rate(RatePolicy, Reply<()>),
     /// Detach XDP and remove the pins; the thread ends.
     Stop(oneshot::Sender<()>),
 }
@@ -186,10 +246,80 @@ struct Worker {
     self_id: NodeId,
     dp: Option<Dataplane>,
     slots: SlotTable,
+    /// The slots the maps hold now.
+    entries: Vec<(u32, Peer)>,
     stats: SyncStats,
     routing: watch::Sender<Arc<Router>>,
+    blocks: HashMap<BlockTarget, BlockEntry>,
+    rate: RatePolicy,
     /// Poll aya-log's ring (`--ebpf-log`).
     flush_logs: bool,
+}
+
+impl Worker {
+    /// The userspace router for `entries` under the current block list and
+    /// non-peer budget.
+    fn router(&self, entries: Vec<(u32, Peer)>) -> Result<Router, String> {
+        let mut blocks = Blocks::default();
+        for (t, e) in &self.blocks {
+            match t {
+                BlockTarget::Node(id) => {
+                    blocks.nodes.insert(NodeId(*id), e.expires_ns);
+                }
+                BlockTarget::Net { addr, prefix_len } => blocks.nets.push((*addr, *prefix_len, e.expires_ns)),
+            }
+        }
+        Router::with_policy(self.self_id, entries, blocks, self.rate.nonpeer).map_err(|e| e.to_string())
+    }
+
+    /// Publishes the router again (the block list or a budget changed).
+    fn republish(&mut self) -> Result<(), String> {
+        let router = self.router(self.entries.clone())?;
+        self.routing.send_replace(Arc::new(router));
+        Ok(())
+    }
+
+    fn block(&mut self, target: BlockTarget, entry: Option<BlockEntry>) -> Result<(), String> {
+        if let Some(dp) = self.dp.as_mut() {
+            match entry {
+                Some(e) => dp.block(target, e),
+                None => dp.unblock(target),
+            }
+            .map_err(|e| e.to_string())?;
+        }
+        match entry {
+            Some(e) => self.blocks.insert(target, e),
+            None => self.blocks.remove(&target),
+        };
+        self.republish()
+    }
+
+    fn set_rate(&mut self, policy: RatePolicy) -> Result<(), String> {
+        if let Some(dp) = self.dp.as_mut() {
+            dp.set_nonpeer_budget(policy.nonpeer).map_err(|e| e.to_string())?;
+        }
+        self.rate = policy;
+        // Peers take their (new) budgets through a plan of the same set.
+        let peers: Vec<Peer> = self.entries.iter().map(|(_, p)| p.clone()).collect();
+        sync(self, &peers, Instant::now())?;
+        self.republish()
+    }
+
+    fn kernel_status(&self) -> KernelStatus {
+        match &self.dp {
+            Some(dp) => {
+                let sizes = dp.sizes();
+                let maps: BTreeMap<String, u64> = dp.memory().into_iter().map(|(n, b)| (n.to_string(), b)).collect();
+                KernelStatus {
+                    max_peers: sizes.max_peers,
+                    max_sources: sizes.max_sources,
+                    memory_bytes: maps.values().sum(),
+                    maps,
+                }
+            }
+            None => KernelStatus::default(),
+        }
+    }
 }
 
 /// The peers the datapath routes to, as the userspace router: published by
@@ -197,17 +327,34 @@ struct Worker {
 pub type Routing = watch::Receiver<Arc<Router>>;
 
 /// Starts map sync with `static_peers` already in the maps (an error here
-/// is a start-up error: the peer set cannot be routed).
+/// is a start-up error: the peer set cannot be routed). `capacity`: the
+/// peer slots the maps have.
 pub fn spawn(
     self_id: NodeId,
     dp: Option<Dataplane>,
     static_peers: &[Peer],
+    rate: RatePolicy,
     flush_logs: bool,
 ) -> Result<(MapSyncHandle, Routing), String> {
+    let capacity = dp.as_ref().map_or(p2p_common::maps::MAX_PEERS_LIMIT, |d| d.sizes().max_peers);
     let router = Router::new(self_id, Vec::new()).map_err(|e| e.to_string())?;
     let (routing, rx) = watch::channel(Arc::new(router));
-    let mut w = Worker { self_id, dp, slots: SlotTable::new(), stats: SyncStats::default(), routing, flush_logs };
+    let mut w = Worker {
+        self_id,
+        dp,
+        slots: SlotTable::new(capacity),
+        entries: Vec::new(),
+        stats: SyncStats::default(),
+        routing,
+        blocks: HashMap::new(),
+        rate: rate.clone(),
+        flush_logs,
+    };
+    if let Some(dp) = w.dp.as_mut() {
+        dp.set_nonpeer_budget(rate.nonpeer).map_err(|e| e.to_string())?;
+    }
     sync(&mut w, static_peers, Instant::now())?;
+    w.republish()?;
     let (tx, commands) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("map-sync".into())
@@ -217,6 +364,20 @@ pub fn spawn(
 }
 
 impl MapSyncHandle {
+    async fn ask<T: Default>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> T {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(make(tx)).is_err() {
+            return T::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    async fn call(&self, make: impl FnOnce(Reply<()>) -> Command) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).map_err(|_| "map sync has stopped".to_string())?;
+        rx.await.map_err(|_| "map sync has stopped".to_string())?
+    }
+
     /// Takes the maps to `peers` (the newest set wins when several queue up).
     pub fn submit(&self, peers: Vec<Peer>, since: Instant) {
         let _ = self.tx.send(Command::Peers(Desired { peers, since }));
@@ -226,10 +387,34 @@ impl MapSyncHandle {
         let _ = self.tx.send(Command::MirrorStats(counters));
     }
 
-    pub async fn status(&self) -> SyncStats {
-        let (tx, rx) = oneshot::channel();
-        let _ = self.tx.send(Command::Status(tx));
-        rx.await.unwrap_or_default()
+    pub fn heartbeat(&self, now_ns: u64) {
+        let _ = self.tx.send(Command::Heartbeat(now_ns));
+    }
+
+    pub async fn status(&self) -> (SyncStats, KernelStatus) {
+        self.ask(Command::Status).await
+    }
+
+    /// LAST_SEEN of every routed peer (empty without the kernel datapath).
+    pub async fn last_seen(&self) -> Vec<(NodeId, u64)> {
+        self.ask(Command::LastSeen).await
+    }
+
+    /// SOURCE_STATS (empty without the kernel datapath).
+    pub async fn source_stats(&self) -> Vec<([u8; 16], SourceStats)> {
+        self.ask(Command::SourceStats).await
+    }
+
+    pub async fn block(&self, target: BlockTarget, entry: BlockEntry) -> Result<(), String> {
+        self.call(|r| Command::Block(target, entry, r)).await
+    }
+
+    pub async fn unblock(&self, target: BlockTarget) -> Result<(), String> {
+        self.call(|r| Command::Unblock(target, r)).await
+    }
+
+    pub async fn set_rate(&self, policy: RatePolicy) -> Result<(), String> {
+        self.call(|r| Command::Rate(policy, r)).await
     }
 
     /// Detaches XDP and removes the pins; returns once done (or at once if
@@ -272,8 +457,40 @@ fn worker(mut w: Worker, rx: Receiver<Command>) {
                         log::debug!("mirroring stats: {e}");
                     }
                 }
+                Command::Heartbeat(now) => {
+                    if let Some(dp) = w.dp.as_mut()
+                        && let Err(e) = dp.heartbeat(now)
+                    {
+                        log::warn!("heartbeat: {e}");
+                    }
+                }
                 Command::Status(reply) => {
-                    let _ = reply.send(w.stats.clone());
+                    let _ = reply.send((w.stats.clone(), w.kernel_status()));
+                }
+                Command::LastSeen(reply) => {
+                    let seen = match w.dp.as_ref() {
+                        Some(dp) => {
+                            let slots: Vec<u32> = w.entries.iter().map(|(s, _)| *s).collect();
+                            let by_slot: HashMap<u32, NodeId> =
+                                w.entries.iter().map(|(s, p)| (*s, p.node_id)).collect();
+                            dp.last_seen(&slots).into_iter().map(|(s, t)| (by_slot[&s], t)).collect()
+                        }
+                        None => Vec::new(),
+                    };
+                    let _ = reply.send(seen);
+                }
+                Command::SourceStats(reply) => {
+                    let stats = w.dp.as_ref().and_then(|dp| dp.source_stats().ok()).unwrap_or_default();
+                    let _ = reply.send(stats);
+                }
+                Command::Block(t, e, reply) => {
+                    let _ = reply.send(w.block(t, Some(e)));
+                }
+                Command::Unblock(t, reply) => {
+                    let _ = reply.send(w.block(t, None));
+                }
+                Command::Rate(policy, reply) => {
+                    let _ = reply.send(w.set_rate(policy));
                 }
                 Command::Stop(reply) => {
                     if let Some(mut dp) = w.dp.take() {
@@ -331,7 +548,7 @@ mod tests {
     use std::collections::HashSet;
 
     fn peer(n: u8, port: u16) -> Peer {
-        Peer { node_id: NodeId([n; 32]), addr: SocketAddr::new([10, 0, 0, n].into(), port) }
+        Peer::new(NodeId([n; 32]), SocketAddr::new([10, 0, 0, n].into(), port))
     }
 
     fn slots(plan: &Plan) -> HashMap<u32, NodeId> {
@@ -340,7 +557,7 @@ mod tests {
 
     #[test]
     fn unchanged_set_is_no_plan_and_slots_are_stable() {
-        let mut t = SlotTable::new();
+        let mut t = SlotTable::new(1024);
         let p = t.plan(&[peer(1, 1), peer(2, 1), peer(3, 1)]).unwrap();
         assert_eq!((p.added, p.removed, p.changed), (3, 0, 0));
         assert_eq!(t.plan(&[peer(3, 1), peer(2, 1), peer(1, 1)]), None, "order does not matter");
@@ -353,19 +570,34 @@ mod tests {
     }
 
     #[test]
-    fn address_change_keeps_the_slot() {
-        let mut t = SlotTable::new();
+    fn address_change_moves_to_a_new_slot() {
+        let mut t = SlotTable::new(1024);
         t.plan(&[peer(1, 1), peer(2, 1)]).unwrap();
         let s2 = t.slot_of(&NodeId([2; 32])).unwrap();
         let p = t.plan(&[peer(1, 1), peer(2, 7)]).unwrap();
         assert_eq!((p.added, p.removed, p.changed), (0, 0, 1));
-        assert_eq!(t.slot_of(&NodeId([2; 32])), Some(s2));
-        assert!(p.entries.contains(&(s2, peer(2, 7))));
+        let moved = t.slot_of(&NodeId([2; 32])).unwrap();
+        assert_ne!(moved, s2, "a live slot is never rewritten in place");
+        assert!(p.entries.contains(&(moved, peer(2, 7))));
+        // Another endpoint or a new budget keeps the slot.
+        let mut more = peer(2, 7);
+        more.aliases.push("10.0.9.2:7".parse().unwrap());
+        let p = t.plan(&[peer(1, 1), more.clone()]).unwrap();
+        assert_eq!((p.added, p.removed, p.changed), (0, 0, 1));
+        assert_eq!(t.slot_of(&NodeId([2; 32])), Some(moved));
+    }
+
+    #[test]
+    fn capacity_is_respected() {
+        let mut t = SlotTable::new(2);
+        let p = t.plan(&[peer(1, 1), peer(2, 1), peer(3, 1)]).unwrap();
+        assert_eq!(p.entries.len(), 2);
+        assert!(p.entries.iter().all(|(s, _)| *s < 2));
     }
 
     #[test]
     fn freed_slot_is_not_reused_by_the_same_plan() {
-        let mut t = SlotTable::new();
+        let mut t = SlotTable::new(1024);
         t.plan(&[peer(1, 1)]).unwrap();
         let s1 = t.slot_of(&NodeId([1; 32])).unwrap();
         // Peer 1 leaves while peer 2 arrives: 2 must not take 1's slot now…
@@ -378,21 +610,24 @@ mod tests {
 
     #[test]
     fn duplicates_keep_the_first() {
-        let mut t = SlotTable::new();
+        let mut t = SlotTable::new(1024);
         let p = t.plan(&[peer(1, 1), peer(1, 2)]).unwrap();
         assert_eq!(p.entries.len(), 1);
         assert_eq!(p.entries[0].1, peer(1, 1));
     }
 
-    /// The property the datapath relies on, over random churn: between two
-    /// consecutive plans, a slot either keeps its node ID, or was unused in
-    /// one of the two. A slot never moves from one peer straight to another.
+    /// The property the datapath relies on, over random churn (peers come,
+    /// go and change address): between two consecutive plans, a slot
+    /// either keeps its peer and endpoint, or was unused in one of the two.
+    /// A slot never moves from one peer straight to another, and a live
+    /// slot is never rewritten in place.
     #[test]
-    fn random_churn_never_hands_a_slot_straight_to_another_peer() {
+    fn random_churn_never_rewrites_a_live_slot() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let mut t = SlotTable::new();
-        let mut prev: HashMap<u32, NodeId> = HashMap::new();
-        let mut live: Vec<u8> = Vec::new();
+        let mut t = SlotTable::new(1024);
+        let mut prev: HashMap<u32, (NodeId, SocketAddr)> = HashMap::new();
+        let mut live: Vec<(u8, u16)> = Vec::new();
+        let mut moves = 0;
         for _ in 0..5_000 {
             for _ in 0..rng.gen_range(0..4) {
                 if !live.is_empty() && rng.gen_bool(0.5) {
@@ -401,24 +636,30 @@ mod tests {
             }
             for _ in 0..rng.gen_range(0..4) {
                 let n: u8 = rng.r#gen();
-                if !live.contains(&n) {
-                    live.push(n);
+                if !live.iter().any(|(m, _)| *m == n) {
+                    live.push((n, 9470));
                 }
             }
-            let desired: Vec<Peer> = live.iter().map(|n| peer(*n, 9470)).collect();
-            let cur = match t.plan(&desired) {
-                Some(p) => slots(&p),
+            if !live.is_empty() && rng.gen_bool(0.2) {
+                let i = rng.gen_range(0..live.len());
+                live[i].1 = live[i].1.wrapping_add(1);
+                moves += 1;
+            }
+            let desired: Vec<Peer> = live.iter().map(|(n, port)| peer(*n, *port)).collect();
+            let cur: HashMap<u32, (NodeId, SocketAddr)> = match t.plan(&desired) {
+                Some(p) => p.entries.iter().map(|(s, p)| (*s, (p.node_id, p.addr))).collect(),
                 None => prev.clone(),
             };
-            for (s, id) in &cur {
+            for (s, now) in &cur {
                 if let Some(old) = prev.get(s) {
-                    assert_eq!(old, id, "slot {s} went from one peer to another in one plan");
+                    assert_eq!(old, now, "slot {s} was rewritten while live");
                 }
             }
-            let want: HashSet<NodeId> = desired.iter().map(|p| p.node_id).collect();
+            let want: HashSet<(NodeId, SocketAddr)> = desired.iter().map(|p| (p.node_id, p.addr)).collect();
             assert_eq!(cur.values().copied().collect::<HashSet<_>>(), want);
             assert!(cur.keys().all(|s| *s < 512), "slots are reused, not leaked");
             prev = cur;
         }
+        assert!(moves > 500, "the churn moved peers ({moves})");
     }
 }

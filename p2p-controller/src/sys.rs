@@ -166,3 +166,11 @@ pub fn wait_signal(set: &libc::sigset_t, timeout: std::time::Duration) -> bool {
     let rc = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
     rc > 0
 }
+
+/// A line for the operator on stderr. Unlike `eprintln!`, a closed or
+/// broken stderr (`… 2>&1 | head`, a log pipe that died) is not a panic:
+/// the daemon goes on without it.
+pub fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}

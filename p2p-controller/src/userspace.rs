@@ -1,22 +1,39 @@
-//! The WIRE.md rules in userspace: the fallback datapath and the baseline
-//! of every benchmark. It also re-decides the packets the XDP program hands
-//! up (local deliveries and the slow path), uncounted since XDP counted them.
+//! The docs/WIRE.md rules in userspace: the fallback datapath and the
+//! baseline of every benchmark. It also re-decides the packets the XDP
+//! program hands up (local deliveries and the slow path), uncounted since
+//! XDP counted them.
 
-use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 
 use p2p_common::codec::{self, Packet, addr_to_mapped};
 use p2p_common::counters::{self as c, COUNTER_COUNT};
 use p2p_common::id::NodeId;
-use p2p_common::maps::{BLOCK_KIND_IP, BLOCK_KIND_NODE, BlockKey, Counter, SELF_REF};
+use p2p_common::maps::{Counter, RateBudget, SELF_REF};
 use p2p_common::route_build::{self, RouteError, RouteTable};
 use p2p_common::wire::*;
 
-/// A neighbour as the userspace datapath sees it.
+/// A neighbour as the datapaths see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
     pub node_id: NodeId,
+    /// The overlay endpoint packets are sent to.
     pub addr: SocketAddr,
+    /// Its other overlay endpoints: packets from any of them are from it.
+    pub aliases: Vec<SocketAddr>,
+    /// Its rate budget (docs/WIRE.md step 4).
+    pub budget: RateBudget,
+}
+
+impl Peer {
+    pub fn new(node_id: NodeId, addr: SocketAddr) -> Peer {
+        Peer { node_id, addr, aliases: Vec::new(), budget: RateBudget::UNLIMITED }
+    }
+
+    /// Every endpoint the peer sends from.
+    pub fn endpoints(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        std::iter::once(self.addr).chain(self.aliases.iter().copied())
+    }
 }
 
 /// What to do with one datagram.
@@ -43,26 +60,104 @@ impl Verdict {
     }
 }
 
+/// A block-list entry: CLOCK_MONOTONIC expiry in ns (0: never).
+pub type Expiry = u64;
+
+/// The block list (docs/WIRE.md step 3): node IDs, and address prefixes
+/// (IPv6, IPv4 as IPv4-mapped, as BLOCKED_NETS holds them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Blocks {
+    pub nodes: HashMap<NodeId, Expiry>,
+    pub nets: Vec<([u8; 16], u32, Expiry)>,
+}
+
+fn in_force(expires: Expiry, now: u64) -> bool {
+    expires == 0 || now < expires
+}
+
+/// Whether the first `len` bits of `a` and `b` agree.
+pub fn prefix_match(a: &[u8; 16], b: &[u8; 16], len: u32) -> bool {
+    let full = (len / 8) as usize;
+    let rest = len % 8;
+    a[..full.min(16)] == b[..full.min(16)]
+        && (rest == 0 || full >= 16 || (a[full] ^ b[full]) & (0xffu8 << (8 - rest)) == 0)
+}
+
+impl Blocks {
+    pub fn blocked(&self, from: IpAddr, src_id: &NodeId, now: u64) -> bool {
+        if let Some(e) = self.nodes.get(src_id)
+            && in_force(*e, now)
+        {
+            return true;
+        }
+        let ip = addr_to_mapped(from);
+        self.nets.iter().any(|(net, len, e)| in_force(*e, now) && prefix_match(&ip, net, *len))
+    }
+}
+
+/// GCRA clocks of the sources the userspace datapath has seen (the kernel
+/// keeps them in RATE and RATE_SOURCES), and its per-source evidence.
+#[derive(Debug, Default)]
+pub struct SourceState {
+    peers: HashMap<u32, (u64, u64)>,
+    others: HashMap<IpAddr, (u64, u64)>,
+}
+
+/// Most non-peer sources whose rate clocks are kept (as RATE_SOURCES's
+/// LRU, but forgetting them all at once).
+const MAX_SOURCE_CLOCKS: usize = 16_384;
+
+/// One GCRA clock (see p2p-ebpf's `filter::conforms`).
+fn conforms(tat: &mut u64, cost: u64, now: u64, burst: u64) -> bool {
+    let after = (*tat).max(now) + cost;
+    if after > now + burst {
+        return false;
+    }
+    *tat = after;
+    true
+}
+
+fn admit(clocks: &mut (u64, u64), budget: &RateBudget, bytes: u64, now: u64) -> bool {
+    let mut c = *clocks;
+    if budget.pkt_cost_ns != 0 && !conforms(&mut c.0, budget.pkt_cost_ns, now, budget.burst_ns) {
+        return false;
+    }
+    if budget.byte_cost_ps != 0 && !conforms(&mut c.1, budget.byte_cost_ns(bytes), now, budget.burst_ns) {
+        return false;
+    }
+    *clocks = c;
+    true
+}
+
 pub struct Router {
     pub self_id: NodeId,
     table: RouteTable,
     peers: HashMap<u32, Peer>,
-    blocked: HashSet<BlockKey>,
+    /// Every endpoint of every peer → its slot.
+    senders: HashMap<SocketAddr, u32>,
+    blocks: Blocks,
+    nonpeer_budget: RateBudget,
 }
 
 impl Router {
     pub fn new(self_id: NodeId, peers: Vec<(u32, Peer)>) -> Result<Router, RouteError> {
+        Router::with_policy(self_id, peers, Blocks::default(), RateBudget::UNLIMITED)
+    }
+
+    pub fn with_policy(
+        self_id: NodeId,
+        peers: Vec<(u32, Peer)>,
+        blocks: Blocks,
+        nonpeer_budget: RateBudget,
+    ) -> Result<Router, RouteError> {
         let ids: Vec<(u32, [u8; 32])> = peers.iter().map(|(s, p)| (*s, p.node_id.0)).collect();
         let table = route_build::build(&self_id.0, &ids)?;
-        Ok(Router { self_id, table, peers: peers.into_iter().collect(), blocked: HashSet::new() })
+        let senders = peers.iter().flat_map(|(s, p)| p.endpoints().map(move |e| (e, *s))).collect();
+        Ok(Router { self_id, table, peers: peers.into_iter().collect(), senders, blocks, nonpeer_budget })
     }
 
     pub fn table(&self) -> &RouteTable {
         &self.table
-    }
-
-    pub fn block(&mut self, key: BlockKey) {
-        self.blocked.insert(key);
     }
 
     pub fn peers(&self) -> impl Iterator<Item = (&u32, &Peer)> {
@@ -79,30 +174,56 @@ impl Router {
         self.peers.get(&slot).map(|p| Some((slot, p)))
     }
 
-    fn is_blocked(&self, from: SocketAddr, src_id: &NodeId) -> bool {
-        if self.blocked.is_empty() {
-            return false;
-        }
-        let mut ip = BlockKey { kind: BLOCK_KIND_IP, ..Default::default() };
-        ip.id[..16].copy_from_slice(&addr_to_mapped(from.ip()));
-        let node = BlockKey { kind: BLOCK_KIND_NODE, _pad: [0; 3], id: src_id.0 };
-        self.blocked.contains(&ip) || self.blocked.contains(&node)
+    /// The peer slot a datagram from `from` comes from.
+    pub fn sender(&self, from: SocketAddr) -> Option<u32> {
+        self.senders.get(&from).copied()
     }
 
-    /// WIRE.md "What a node does with a packet to its overlay port", steps 2–8.
-    /// Reads the header in place: only packets for this node are decoded,
-    /// and a forwarded one is the datagram with its ttl and hops patched.
+    /// docs/WIRE.md steps 2–8 without rate budgets and at time 0 (expiring
+    /// blocks count as in force): routing decisions alone.
     pub fn process(&self, datagram: &[u8], from: SocketAddr) -> Verdict {
+        self.process_at(datagram, from, 0, &mut SourceState::default(), None)
+    }
+
+    /// docs/WIRE.md "What a node does with a packet to its overlay port",
+    /// steps 2–8, at CLOCK_MONOTONIC `now` ns; `frame_bytes`, when given,
+    /// is charged to the source's rate budget (`None`: no budgets, as for
+    /// the packets XDP hands up, which it already charged). Reads the
+    /// header in place: only packets for this node are decoded, and a
+    /// forwarded one is the datagram with its ttl and hops patched.
+    pub fn process_at(
+        &self,
+        datagram: &[u8],
+        from: SocketAddr,
+        now: u64,
+        sources: &mut SourceState,
+        frame_bytes: Option<u64>,
+    ) -> Verdict {
         if codec::validate(datagram).is_err() {
             return Verdict::Drop(c::DROP_MALFORMED);
         }
         let id_at = |off: usize| NodeId(datagram[off..off + 32].try_into().expect("validated length"));
         let (kind, ttl) = (datagram[offset::KIND], datagram[offset::TTL]);
         let (src_id, dst_key) = (id_at(offset::SRC_ID), id_at(offset::DST_KEY));
-        if self.is_blocked(from, &src_id) {
+        if self.blocks.blocked(from.ip(), &src_id, now) {
             return Verdict::Drop(c::DROP_BLOCKED);
         }
-        // Steps 4 (rate) and 5 (auth) arrive with their issues.
+        if let Some(bytes) = frame_bytes {
+            let sender = self.sender(from);
+            let (clocks, budget) = match sender {
+                Some(slot) => (sources.peers.entry(slot).or_default(), self.peers[&slot].budget),
+                None => {
+                    if sources.others.len() >= MAX_SOURCE_CLOCKS && !sources.others.contains_key(&from.ip()) {
+                        sources.others.clear();
+                    }
+                    (sources.others.entry(from.ip()).or_default(), self.nonpeer_budget)
+                }
+            };
+            if !admit(clocks, &budget, bytes, now) {
+                return Verdict::Drop(c::DROP_RATE);
+            }
+        }
+        // Step 5 (auth) arrives with its issue.
         let for_me = dst_key == self.self_id;
         let local = || Verdict::Local(Packet::decode(datagram).expect("validated"));
         match kind {
@@ -174,8 +295,8 @@ mod tests {
     }
     fn router() -> Router {
         let peers = vec![
-            (0, Peer { node_id: id(0x80), addr: "10.0.0.2:9470".parse().unwrap() }),
-            (1, Peer { node_id: id(0x40), addr: "10.0.0.3:9471".parse().unwrap() }),
+            (0, Peer::new(id(0x80), "10.0.0.2:9470".parse().unwrap())),
+            (1, Peer::new(id(0x40), "10.0.0.3:9471".parse().unwrap())),
         ];
         Router::new(id(0x01), peers).unwrap()
     }
@@ -224,16 +345,58 @@ mod tests {
         assert!(matches!(r.process(&reply_here.encode(), from()), Verdict::Local(_)));
     }
 
+    fn blocked_router(blocks: Blocks) -> Router {
+        let r = router();
+        let peers = r.peers().map(|(s, p)| (*s, p.clone())).collect();
+        Router::with_policy(id(0x01), peers, blocks, RateBudget::UNLIMITED).unwrap()
+    }
+
     #[test]
-    fn blocked_by_ip_and_node() {
-        let mut r = router();
-        let mut k = BlockKey { kind: BLOCK_KIND_IP, ..Default::default() };
-        k.id[..16].copy_from_slice(&addr_to_mapped(from().ip()));
-        r.block(k);
-        let p = Packet::new(KIND_DATA, id(9), id(0x80), 7, vec![]);
-        assert_eq!(r.process(&p.encode(), from()), Verdict::Drop(c::DROP_BLOCKED));
-        let mut r = router();
-        r.block(BlockKey { kind: BLOCK_KIND_NODE, _pad: [0; 3], id: [9; 32] });
-        assert_eq!(r.process(&p.encode(), from()), Verdict::Drop(c::DROP_BLOCKED));
+    fn blocked_by_ip_prefix_and_node_until_expiry() {
+        let p = Packet::new(KIND_DATA, id(9), id(0x80), 7, vec![]).encode();
+        let mut b = Blocks::default();
+        b.nets.push((addr_to_mapped("10.0.0.0".parse().unwrap()), 96 + 24, 0));
+        let r = blocked_router(b);
+        assert_eq!(r.process(&p, from()), Verdict::Drop(c::DROP_BLOCKED), "10.0.0.9 is in 10.0.0.0/24");
+        assert!(matches!(r.process(&p, "10.0.1.9:9470".parse().unwrap()), Verdict::Forward { .. }));
+        let mut b = Blocks::default();
+        b.nodes.insert(id(9), 1_000);
+        let r = blocked_router(b);
+        let mut st = SourceState::default();
+        assert_eq!(r.process_at(&p, from(), 999, &mut st, None), Verdict::Drop(c::DROP_BLOCKED));
+        assert!(matches!(r.process_at(&p, from(), 1_000, &mut st, None), Verdict::Forward { .. }), "expired");
+    }
+
+    #[test]
+    fn prefixes_match_bit_by_bit() {
+        let a = addr_to_mapped("10.1.2.3".parse().unwrap());
+        let b = addr_to_mapped("10.1.3.3".parse().unwrap());
+        assert!(prefix_match(&a, &b, 96 + 23));
+        assert!(!prefix_match(&a, &b, 96 + 24));
+        assert!(prefix_match(&a, &a, 128) && prefix_match(&a, &b, 0));
+    }
+
+    #[test]
+    fn rate_budget_admits_its_rate_and_burst() {
+        let budget = RateBudget::new(1000, 0, 10_000_000);
+        let peers = vec![(0, Peer { budget, ..Peer::new(id(0x80), from()) })];
+        let r = Router::new(id(0x01), peers).unwrap();
+        let p = Packet::new(KIND_DATA, id(9), id(0x80), 7, vec![]).encode();
+        let mut st = SourceState::default();
+        let t0 = 5_000_000_000u64;
+        // 1 ms per packet, 10 ms of burst: 10 packets at one instant, then
+        // one per ms.
+        let at_once =
+            (0..50).filter(|_| !matches!(r.process_at(&p, from(), t0, &mut st, Some(100)), Verdict::Drop(_))).count();
+        assert_eq!(at_once, 10);
+        let spread = (1..=100u64)
+            .filter(|i| !matches!(r.process_at(&p, from(), t0 + i * 1_000_000, &mut st, Some(100)), Verdict::Drop(_)))
+            .count();
+        assert_eq!(spread, 100);
+        // A non-peer source is unlimited here (non-peer budget unlimited).
+        assert!(matches!(
+            r.process_at(&p, "10.9.9.9:1".parse().unwrap(), t0, &mut st, Some(100)),
+            Verdict::Forward { .. }
+        ));
     }
 }

@@ -50,7 +50,16 @@ fn malformed_peer_file_names_line_and_field() {
     let peers = d.join("peers.json");
     std::fs::write(&peers, "[\n  {\"node_id\": \"00\", \"addr\": \"10.0.0.1\", \"port\": 9470}\n]\n").unwrap();
     let o = bin()
-        .args(["--instance", "cli-test-peers", "run", "--datapath", "userspace", "--overlay-port", "0", "--state-dir"])
+        .args([
+            "--instance",
+            "cli-test-peers",
+            "run",
+            "--datapath",
+            "userspace",
+            "--overlay-port",
+            "59123",
+            "--state-dir",
+        ])
         .arg(d.join("state"))
         .arg("--peers")
         .arg(&peers)
@@ -58,6 +67,28 @@ fn malformed_peer_file_names_line_and_field() {
         .unwrap();
     assert_clean_failure(&o, "line 2");
     assert_clean_failure(&o, "node_id");
+    assert!(!d.join("state").join("node.key").exists(), "input is checked before a key is created");
+}
+
+#[test]
+fn bad_run_settings_are_refused_before_anything_changes() {
+    let d = tmp("settings");
+    let run = |extra: &[&str]| {
+        bin()
+            .args(["--instance", "cli-test-settings", "run", "--datapath", "userspace", "--state-dir"])
+            .arg(d.join("state"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    assert_clean_failure(&run(&["--overlay-port", "0"]), "--overlay-port");
+    assert_clean_failure(&run(&["--rate-default", "fast"]), "--rate-default");
+    assert_clean_failure(&run(&["--rate-nonpeer", "0pps"]), "unlimited");
+    assert_clean_failure(&run(&["--rate-class", "mobile"]), "NAME=RATE");
+    assert_clean_failure(&run(&["--rate-class", "mo bile=1pps"]), "class name");
+    assert_clean_failure(&run(&["--rate-burst", "soon"]), "--rate-burst");
+    assert_clean_failure(&run(&["--max-peers", "0"]), "--max-peers");
+    assert!(!d.join("state").join("node.key").exists(), "nothing was created");
 }
 
 #[test]
@@ -170,9 +201,14 @@ fn userspace_node_serves_status_and_stops_on_sigterm() {
         .arg(d.join("s"))
         .arg("--control-socket")
         .arg(&sock)
-        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Its log pipes close at once (`run … 2>&1 | head`, a dead log
+    // collector): the daemon goes on without them.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
     let mut status = None;
     for _ in 0..200 {
         let o = bin().args(["status", "--json", "--control-socket"]).arg(&sock).output().unwrap();
@@ -195,7 +231,7 @@ fn userspace_node_serves_status_and_stops_on_sigterm() {
     assert_eq!(status["kad"]["replication"], 3, "default: 3 copies");
     assert!(!status["listen_addrs"].as_array().unwrap().is_empty(), "{status}");
     assert_eq!(status["kad_peers"], 0);
-    assert!(exit.success(), "SIGTERM must be a clean exit: {exit:?}");
+    assert!(exit.success(), "SIGTERM must be a clean exit even with its log pipes closed: {exit:?}");
     assert!(!sock.exists(), "the control socket is removed on exit");
 }
 

@@ -19,15 +19,16 @@ use p2p_common::codec::{Packet, addr_to_mapped};
 use p2p_common::counters::{self, COUNTER_COUNT, COUNTER_NAMES};
 use p2p_common::id::NodeId;
 use p2p_common::maps::{
-    BLOCK_KIND_IP, BLOCK_KIND_NODE, BlockEntry, BlockKey, IFACE_HAS_V4, IFACE_HAS_V6, IfaceAddrs, PEER_LIVE, PEER_V4,
-    PeerEntry, REF_LEAF, SELF_REF,
+    BlockEntry, HEARTBEAT_FRESH_NS, IFACE_HAS_V4, IFACE_HAS_V6, IfaceAddrs, LinkKey, PEER_LIVE, PEER_V4, PeerEntry,
+    REF_LEAF, RateBudget, SELF_REF,
 };
 use p2p_common::route_build::brute_force_next_hop;
 use p2p_common::wire::{
     DEFAULT_OVERLAY_PORT, DEFAULT_TTL, HEADER_LEN, KIND_DATA, KIND_LOOKUP, KIND_LOOKUP_REPLY, KIND_PING, KIND_PONG,
     offset,
 };
-use p2p_controller::dataplane::{Dataplane, DataplaneError, LoadOptions};
+use p2p_controller::dataplane::{BlockTarget, Dataplane, DataplaneError, LoadOptions, SlotEntry};
+use p2p_controller::overlay::monotonic_ns;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 const XDP_ABORTED: u32 = 0;
@@ -276,6 +277,8 @@ impl Rig {
             dp.set_iface(ix, addrs).unwrap();
         }
         dp.set_peers(&default_peers()).unwrap();
+        // The controller is alive: XDP answers PINGs itself.
+        dp.heartbeat(monotonic_ns()).unwrap();
         let mut rig = Rig { dp, if1, expect: vec![(0, 0); COUNTER_COUNT as usize] };
         rig.probe();
         rig
@@ -611,6 +614,8 @@ fn step2_drop_malformed() {
             rig.run(&frame, XDP_DROP, counters::DROP_MALFORMED);
         }
         rig.check_stats();
+        let ev: u64 = rig.dp.source_stats().unwrap().iter().map(|(_, s)| s.malformed).sum();
+        assert_eq!(ev, rig.expect[counters::DROP_MALFORMED as usize].0, "every malformed packet is evidence");
     });
 }
 
@@ -619,17 +624,18 @@ fn step3_drop_blocked() {
     fixture("step3_drop_blocked", |rig| {
         let forever = BlockEntry { reason: 1, _pad: 0, expires_ns: 0 };
         let expired = BlockEntry { reason: 1, _pad: 0, expires_ns: 1 };
-        // By source IP, v4 (as IPv4-mapped) and v6.
+        let net = |ip: IpAddr, len: u32| BlockTarget::Net { addr: addr_to_mapped(ip), prefix_len: len };
+        // By source IP, v4 (as IPv4-mapped, a /128) and v6.
         let blocked_v4 = Ipv4Addr::new(10, 99, 1, 50);
         let blocked_v6 = v6("fd99:1::50");
         for ip in [IpAddr::from(blocked_v4), IpAddr::from(blocked_v6)] {
-            let mut key = BlockKey { kind: BLOCK_KIND_IP, ..Default::default() };
-            key.id[..16].copy_from_slice(&addr_to_mapped(ip));
-            rig.dp.block(key, forever).unwrap();
+            rig.dp.block(net(ip, 128), forever).unwrap();
         }
+        // An expired prefix no longer applies: the sender (10.99.1.9) is in it.
+        rig.dp.block(net(Ipv4Addr::new(10, 99, 1, 0).into(), 96 + 28), expired).unwrap();
         // By node ID, and an expired node entry that no longer applies.
-        rig.dp.block(BlockKey { kind: BLOCK_KIND_NODE, _pad: [0; 3], id: id(0xb0) }, forever).unwrap();
-        rig.dp.block(BlockKey { kind: BLOCK_KIND_NODE, _pad: [0; 3], id: id(0xb1) }, expired).unwrap();
+        rig.dp.block(BlockTarget::Node(id(0xb0)), forever).unwrap();
+        rig.dp.block(BlockTarget::Node(id(0xb1)), expired).unwrap();
 
         for v6 in [false, true] {
             let lookup = pkt(KIND_LOOKUP, ORIGIN, id(K_SELF), vec![0; 20]);
@@ -648,7 +654,136 @@ fn step3_drop_blocked() {
             let f = Frame::overlay(v6, &lookup);
             rig.run_same(&f.bytes(), XDP_PASS, counters::LOCAL);
         }
+        // A prefix holding the sender (10.99.1.0/24, fd99:1::/64), then
+        // lifted again. (The expired /28 above would shadow it, being the
+        // longer match: adding an entry removes expired ones first.)
+        let prefixes = [net(Ipv4Addr::new(10, 99, 1, 0).into(), 96 + 24), net(v6("fd99:1::").into(), 64)];
+        for (v6, t) in [(false, prefixes[0]), (true, prefixes[1])] {
+            let f = Frame::overlay(v6, &pkt(KIND_LOOKUP, ORIGIN, id(K_SELF), vec![0; 20]));
+            rig.dp.block(t, forever).unwrap();
+            rig.run_same(&f.bytes(), XDP_DROP, counters::DROP_BLOCKED);
+            rig.dp.unblock(t).unwrap();
+            rig.run_same(&f.bytes(), XDP_PASS, counters::LOCAL);
+        }
         rig.check_stats();
+        // Evidence per source: the one packet each blocked IP sent.
+        let ev = rig.dp.source_stats().unwrap();
+        for ip in [IpAddr::from(blocked_v4), IpAddr::from(blocked_v6)] {
+            let got = ev.iter().find(|(a, _)| *a == addr_to_mapped(ip)).map(|(_, s)| s.blocked);
+            assert_eq!(got, Some(1), "SOURCE_STATS blocked for {ip}");
+        }
+    });
+}
+
+/// A PING to this node is answered by XDP only while the controller's
+/// heartbeat is fresh; after that it goes up to the controller (which, if
+/// alive, answers), so a PONG always means the controller lives.
+#[test]
+fn step6_pong_needs_a_fresh_heartbeat() {
+    fixture("step6_pong_needs_a_fresh_heartbeat", |rig| {
+        let ping = Frame::overlay(false, &pkt(KIND_PING, ORIGIN, id(SELF_ID), vec![1; 8])).bytes();
+        rig.run(&ping, XDP_TX, counters::PONG);
+        rig.dp.heartbeat(monotonic_ns() - HEARTBEAT_FRESH_NS - 1_000_000).unwrap();
+        rig.run_same(&ping, XDP_PASS, counters::LOCAL);
+        rig.dp.heartbeat(0).unwrap();
+        rig.run_same(&ping, XDP_PASS, counters::LOCAL);
+        rig.dp.heartbeat(monotonic_ns()).unwrap();
+        rig.run(&ping, XDP_TX, counters::PONG);
+        rig.check_stats();
+    });
+}
+
+/// LAST_SEEN[slot] records packets a peer sent itself (its `src_id`) from
+/// one of its endpoints; transit traffic it forwards and packets from
+/// elsewhere do not count.
+#[test]
+fn last_seen_records_a_peers_own_packets() {
+    fixture("last_seen_records_a_peers_own_packets", |rig| {
+        let sender = |addr: IpAddr| LinkKey { addr: addr_to_mapped(addr), port: 40000, _pad: 0 };
+        let mut slots: Vec<SlotEntry> = default_peers()
+            .into_iter()
+            .map(|(slot, peer)| SlotEntry {
+                slot,
+                peer,
+                endpoints: vec![LinkKey { addr: peer.addr, port: peer.port, _pad: 0 }],
+                budget: RateBudget::UNLIMITED,
+            })
+            .collect();
+        // Peer P_TX4 (slot 3) also sends from the test sender's endpoints.
+        slots[0].endpoints.extend([sender(SENDER_V4.into()), sender(sender_v6().into())]);
+        let live: Vec<(u32, [u8; 32])> = slots.iter().map(|e| (e.slot, e.peer.node_id)).collect();
+        let table = p2p_common::route_build::build(&id(SELF_ID), &live).unwrap();
+        rig.dp.set_peers_routed(&slots, &table).unwrap();
+        let seen = |rig: &Rig| rig.dp.last_seen(&[3, 7])[0].1;
+        assert_eq!(seen(rig), 0);
+        for v6 in [false, true] {
+            // Transit: another origin's packet from P_TX4's endpoint.
+            let f = Frame::overlay(v6, &pkt(KIND_LOOKUP, ORIGIN, id(K_SELF), vec![0; 20]));
+            rig.run_same(&f.bytes(), XDP_PASS, counters::LOCAL);
+            assert_eq!(seen(rig), 0, "transit traffic is not evidence");
+        }
+        let before = monotonic_ns();
+        let f = Frame::overlay(false, &pkt(KIND_LOOKUP, P_TX4, id(K_SELF), vec![0; 20]));
+        rig.run_same(&f.bytes(), XDP_PASS, counters::LOCAL);
+        let t = seen(rig);
+        assert!(t >= before && t <= monotonic_ns(), "LAST_SEEN {t} is the time of the packet ({before}..)");
+        // Its own packet from an address that is not its endpoint: nothing.
+        let mut f = Frame::overlay(false, &pkt(KIND_LOOKUP, P_RD4, id(K_SELF), vec![0; 20]));
+        f.sport = 40001;
+        rig.run_same(&f.bytes(), XDP_PASS, counters::LOCAL);
+        assert_eq!(rig.dp.last_seen(&[7])[0].1, 0);
+        rig.check_stats();
+    });
+}
+
+/// Step 4: a peer's budget (RATE[slot]) and the non-peer budget
+/// (RATE_SOURCES): a burst beyond it is dropped as drop_rate and counted
+/// against the source (SOURCE_STATS).
+#[test]
+fn step4_token_bucket() {
+    fixture("step4_token_bucket", |rig| {
+        // 1,000 packets/s with 20 ms of burst: 20 packets at once.
+        let budget = RateBudget::new(1_000, 0, 20_000_000);
+        let mut slots: Vec<SlotEntry> = default_peers()
+            .into_iter()
+            .map(|(slot, peer)| SlotEntry {
+                slot,
+                peer,
+                endpoints: vec![LinkKey { addr: peer.addr, port: peer.port, _pad: 0 }],
+                budget: RateBudget::UNLIMITED,
+            })
+            .collect();
+        slots[0].endpoints.push(LinkKey { addr: addr_to_mapped(SENDER_V4.into()), port: 40000, _pad: 0 });
+        slots[0].budget = budget;
+        let live: Vec<(u32, [u8; 32])> = slots.iter().map(|e| (e.slot, e.peer.node_id)).collect();
+        let table = p2p_common::route_build::build(&id(SELF_ID), &live).unwrap();
+        rig.dp.set_peers_routed(&slots, &table).unwrap();
+        let burst = |rig: &mut Rig, v6: bool| {
+            let f = Frame::overlay(v6, &pkt(KIND_LOOKUP, ORIGIN, id(K_SELF), vec![0; 20])).bytes();
+            let t0 = monotonic_ns();
+            let mut passed = 0;
+            for _ in 0..60 {
+                let out = rig.dp.test_run(&f, rig.if1).unwrap();
+                let c = if out.verdict == XDP_PASS { counters::LOCAL } else { counters::DROP_RATE };
+                passed += u64::from(out.verdict == XDP_PASS);
+                rig.expect[c as usize].0 += 1;
+                rig.expect[c as usize].1 += f.len() as u64;
+            }
+            // One more packet's worth per millisecond the loop took.
+            (passed, (monotonic_ns() - t0) / 1_000_000)
+        };
+        let (passed, ms) = burst(rig, false);
+        assert!(passed >= 20 && passed <= 20 + ms + 1, "peer budget: {passed} of 60 passed in {ms} ms");
+        // The v6 sender is not a peer: unlimited until a non-peer budget is set.
+        assert_eq!(burst(rig, true).0, 60);
+        rig.dp.set_nonpeer_budget(budget).unwrap();
+        let (passed, ms) = burst(rig, true);
+        assert!(passed >= 20 && passed <= 20 + ms + 1, "non-peer budget: {passed} of 60 passed in {ms} ms");
+        rig.check_stats();
+        let ev = rig.dp.source_stats().unwrap();
+        let drops = |ip: IpAddr| ev.iter().find(|(a, _)| *a == addr_to_mapped(ip)).map_or(0, |(_, s)| s.rate);
+        let dropped = rig.expect[counters::DROP_RATE as usize].0;
+        assert_eq!(drops(SENDER_V4.into()) + drops(sender_v6().into()), dropped, "every drop is evidence");
     });
 }
 
@@ -977,7 +1112,7 @@ fn logging_on_keeps_verdicts() {
     }
     let ns = NetNs::new();
     ns.run(|| {
-        let dp = match Dataplane::load(LoadOptions { pin_dir: None, ebpf_log: true }) {
+        let dp = match Dataplane::load(LoadOptions { ebpf_log: true, ..Default::default() }) {
             Ok(dp) => dp,
             Err(DataplaneError::NoObject) => {
                 eprintln!("skipping logging_on_keeps_verdicts: the eBPF object was not built");

@@ -4,7 +4,10 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code))]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
+mod atomic;
 mod filter;
 mod maps;
 mod parse;
@@ -15,18 +18,19 @@ mod stats;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::bpf_xdp_get_buff_len,
+    helpers::{bpf_ktime_get_ns, bpf_xdp_get_buff_len},
     macros::xdp,
     programs::XdpContext,
 };
 use aya_log_ebpf::info;
 use p2p_common::{
-    counters::{DROP_AUTH, DROP_BLOCKED, DROP_MALFORMED, DROP_NO_ROUTE, DROP_RATE, LOCAL, PASS_OTHER},
-    maps::{Config, POLICY_LOG},
+    counters::{DROP_MALFORMED, DROP_NO_ROUTE, LOCAL, PASS_OTHER},
+    maps::{Config, HEARTBEAT_FRESH_NS, POLICY_LOG},
     wire::{HEADER_LEN, KIND_DATA, KIND_LOOKUP, KIND_PING},
 };
 
 use crate::{
+    filter::Evidence,
     parse::{Parsed, eq32},
     rewrite::FwdInfo,
     route::NextHop,
@@ -57,7 +61,7 @@ fn try_p2p_xdp(ctx: &XdpContext) -> Result<u32, ()> {
         return Err(());
     }
     let bytes = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
-    let v = process(ctx, cfg);
+    let v = process(ctx, cfg, bytes);
     stats::count(v.counter, bytes);
     if cfg.policy & POLICY_LOG != 0 {
         info!(ctx, "p2p_xdp: ifindex {} counter {} action {}", ctx.ingress_ifindex() as u32, v.counter, v.action);
@@ -66,30 +70,34 @@ fn try_p2p_xdp(ctx: &XdpContext) -> Result<u32, ()> {
 }
 
 #[inline(always)]
-fn process(ctx: &XdpContext, cfg: &Config) -> Verdict {
+fn process(ctx: &XdpContext, cfg: &Config, bytes: u64) -> Verdict {
     let local = Verdict::new(XDP_PASS, LOCAL);
     let no_route = Verdict::new(XDP_DROP, DROP_NO_ROUTE);
     // Steps 1 and 2.
     let p = match parse::parse(ctx, cfg.overlay_port) {
         Parsed::Other => return Verdict::new(XDP_PASS, PASS_OTHER),
-        Parsed::Malformed => return Verdict::new(XDP_DROP, DROP_MALFORMED),
+        Parsed::Malformed(src) => {
+            filter::evidence(&src, Evidence::Malformed);
+            return Verdict::new(XDP_DROP, DROP_MALFORMED);
+        }
         Parsed::Overlay(p) => p,
     };
     // Steps 3 to 5.
-    if cfg.blocked_count != 0 && filter::blocked(&p) {
-        return Verdict::new(XDP_DROP, DROP_BLOCKED);
-    }
-    if filter::over_rate(&p) {
-        return Verdict::new(XDP_DROP, DROP_RATE);
-    }
-    if filter::auth_fails(&p, cfg.policy) {
-        return Verdict::new(XDP_DROP, DROP_AUTH);
+    let l4_v6 = p.l4_off as u32 | if p.v6 { 0x8000 } else { 0 };
+    let v = filter::steps_3_to_5(ctx.ctx, cfg, bytes, l4_v6);
+    if v != 0 {
+        return Verdict::unpack(v);
     }
     let (kind, key) = unsafe { ((*p.ov).kind, (*p.ov).dst_key) };
     let to_self = eq32(&key, &cfg.node_id);
     match kind {
-        // Step 6.
-        KIND_PING if to_self => return rewrite::pong(ctx, &p, cfg),
+        // Step 6, while the controller's heartbeat is fresh (a PONG must
+        // prove the controller alive); else the controller answers, or
+        // nobody does.
+        KIND_PING if to_self && unsafe { bpf_ktime_get_ns() }.wrapping_sub(cfg.heartbeat_ns) <= HEARTBEAT_FRESH_NS => {
+            return rewrite::pong(ctx, &p, cfg);
+        }
+        KIND_PING if to_self => return local,
         KIND_LOOKUP | KIND_DATA | KIND_PING => {}
         // Step 8: LOOKUP_REPLY and PONG (parse admitted known kinds only).
         _ => return if to_self { local } else { no_route },

@@ -1,21 +1,29 @@
 //! Every BPF map of the datapath, declared once. The static's name is the map
-//! name (`p2p_common::maps` constants); layouts and sizes come from
-//! `p2p_common::maps`, so the controller and `bpftool` see the same maps.
+//! name (`p2p_common::maps` constants); layouts come from `p2p_common::maps`,
+//! so the controller and `bpftool` see the same maps. The sizes here are
+//! defaults: the controller sets the per-peer and per-source ones at load
+//! time (`run --max-peers`, `--max-sources`).
 
 use aya_ebpf::{
-    btf_maps::{Array, DevMapHash, HashMap, PerCpuArray, RingBuf},
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use p2p_common::{
     counters::COUNTER_COUNT,
     maps::{
-        BlockEntry, BlockKey, Config, Counter, EVENTS_BYTES, Event, IfaceAddrs, LinkKey, LinkSecret, MAX_BLOCKED,
-        MAX_IFACES, MAX_LINK_KEYS, MAX_PEERS, MMAPABLE_FLAGS, NextHopCache, PeerEntry, ROUTE_BUCKETS,
-        ROUTE_GENERATIONS, TRIE_CAPACITY, TokenBucket, TrieNode,
+        ADDRS_PER_PEER, BlockEntry, Config, Counter, DEFAULT_MAX_PEERS, DEFAULT_MAX_SOURCES, EVENTS_BYTES, Event,
+        IfaceAddrs, LinkKey, LinkSecret, MAX_BLOCKED, MAX_IFACES, MAX_LINK_KEYS, MMAPABLE_FLAGS, NextHopCache,
+        PeerEntry, ROUTE_BUCKETS, ROUTE_GENERATIONS, RateBucket, SourceStats, TrieNode, trie_capacity,
     },
 };
 
-/// This node: ID, overlay port, policy bits and the live route generation (one entry).
+const PEERS_N: usize = DEFAULT_MAX_PEERS as usize;
+const SOURCES_N: usize = DEFAULT_MAX_SOURCES as usize;
+const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+
+/// This node: ID, overlay port, policy bits, live route generation, the
+/// controller's heartbeat and the budget of non-peer sources (one entry).
 #[btf_map]
 pub static CONFIG: Array<Config, 1> = Array::new();
 
@@ -24,34 +32,58 @@ pub static CONFIG: Array<Config, 1> = Array::new();
 #[btf_map]
 pub static ROUTES: Array<u32, { (ROUTE_BUCKETS * ROUTE_GENERATIONS) as usize }, MMAPABLE_FLAGS> = Array::new();
 
-/// Patricia trie nodes below the buckets; node i of generation g at g*TRIE_CAPACITY+i.
-/// Mmapable, like ROUTES.
+/// Patricia trie nodes below the buckets; node i of generation g at
+/// g * CONFIG.trie_capacity + i. Mmapable, like ROUTES.
 #[btf_map]
-pub static ROUTE_TRIE: Array<TrieNode, { (TRIE_CAPACITY * ROUTE_GENERATIONS) as usize }, MMAPABLE_FLAGS> = Array::new();
+pub static ROUTE_TRIE: Array<
+    TrieNode,
+    { (trie_capacity(DEFAULT_MAX_PEERS) * ROUTE_GENERATIONS) as usize },
+    MMAPABLE_FLAGS,
+> = Array::new();
 
 /// Peer slot -> node ID, overlay address and port, liveness flags.
 #[btf_map]
-pub static PEERS: Array<PeerEntry, { MAX_PEERS as usize }> = Array::new();
+pub static PEERS: Array<PeerEntry, PEERS_N> = Array::new();
+
+/// A peer's overlay endpoint (each address it advertises) -> its slot: who
+/// sent a packet (step 3's sender, LAST_SEEN, RATE).
+#[btf_map]
+pub static PEER_ADDRS: HashMap<LinkKey, u32, { PEERS_N * ADDRS_PER_PEER as usize }> = HashMap::new();
 
 /// Attached interface index -> this node's addresses there (source of forwarded packets).
 #[btf_map]
 pub static IFACES: HashMap<u32, IfaceAddrs, { MAX_IFACES as usize }> = HashMap::new();
 
-/// Blocked source IPs and node IDs, with optional expiry.
+/// Blocked node IDs (origin `src_id`), with reason and expiry (checked here too).
 #[btf_map]
-pub static BLOCKED: HashMap<BlockKey, BlockEntry, { MAX_BLOCKED as usize }> = HashMap::new();
+pub static BLOCKED: HashMap<[u8; 32], BlockEntry, { MAX_BLOCKED as usize }, NO_PREALLOC> = HashMap::new();
 
-/// Peer slot -> token bucket (WIRE.md step 4; declared, not used yet).
+/// Blocked source addresses and prefixes (IPv4 as IPv4-mapped), with reason and expiry.
 #[btf_map]
-pub static RATE: HashMap<u32, TokenBucket, { MAX_PEERS as usize }> = HashMap::new();
+pub static BLOCKED_NETS: LpmTrie<[u8; 16], BlockEntry, { MAX_BLOCKED as usize }> = LpmTrie::new();
+
+/// Peer slot -> rate budget and its clocks (step 4), shared by all CPUs (atomics).
+#[btf_map]
+pub static RATE: Array<RateBucket, PEERS_N> = Array::new();
+
+/// Source IP that is not a peer -> rate budget and clocks (step 4), least recently seen evicted.
+#[btf_map]
+pub static RATE_SOURCES: LruHashMap<[u8; 16], RateBucket, SOURCES_N> = LruHashMap::new();
+
+/// Source IP -> packets dropped as malformed, over budget, failing auth or blocked
+/// (evidence for reputation), least recently seen evicted.
+#[btf_map]
+pub static SOURCE_STATS: LruHashMap<[u8; 16], SourceStats, SOURCES_N> = LruHashMap::new();
 
 /// Neighbour endpoint -> hop-by-hop tag key (WIRE.md step 5; declared, not used yet).
 #[btf_map]
 pub static LINK_KEYS: HashMap<LinkKey, LinkSecret, { MAX_LINK_KEYS as usize }> = HashMap::new();
 
-/// Peer slot -> last packet time per CPU (for the churn detector; declared, not used yet).
+/// Peer slot -> CLOCK_MONOTONIC ns of the last packet that peer itself sent
+/// (its `src_id`): the churn detector's passive evidence. Mmapable: the
+/// controller reads it without syscalls.
 #[btf_map]
-pub static LAST_SEEN: PerCpuArray<u64, { MAX_PEERS as usize }> = PerCpuArray::new();
+pub static LAST_SEEN: Array<u64, PEERS_N, MMAPABLE_FLAGS> = Array::new();
 
 /// Counter index (p2p_common::counters) -> packets and bytes, per CPU.
 #[btf_map]
@@ -67,4 +99,4 @@ pub static TX_PORTS: DevMapHash<{ MAX_IFACES as usize }> = DevMapHash::new();
 
 /// Peer slot -> cached FIB answer (egress, MACs, source address), per CPU.
 #[btf_map]
-pub static NEXT_HOPS: PerCpuArray<NextHopCache, { MAX_PEERS as usize }> = PerCpuArray::new();
+pub static NEXT_HOPS: PerCpuArray<NextHopCache, PEERS_N> = PerCpuArray::new();

@@ -21,13 +21,15 @@ pub struct Overlay {
     pub ov: *mut OverlayHeader,
     /// UDP length (header + overlay header + payload).
     pub udp_len: u16,
+    /// Offset of the UDP header in the frame.
+    pub l4_off: u16,
 }
 
 pub enum Parsed {
     /// Step 1: not UDP to the overlay port.
     Other,
-    /// Step 2.
-    Malformed,
+    /// Step 2; the source address (IPv4-mapped for IPv4), for the evidence.
+    Malformed([u8; 16]),
     Overlay(Overlay),
 }
 
@@ -117,28 +119,35 @@ fn udp_overlay(
     // Step 2. The header must be in the frame (checked first, so that the
     // verifier sees this bounds check and no derived one), the datagram must
     // hold the header, fit in the IP packet, and the IP packet in the frame.
+    let malformed = || Ok(Parsed::Malformed(src_addr(l3, v6)));
     let ov: *mut OverlayHeader = match ptr_at_mut(ctx, l4_off + UDP_LEN) {
         Ok(p) => p,
-        Err(()) => return Ok(Parsed::Malformed),
+        Err(()) => return malformed(),
     };
     let ulen = udp_len as usize;
     if ulen < UDP_LEN + HEADER_LEN || ip_len < ip_hdr_len + ulen {
-        return Ok(Parsed::Malformed);
+        return malformed();
     }
     if ctx.data() + ETH_LEN + ip_len > ctx.data_end() {
-        return Ok(Parsed::Malformed);
+        return malformed();
     }
     let h = unsafe { &*ov };
     if h.magic[0] != MAGIC[0] || h.magic[1] != MAGIC[1] || h.version != VERSION || !kind_known(h.kind) {
-        return Ok(Parsed::Malformed);
+        return malformed();
     }
     if u16::from_be_bytes(h.payload_len) as usize + HEADER_LEN + UDP_LEN != ulen {
-        return Ok(Parsed::Malformed);
+        return malformed();
     }
-    Ok(Parsed::Overlay(Overlay { eth, l3, v6, ihl5, udp, ov, udp_len }))
+    Ok(Parsed::Overlay(Overlay { eth, l3, v6, ihl5, udp, ov, udp_len, l4_off: l4_off as u16 }))
 }
 
-/// IPv4 source as BLOCKED / PEERS store it: IPv4-mapped.
+/// The source address of the IP header at `l3` as BLOCKED_NETS, PEER_ADDRS
+/// and SOURCE_STATS store it (IPv4-mapped for IPv4).
+#[inline(always)]
+pub fn src_addr(l3: *const u8, v6: bool) -> [u8; 16] {
+    if v6 { unsafe { (*(l3 as *const Ipv6Hdr)).src } } else { mapped_v4(unsafe { &(*(l3 as *const Ipv4Hdr)).src }) }
+}
+/// An IPv4 address as BLOCKED_NETS, PEER_ADDRS and PEERS store it: IPv4-mapped.
 #[inline(always)]
 pub fn mapped_v4(a: &[u8; 4]) -> [u8; 16] {
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]

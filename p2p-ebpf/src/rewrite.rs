@@ -260,7 +260,7 @@ fn reparse<const V6: bool>(ctx: &XdpContext) -> Result<Overlay, ()> {
     let udp: *mut UdpHdr = ptr_at_mut(ctx, l4_off)?;
     let ov: *mut OverlayHeader = ptr_at_mut(ctx, l4_off + UDP_LEN)?;
     let udp_len = u16::from_be_bytes(unsafe { (*udp).len });
-    Ok(Overlay { eth, l3, v6: V6, ihl5: !V6, udp, ov, udp_len })
+    Ok(Overlay { eth, l3, v6: V6, ihl5: !V6, udp, ov, udp_len, l4_off: l4_off as u16 })
 }
 
 /// Big-endian address bytes into the u32 words `bpf_fib_lookup` takes.

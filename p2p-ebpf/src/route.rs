@@ -2,7 +2,7 @@
 //! live generation of ROUTES / ROUTE_TRIE.
 
 use p2p_common::{
-    maps::{Config, PEER_LIVE, PeerEntry, REF_LEAF, ROUTE_BUCKETS, SELF_REF, TRIE_CAPACITY},
+    maps::{Config, PEER_LIVE, PeerEntry, REF_LEAF, ROUTE_BUCKETS, SELF_REF},
     route::{bucket_index, walk},
 };
 
@@ -24,7 +24,7 @@ pub fn next_hop(cfg: &Config, key: &[u8; 32]) -> NextHop {
         Some(r) => *r,
         None => return NextHop::NoRoute,
     };
-    let base = generation * TRIE_CAPACITY;
+    let base = generation * cfg.trie_capacity;
     let node_at = |i: u32| ROUTE_TRIE.get(base.wrapping_add(i)).copied();
     let leaf = match walk(start, key, node_at) {
         Some(l) => l,

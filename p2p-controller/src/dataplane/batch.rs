@@ -81,3 +81,37 @@ pub fn lookup_all<V: aya::Pod + Default>(map_fd: i32, max_entries: u32) -> io::R
         }
     }
 }
+
+/// Every entry of a hash map with keys `K` and values `V` (the map's
+/// types, plain old data). Entries added or removed meanwhile may or may
+/// not be seen.
+pub fn lookup_hash<K: aya::Pod + Default, V: aya::Pod + Default>(map_fd: i32) -> io::Result<Vec<(K, V)>> {
+    const CHUNK: usize = 4096;
+    let mut out = Vec::new();
+    let mut keys = vec![K::default(); CHUNK];
+    let mut values = vec![V::default(); CHUNK];
+    // The hash table's batch cursor is a bucket index (u32).
+    let mut next: u32 = 0;
+    let mut first = true;
+    loop {
+        let start = next;
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { &start as *const u32 as u64 },
+            out_batch: &mut next as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: map_fd as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        first = false;
+        let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        out.extend((0..attr.count as usize).map(|i| (keys[i], values[i])));
+        match r {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Err(e) => return Err(e),
+        }
+    }
+}

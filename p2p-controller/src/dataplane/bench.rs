@@ -718,7 +718,8 @@ fn testrun_cmd(a: TestrunArgs) -> Result<()> {
     // The real datapath, maps pinned in a scratch directory so that the
     // program can also be found by its CONFIG map (raw fallback below).
     let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/{name}"));
-    let mut dp = Dataplane::load(LoadOptions { pin_dir: Some(pin_dir.clone()), ebpf_log: false })?;
+    let mut dp =
+        Dataplane::load(LoadOptions { pin_dir: Some(pin_dir.clone()), max_peers: 131_072, ..Default::default() })?;
     let result = testrun_datapath(&mut dp, &a, &pin_dir, idx, repeat, &frame_to, &sigs);
     dp.unpin();
     let (rows, method) = result?;

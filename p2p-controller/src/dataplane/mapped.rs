@@ -15,7 +15,8 @@ pub struct MappedArray<V> {
 }
 
 // SAFETY: the mapping is owned by this value and only written through
-// `&mut self`; the kernel side is synchronised by the generation flip.
+// `&mut self`; the kernel side is synchronised by the generation flip (the
+// routing maps) or only ever stores whole values (LAST_SEEN).
 unsafe impl<V: Send> Send for MappedArray<V> {}
 
 impl<V: Copy> MappedArray<V> {
@@ -34,6 +35,14 @@ impl<V: Copy> MappedArray<V> {
             return Err(io::Error::last_os_error());
         }
         Ok(MappedArray { ptr: ptr.cast(), len, entries, _v: PhantomData })
+    }
+
+    /// The value at `index` (`None` out of range), as the kernel side last
+    /// stored it.
+    pub fn get(&self, index: u32) -> Option<V> {
+        // SAFETY: as in `set`.
+        (index < self.entries)
+            .then(|| unsafe { self.ptr.add(index as usize * Self::STRIDE).cast::<V>().read_volatile() })
     }
 
     /// Stores `value` at `index` (ignored out of range).

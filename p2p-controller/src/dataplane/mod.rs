@@ -6,6 +6,7 @@ mod batch;
 pub mod bench;
 mod mapped;
 mod pinned;
+mod rcu;
 
 pub use pinned::{PinnedMaps, RouteLeaf, is_bpffs_mounted};
 
@@ -13,14 +14,18 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::collections::{HashMap, HashSet};
+
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::xdp::XdpLinkId;
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use p2p_common::counters::COUNTER_COUNT;
 use p2p_common::maps::{
-    self as names, BlockEntry, BlockKey, Config, Counter, IfaceAddrs, PeerEntry, ROUTE_BUCKETS, ROUTE_GENERATIONS,
-    TRIE_CAPACITY, TrieNode,
+    self as names, ADDRS_PER_PEER, BlockEntry, Config, Counter, DEFAULT_MAX_PEERS, DEFAULT_MAX_SOURCES, IfaceAddrs,
+    LinkKey, MAX_PEERS_LIMIT, PEER_LIVE, PeerEntry, ROUTE_BUCKETS, ROUTE_GENERATIONS, RateBucket, RateBudget,
+    SourceStats, TrieNode, trie_capacity,
 };
 use p2p_common::route_build::{self, RouteError, RouteTable};
 
@@ -101,17 +106,58 @@ impl std::fmt::Display for AttachedMode {
     }
 }
 
-#[derive(Default, Clone, Debug)]
+#[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// Pin every map here (created if absent); `None` = no pins (fixtures).
     pub pin_dir: Option<PathBuf>,
     /// Start with aya-log lines enabled (CONFIG policy bit).
     pub ebpf_log: bool,
+    /// Peer slots: sizes PEERS, PEER_ADDRS, RATE, LAST_SEEN, NEXT_HOPS and
+    /// ROUTE_TRIE (`run --max-peers`).
+    pub max_peers: u32,
+    /// Non-peer sources tracked at once: sizes RATE_SOURCES and
+    /// SOURCE_STATS (`run --max-sources`).
+    pub max_sources: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { pin_dir: None, ebpf_log: false, max_peers: DEFAULT_MAX_PEERS, max_sources: DEFAULT_MAX_SOURCES }
+    }
 }
 
 pub struct TestRunOutcome {
     pub verdict: u32,
     pub frame: Vec<u8>,
+}
+
+/// One PEERS slot as map sync wants it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotEntry {
+    pub slot: u32,
+    pub peer: PeerEntry,
+    /// Every overlay endpoint the peer sends from (PEER_ADDRS).
+    pub endpoints: Vec<LinkKey>,
+    pub budget: RateBudget,
+}
+
+/// A BLOCKED (node ID) or BLOCKED_NETS (address prefix) key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BlockTarget {
+    Node([u8; 32]),
+    /// An IPv6 prefix (IPv4 as IPv4-mapped) of `prefix_len` bits.
+    Net {
+        addr: [u8; 16],
+        prefix_len: u32,
+    },
+}
+
+/// How big the per-peer and per-source maps were made.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize, Default)]
+pub struct Sizes {
+    pub max_peers: u32,
+    pub trie_capacity: u32,
+    pub max_sources: u32,
 }
 
 /// A loaded datapath object and its maps.
@@ -120,10 +166,11 @@ pub struct Dataplane {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pin_dir: Option<PathBuf>,
     config: Config,
+    sizes: Sizes,
     /// What each PEERS slot last held: slots that leave the set are cleared,
     /// and a slot given to another peer gets a new generation (which drops
     /// the datapath's cached next hop for it).
-    peer_slots: std::collections::HashMap<u32, PeerEntry>,
+    peer_slots: HashMap<u32, SlotEntry>,
     /// What each ROUTES/ROUTE_TRIE generation holds, so that an update
     /// writes only the entries that differ (a full generation is 65,536
     /// syscalls; map sync must finish within 100 ms).
@@ -132,23 +179,43 @@ pub struct Dataplane {
     /// refused, e.g. by a security policy; updates then go through batched
     /// syscalls).
     route_maps: Option<(mapped::MappedArray<u32>, mapped::MappedArray<TrieNode>)>,
-    /// When CONFIG last switched the live routing generation.
-    last_flip: Option<std::time::Instant>,
+    /// LAST_SEEN mapped into this process (read without syscalls).
+    last_seen: Option<mapped::MappedArray<u64>>,
+    /// Waits until no packet still uses the routing generation just retired.
+    barrier: rcu::RcuBarrier,
+    /// BLOCKED / BLOCKED_NETS entries written here (CONFIG counts them).
+    blocked: HashMap<BlockTarget, BlockEntry>,
     links: Vec<(String, XdpLinkId, &'static str)>,
 }
 
-/// How long packets may still use a generation after the flip away from it:
-/// an XDP program runs in one RCU read section, microseconds; this is ample.
-const FLIP_GRACE: Duration = Duration::from_millis(2);
-
 impl Dataplane {
-    /// Loads the embedded object: creates maps (pinning them if asked) and
-    /// loads both programs, so that a verifier rejection surfaces here.
+    /// Loads the embedded object: creates maps sized by `opts` (pinning
+    /// them if asked) and loads both programs, so that a verifier rejection
+    /// surfaces here.
     pub fn load(opts: LoadOptions) -> Result<Dataplane> {
         if OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
-        let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+        if opts.max_peers == 0 || opts.max_peers > MAX_PEERS_LIMIT || opts.max_sources == 0 {
+            return Err(DataplaneError::Io(std::io::Error::other(format!(
+                "max peers must be 1..={MAX_PEERS_LIMIT} and max sources at least 1 (got {} and {})",
+                opts.max_peers, opts.max_sources
+            ))));
+        }
+        let sizes = Sizes {
+            max_peers: opts.max_peers,
+            trie_capacity: trie_capacity(opts.max_peers),
+            max_sources: opts.max_sources,
+        };
+        let mut loader = EbpfLoader::new();
+        for name in [names::PEERS, names::RATE, names::LAST_SEEN, names::NEXT_HOPS] {
+            loader.map_max_entries(name, sizes.max_peers);
+        }
+        loader.map_max_entries(names::PEER_ADDRS, sizes.max_peers.saturating_mul(ADDRS_PER_PEER));
+        loader.map_max_entries(names::ROUTE_TRIE, sizes.trie_capacity * ROUTE_GENERATIONS);
+        loader.map_max_entries(names::RATE_SOURCES, sizes.max_sources);
+        loader.map_max_entries(names::SOURCE_STATS, sizes.max_sources);
+        let mut ebpf = loader.load(OBJECT)?;
         // The logger must live as long as the programs (its map is shared).
         let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
         for prog in [names::PROG_XDP, names::PROG_XDP_PASS] {
@@ -178,17 +245,21 @@ impl Dataplane {
             ebpf,
             logger,
             pin_dir: opts.pin_dir,
-            config: Config::default(),
-            peer_slots: Default::default(),
+            config: Config { trie_capacity: sizes.trie_capacity, ..Config::default() },
+            sizes,
+            peer_slots: HashMap::new(),
             route_shadow: Default::default(),
             route_maps: None,
-            last_flip: None,
+            last_seen: None,
+            barrier: rcu::RcuBarrier::new()
+                .map_err(|e| DataplaneError::Io(std::io::Error::other(format!("RCU barrier map: {e}"))))?,
+            blocked: HashMap::new(),
             links: Vec::new(),
         };
         dp.route_maps = match (dp.map_fd(names::ROUTES), dp.map_fd(names::ROUTE_TRIE)) {
             (Some(r), Some(t)) => match (
                 mapped::MappedArray::new(r, ROUTE_BUCKETS * ROUTE_GENERATIONS),
-                mapped::MappedArray::new(t, TRIE_CAPACITY * ROUTE_GENERATIONS),
+                mapped::MappedArray::new(t, sizes.trie_capacity * ROUTE_GENERATIONS),
             ) {
                 (Ok(r), Ok(t)) => Some((r, t)),
                 (Err(e), _) | (_, Err(e)) => {
@@ -198,11 +269,22 @@ impl Dataplane {
             },
             _ => None,
         };
+        dp.last_seen = dp.map_fd(names::LAST_SEEN).and_then(|fd| match mapped::MappedArray::new(fd, sizes.max_peers) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                log::warn!("cannot mmap LAST_SEEN ({e}): the churn detector sees no passive evidence");
+                None
+            }
+        });
         if opts.ebpf_log {
             dp.config.policy |= names::POLICY_LOG;
         }
         dp.write_config()?;
         Ok(dp)
+    }
+
+    pub fn sizes(&self) -> Sizes {
+        self.sizes
     }
 
     pub fn flush_logs(&mut self) {
@@ -241,16 +323,6 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Sleeps until `FLIP_GRACE` has passed since the last generation flip.
-    fn wait_flip_grace(&self) {
-        if let Some(t) = self.last_flip {
-            let since = t.elapsed();
-            if since < FLIP_GRACE {
-                std::thread::sleep(FLIP_GRACE - since);
-            }
-        }
-    }
-
     fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T>
     where
         T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
@@ -271,92 +343,237 @@ impl Dataplane {
         })
     }
 
-    /// Installs a new peer set. Order matters for in-flight packets: new
-    /// slots are written first, then routes are built into the idle
-    /// generation and swapped in by one CONFIG write; only then are slots
-    /// that left the set cleared. A packet that read the old generation
-    /// still finds its peer's slot intact.
+    /// Installs a new peer set (live entries only) with routes built here:
+    /// for fixtures and benchmarks. Map sync uses [`Self::set_peers_routed`].
     pub fn set_peers(&mut self, peers: &[(u32, PeerEntry)]) -> Result<()> {
-        let live: Vec<(u32, [u8; 32])> =
-            peers.iter().filter(|(_, p)| p.flags & names::PEER_LIVE != 0).map(|(s, p)| (*s, p.node_id)).collect();
-        let table = route_build::build(&self.config.node_id, &live)?;
-        self.set_peers_routed(peers, &table)
-    }
-
-    /// [`Dataplane::set_peers`] with the routing table already built (from
-    /// the live entries of `peers`; map sync shares it with the userspace
-    /// router).
-    pub fn set_peers_routed(&mut self, peers: &[(u32, PeerEntry)], table: &RouteTable) -> Result<()> {
-        let live_count = peers.iter().filter(|(_, p)| p.flags & names::PEER_LIVE != 0).count();
-        let entries: Vec<(u32, PeerEntry)> = peers
+        let slots: Vec<SlotEntry> = peers
             .iter()
-            .map(|(slot, p)| {
-                let mut p = *p;
-                p.generation = match self.peer_slots.get(slot) {
-                    Some(prev) if (prev.node_id, prev.addr, prev.port) == (p.node_id, p.addr, p.port) => {
-                        prev.generation
-                    }
-                    Some(prev) => prev.generation.wrapping_add(1),
-                    None => p.generation,
-                };
-                (*slot, p)
+            .map(|(slot, p)| SlotEntry {
+                slot: *slot,
+                peer: *p,
+                endpoints: vec![LinkKey { addr: p.addr, port: p.port, _pad: 0 }],
+                budget: RateBudget::UNLIMITED,
             })
             .collect();
-        {
-            let unchanged: std::collections::HashSet<u32> =
-                entries.iter().filter(|(s, p)| self.peer_slots.get(s) == Some(p)).map(|(s, _)| *s).collect();
-            let mut a: Array<_, PeerEntry> = self.map_mut(names::PEERS)?;
-            for (slot, p) in entries.iter().filter(|(s, _)| !unchanged.contains(s)) {
-                a.set(*slot, p, 0).map_err(map_err(names::PEERS))?;
+        let live: Vec<(u32, [u8; 32])> =
+            peers.iter().filter(|(_, p)| p.flags & PEER_LIVE != 0).map(|(s, p)| (*s, p.node_id)).collect();
+        let table = route_build::build(&self.config.node_id, &live)?;
+        self.set_peers_routed(&slots, &table)
+    }
+
+    /// Installs a new peer set whose routing table, built from its live
+    /// entries, is `table` (map sync shares it with the userspace router).
+    ///
+    /// Safe by construction for packets in flight: (1) new and changed
+    /// slots are written, into slots no live route points at (map sync
+    /// gives a peer whose address changed a new slot, and never hands a
+    /// slot freed by one update to another peer in the same update); (2)
+    /// the routes go into the idle generation, which no packet has used
+    /// since the RCU grace period that followed the previous flip; (3) one
+    /// CONFIG write flips the generation; (4) an RCU grace period passes
+    /// ([`rcu::RcuBarrier`]): every packet that read the old generation has
+    /// finished; (5) only then are slots that left the set cleared.
+    pub fn set_peers_routed(&mut self, peers: &[SlotEntry], table: &RouteTable) -> Result<()> {
+        let live_count = peers.iter().filter(|e| e.peer.flags & PEER_LIVE != 0).count();
+        if let Some(e) = peers.iter().find(|e| e.slot >= self.sizes.max_peers) {
+            return Err(DataplaneError::Io(std::io::Error::other(format!(
+                "slot {} is beyond the {} peer slots the maps were made with (--max-peers)",
+                e.slot, self.sizes.max_peers
+            ))));
+        }
+        let entries: Vec<SlotEntry> = peers
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                e.peer.generation = match self.peer_slots.get(&e.slot) {
+                    Some(prev)
+                        if (prev.peer.node_id, prev.peer.addr, prev.peer.port)
+                            == (e.peer.node_id, e.peer.addr, e.peer.port) =>
+                    {
+                        prev.peer.generation
+                    }
+                    Some(prev) => prev.peer.generation.wrapping_add(1),
+                    None => e.peer.generation,
+                };
+                e
+            })
+            .collect();
+        // (1)
+        for e in &entries {
+            let prev = self.peer_slots.get(&e.slot).cloned();
+            if prev.as_ref() == Some(e) {
+                continue;
+            }
+            let new_peer = prev.as_ref().is_none_or(|p| p.peer.node_id != e.peer.node_id || p.peer.node_id == [0; 32]);
+            if new_peer && let Some(m) = self.last_seen.as_mut() {
+                m.set(e.slot, 0);
+            }
+            if new_peer || prev.as_ref().is_some_and(|p| p.budget != e.budget) {
+                let bucket = RateBucket { tat_pkt_ns: 0, tat_byte_ns: 0, budget: e.budget };
+                let mut a: Array<_, RateBucket> = self.map_mut(names::RATE)?;
+                a.set(e.slot, bucket, 0).map_err(map_err(names::RATE))?;
+            }
+            if prev.as_ref().is_none_or(|p| p.peer != e.peer) {
+                let mut a: Array<_, PeerEntry> = self.map_mut(names::PEERS)?;
+                a.set(e.slot, e.peer, 0).map_err(map_err(names::PEERS))?;
+            }
+            let old: Vec<LinkKey> = prev.map(|p| p.endpoints).unwrap_or_default();
+            let mut addrs: BpfHashMap<_, LinkKey, u32> = self.map_mut(names::PEER_ADDRS)?;
+            for k in old.iter().filter(|k| !e.endpoints.contains(k)) {
+                let _ = addrs.remove(k);
+            }
+            for k in e.endpoints.iter().filter(|k| !old.contains(k)) {
+                addrs.insert(k, e.slot, 0).map_err(map_err(names::PEER_ADDRS))?;
             }
         }
+        // (2), (3), (4)
         let next_gen = (self.config.route_gen + 1) % ROUTE_GENERATIONS;
-        // The idle generation was live until the last flip: packets that
-        // read CONFIG before it may still walk it.
-        self.wait_flip_grace();
         self.write_routes(next_gen, table)?;
         let mut config = self.config;
         config.route_gen = next_gen;
         config.peer_count = live_count as u32;
         self.write_config_value(config)?;
-        self.last_flip = Some(std::time::Instant::now());
-        let keep: std::collections::HashSet<u32> = entries.iter().map(|(s, _)| *s).collect();
-        // Slots that held a peer and are no longer in the set (cleared ones
-        // stay in `peer_slots` only to carry their generation).
+        self.barrier.wait()?;
+        // (5) Slots that held a peer and are no longer in the set (cleared
+        // ones stay in `peer_slots` only to carry their generation).
+        let keep: HashSet<u32> = entries.iter().map(|e| e.slot).collect();
         let stale: Vec<u32> = self
             .peer_slots
             .iter()
-            .filter(|(s, p)| !keep.contains(s) && (p.node_id != [0; 32] || p.flags & names::PEER_LIVE != 0))
+            .filter(|(s, e)| !keep.contains(s) && (e.peer.node_id != [0; 32] || e.peer.flags & PEER_LIVE != 0))
             .map(|(s, _)| *s)
             .collect();
-        if !stale.is_empty() {
-            // Let packets that read the previous generation finish before
-            // clearing the slots it points to.
-            self.wait_flip_grace();
-            let cleared: Vec<(u32, PeerEntry)> = stale
-                .iter()
-                .map(|s| {
-                    (*s, PeerEntry { generation: self.peer_slots[s].generation.wrapping_add(1), ..Default::default() })
-                })
-                .collect();
-            let mut a: Array<_, PeerEntry> = self.map_mut(names::PEERS)?;
-            for (s, e) in &cleared {
-                a.set(*s, e, 0).map_err(map_err(names::PEERS))?;
+        for s in stale {
+            let prev = self.peer_slots[&s].clone();
+            let cleared = SlotEntry {
+                slot: s,
+                peer: PeerEntry { generation: prev.peer.generation.wrapping_add(1), ..Default::default() },
+                endpoints: Vec::new(),
+                budget: RateBudget::UNLIMITED,
+            };
+            {
+                let mut addrs: BpfHashMap<_, LinkKey, u32> = self.map_mut(names::PEER_ADDRS)?;
+                for k in &prev.endpoints {
+                    let _ = addrs.remove(k);
+                }
             }
-            self.peer_slots.extend(cleared);
+            let mut a: Array<_, PeerEntry> = self.map_mut(names::PEERS)?;
+            a.set(s, cleared.peer, 0).map_err(map_err(names::PEERS))?;
+            self.peer_slots.insert(s, cleared);
         }
-        for (slot, p) in entries {
-            self.peer_slots.insert(slot, p);
+        for e in entries {
+            self.peer_slots.insert(e.slot, e);
         }
         Ok(())
+    }
+
+    /// CLOCK_MONOTONIC ns of the last packet each slot's peer sent itself
+    /// (0: none since the slot was given to it); empty without the mapping.
+    pub fn last_seen(&self, slots: &[u32]) -> Vec<(u32, u64)> {
+        match &self.last_seen {
+            Some(m) => slots.iter().filter_map(|s| m.get(*s).map(|t| (*s, t))).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Records `now` as the controller's heartbeat: the datapath answers
+    /// PINGs itself only while it is fresh.
+    pub fn heartbeat(&mut self, now_ns: u64) -> Result<()> {
+        self.config.heartbeat_ns = now_ns;
+        self.write_config()
+    }
+
+    /// The budget of sources that are not peers (RATE_SOURCES entries made
+    /// from now on; existing ones are forgotten so that they pick it up).
+    pub fn set_nonpeer_budget(&mut self, budget: RateBudget) -> Result<()> {
+        if self.config.nonpeer_budget == budget {
+            return Ok(());
+        }
+        self.config.nonpeer_budget = budget;
+        self.write_config()?;
+        let mut m: BpfHashMap<_, [u8; 16], RateBucket> = self.map_mut(names::RATE_SOURCES)?;
+        let keys: Vec<[u8; 16]> = m.keys().filter_map(|k| k.ok()).collect();
+        for k in keys {
+            let _ = m.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Adds or replaces a block-list entry. Expired entries are removed
+    /// first: in BLOCKED_NETS the longest prefix wins, so an expired
+    /// narrow entry would shadow a live broader one.
+    pub fn block(&mut self, target: BlockTarget, entry: BlockEntry) -> Result<()> {
+        let now = crate::overlay::monotonic_ns();
+        let expired: Vec<BlockTarget> =
+            self.blocked.iter().filter(|(_, e)| e.expires_ns != 0 && e.expires_ns <= now).map(|(t, _)| *t).collect();
+        for t in expired {
+            self.unblock(t)?;
+        }
+        match target {
+            BlockTarget::Node(id) => {
+                let mut m: BpfHashMap<_, [u8; 32], BlockEntry> = self.map_mut(names::BLOCKED)?;
+                m.insert(id, entry, 0).map_err(map_err(names::BLOCKED))?;
+            }
+            BlockTarget::Net { addr, prefix_len } => {
+                let mut m: LpmTrie<_, [u8; 16], BlockEntry> = self.map_mut(names::BLOCKED_NETS)?;
+                m.insert(&LpmKey::new(prefix_len, addr), entry, 0).map_err(map_err(names::BLOCKED_NETS))?;
+            }
+        }
+        self.blocked.insert(target, entry);
+        self.write_block_counts()
+    }
+
+    /// Removes a block-list entry (absent: nothing to do).
+    pub fn unblock(&mut self, target: BlockTarget) -> Result<()> {
+        match target {
+            BlockTarget::Node(id) => {
+                let mut m: BpfHashMap<_, [u8; 32], BlockEntry> = self.map_mut(names::BLOCKED)?;
+                let _ = m.remove(&id);
+            }
+            BlockTarget::Net { addr, prefix_len } => {
+                let mut m: LpmTrie<_, [u8; 16], BlockEntry> = self.map_mut(names::BLOCKED_NETS)?;
+                let _ = m.remove(&LpmKey::new(prefix_len, addr));
+            }
+        }
+        self.blocked.remove(&target);
+        self.write_block_counts()
+    }
+
+    /// CONFIG's counts let the datapath skip empty look-ups.
+    fn write_block_counts(&mut self) -> Result<()> {
+        let nodes = self.blocked.keys().filter(|t| matches!(t, BlockTarget::Node(_))).count() as u32;
+        let nets = self.blocked.len() as u32 - nodes;
+        if (self.config.blocked_nodes, self.config.blocked_nets) == (nodes, nets) {
+            return Ok(());
+        }
+        self.config.blocked_nodes = nodes;
+        self.config.blocked_nets = nets;
+        self.write_config()
+    }
+
+    /// Every source's evidence counters (SOURCE_STATS), by address.
+    pub fn source_stats(&self) -> Result<Vec<([u8; 16], SourceStats)>> {
+        let fd = self.any_map_fd(names::SOURCE_STATS).ok_or(DataplaneError::MissingMap(names::SOURCE_STATS))?;
+        batch::lookup_hash::<[u8; 16], SourceStats>(fd)
+            .map_err(|e| DataplaneError::Io(std::io::Error::other(format!("{}: {e}", names::SOURCE_STATS))))
+    }
+
+    /// Kernel memory each map takes (`memlock` of its fd), by name.
+    pub fn memory(&self) -> Vec<(&'static str, u64)> {
+        let mut names_all: Vec<&'static str> = names::ALL_MAPS.to_vec();
+        names_all.push(names::NEXT_HOPS);
+        names_all.into_iter().filter_map(|n| Some((n, memlock(self.any_map_fd(n)?)?))).collect()
     }
 
     /// Writes `table` into the idle `generation`, skipping entries that
     /// already hold the same value there.
     fn write_routes(&mut self, generation: u32, table: &RouteTable) -> Result<()> {
+        if table.nodes.len() > self.sizes.trie_capacity as usize {
+            return Err(DataplaneError::Route(RouteError::TooManyPeers(table.nodes.len())));
+        }
         let shadow = self.route_shadow[generation as usize].take();
         let (node_keys, nodes) =
-            changed(&table.nodes, shadow.as_ref().map(|s| &s.nodes[..]), generation * TRIE_CAPACITY);
+            changed(&table.nodes, shadow.as_ref().map(|s| &s.nodes[..]), generation * self.sizes.trie_capacity);
         let (bucket_keys, buckets) =
             changed(&table.buckets, shadow.as_ref().map(|s| &s.buckets[..]), generation * ROUTE_BUCKETS);
         match self.route_maps.as_mut() {
@@ -377,6 +594,22 @@ impl Dataplane {
         }
         self.route_shadow[generation as usize] = Some(table.clone());
         Ok(())
+    }
+
+    /// The fd of any map of the loaded object.
+    fn any_map_fd(&self, name: &'static str) -> Option<i32> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let data = match self.ebpf.map(name)? {
+            aya::maps::Map::Array(d)
+            | aya::maps::Map::PerCpuArray(d)
+            | aya::maps::Map::HashMap(d)
+            | aya::maps::Map::LruHashMap(d)
+            | aya::maps::Map::LpmTrie(d)
+            | aya::maps::Map::RingBuf(d)
+            | aya::maps::Map::DevMapHash(d) => d,
+            _ => return None,
+        };
+        Some(data.fd().as_fd().as_raw_fd())
     }
 
     /// The fd of an array map of the loaded object.
@@ -409,16 +642,6 @@ impl Dataplane {
             }
             Err(e) => Err(DataplaneError::Io(std::io::Error::other(format!("{name}: BPF_MAP_UPDATE_BATCH: {e}")))),
         }
-    }
-
-    pub fn block(&mut self, key: BlockKey, entry: BlockEntry) -> Result<()> {
-        let count = {
-            let mut m: BpfHashMap<_, BlockKey, BlockEntry> = self.map_mut(names::BLOCKED)?;
-            m.insert(key, entry, 0).map_err(map_err(names::BLOCKED))?;
-            m.keys().count() as u32
-        };
-        self.config.blocked_count = count;
-        self.write_config()
     }
 
     /// Counters summed over CPUs, indexed by counter index.
@@ -569,6 +792,12 @@ fn sum_stats<T: std::borrow::Borrow<MapData>>(a: &PerCpuArray<T, Counter>) -> Re
         out.push(c);
     }
     Ok(out)
+}
+
+/// `memlock:` of a BPF map fd (the kernel memory charged for it).
+fn memlock(fd: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse().ok())
 }
 
 /// Removes the pinned maps in `dir` and the directory itself.

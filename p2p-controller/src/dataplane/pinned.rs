@@ -3,13 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
+use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
-use p2p_common::maps::{
-    self as names, BlockEntry, BlockKey, Config, Counter, PEER_LIVE, PeerEntry, ROUTE_BUCKETS, TRIE_CAPACITY, TrieNode,
-};
+use p2p_common::maps::{self as names, BlockEntry, Config, Counter, PEER_LIVE, PeerEntry, ROUTE_BUCKETS, TrieNode};
 use p2p_common::route_build;
 
-use super::{DataplaneError, Result, map_err, sum_stats};
+use super::{BlockTarget, DataplaneError, Result, map_err, sum_stats};
 
 /// Handle on a pin directory such as `/sys/fs/bpf/p2p/<instance>`.
 pub struct PinnedMaps {
@@ -69,8 +68,9 @@ impl PinnedMaps {
 
     /// Every value of an array map, by index: in batches, or one lookup per
     /// entry on kernels without BPF_MAP_LOOKUP_BATCH.
-    fn array_values<V: aya::Pod + Default>(&self, name: &'static str, max_entries: u32) -> Result<Vec<V>> {
+    fn array_values<V: aya::Pod + Default>(&self, name: &'static str) -> Result<Vec<V>> {
         let data = self.map_data(name)?;
+        let max_entries = data.info().map_err(map_err(name))?.max_entries();
         use std::os::fd::{AsFd, AsRawFd};
         match super::batch::lookup_all::<V>(data.fd().as_fd().as_raw_fd(), max_entries) {
             Ok(v) => Ok(v),
@@ -84,7 +84,7 @@ impl PinnedMaps {
 
     /// Occupied PEERS slots.
     pub fn peers(&self) -> Result<Vec<(u32, PeerEntry)>> {
-        let all: Vec<PeerEntry> = self.array_values(names::PEERS, names::MAX_PEERS)?;
+        let all: Vec<PeerEntry> = self.array_values(names::PEERS)?;
         Ok(all
             .into_iter()
             .enumerate()
@@ -103,14 +103,14 @@ impl PinnedMaps {
             });
         }
         let peers: std::collections::HashMap<u32, PeerEntry> = self.peers()?.into_iter().collect();
-        let routes: Vec<u32> = self.array_values(names::ROUTES, ROUTE_BUCKETS * names::ROUTE_GENERATIONS)?;
-        let trie: Vec<TrieNode> = self.array_values(names::ROUTE_TRIE, TRIE_CAPACITY * names::ROUTE_GENERATIONS)?;
+        let routes: Vec<u32> = self.array_values(names::ROUTES)?;
+        let trie: Vec<TrieNode> = self.array_values(names::ROUTE_TRIE)?;
         let base = (cfg.route_gen * ROUTE_BUCKETS) as usize;
         let buckets = routes.get(base..base + ROUTE_BUCKETS as usize).ok_or_else(|| DataplaneError::Pinned {
             dir: self.dir.clone(),
             reason: "ROUTES is smaller than this version's: these pins come from another version".into(),
         })?;
-        let trie_base = cfg.route_gen * TRIE_CAPACITY;
+        let trie_base = cfg.route_gen * cfg.trie_capacity;
         let counts = route_build::leaf_buckets(buckets, |r| trie.get((trie_base + r) as usize).copied());
         let leaves = counts
             .into_iter()
@@ -126,12 +126,20 @@ impl PinnedMaps {
         Ok((cfg.route_gen, leaves))
     }
 
-    pub fn blocked(&self) -> Result<Vec<(BlockKey, BlockEntry)>> {
-        let m = self.map(names::BLOCKED)?;
-        let h: BpfHashMap<_, BlockKey, BlockEntry> = BpfHashMap::try_from(m).map_err(map_err(names::BLOCKED))?;
+    /// BLOCKED's node IDs and BLOCKED_NETS's prefixes.
+    pub fn blocked(&self) -> Result<Vec<(BlockTarget, BlockEntry)>> {
         let mut out = Vec::new();
+        let h: BpfHashMap<_, [u8; 32], BlockEntry> =
+            BpfHashMap::try_from(self.map(names::BLOCKED)?).map_err(map_err(names::BLOCKED))?;
         for kv in h.iter() {
-            out.push(kv.map_err(map_err(names::BLOCKED))?);
+            let (id, e) = kv.map_err(map_err(names::BLOCKED))?;
+            out.push((BlockTarget::Node(id), e));
+        }
+        let t: LpmTrie<_, [u8; 16], BlockEntry> =
+            LpmTrie::try_from(self.map(names::BLOCKED_NETS)?).map_err(map_err(names::BLOCKED_NETS))?;
+        for kv in t.iter() {
+            let (k, e) = kv.map_err(map_err(names::BLOCKED_NETS))?;
+            out.push((BlockTarget::Net { addr: k.data(), prefix_len: k.prefix_len() }, e));
         }
         Ok(out)
     }

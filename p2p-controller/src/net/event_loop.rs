@@ -155,9 +155,12 @@ impl EventLoop {
         let mut routed = HashSet::new();
         self.routed_ids.clear();
         for pid in self.table() {
-            if let Some(ep) = self.book.get(&pid).and_then(|s| s.routable()) {
+            if let Some(st) = self.book.get(&pid)
+                && let Some(ep) = st.routable()
+            {
                 let node_id = node_id_of(&pid);
-                out.push(Peer { node_id, addr: ep });
+                let aliases = st.advertised.iter().filter(|a| **a != ep).copied().collect();
+                out.push(Peer { aliases, ..Peer::new(node_id, ep) });
                 routed.insert(pid);
                 self.routed_ids.insert(node_id, pid);
             }
