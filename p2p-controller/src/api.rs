@@ -72,12 +72,39 @@ pub enum Request {
         #[serde(default = "ping_timeout")]
         timeout_ms: u64,
     },
+    /// Blocks a node ID, an address or a prefix (`10.1.2.0/24`) in the
+    /// datapath and the control plane.
+    Block {
+        target: String,
+        /// Seconds; absent: until `unblock`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        for_s: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    Unblock {
+        target: String,
+    },
+    /// Scores, evidence and bans.
+    Reputation,
+    /// Rate budgets: classes, assignments, the non-peer budget.
+    Rate,
+    /// Sets a class's budget (`nonpeer`: the budget of sources that are
+    /// not peers).
+    RateSet {
+        class: String,
+        rate: String,
+    },
+    /// Puts a peer in a class.
+    RateAssign {
+        node_id: String,
+        class: String,
+    },
 }
 
 impl Request {
     /// Every `cmd` name, for error messages.
-    pub const NAMES: &'static str =
-        "status, peers, lookup, dht_put, dht_get, pubsub_publish, pubsub_subscribe, send, ping";
+    pub const NAMES: &'static str = "status, peers, lookup, dht_put, dht_get, pubsub_publish, pubsub_subscribe, send, ping, block, unblock, reputation, rate, rate_set, rate_assign";
 }
 
 /// `{"ok": false, "error": …}`.
@@ -124,6 +151,17 @@ pub struct SyncStats {
     pub over_100ms: u64,
     pub errors: u64,
     pub last_error: Option<String>,
+    /// The latest peers that entered or left the maps (newest last, at most
+    /// 64), with the CLOCK_MONOTONIC time the change was live.
+    pub recent: Vec<MapChange>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct MapChange {
+    pub node_id: String,
+    /// "added" or "removed".
+    pub change: String,
+    pub mono_ns: u64,
 }
 
 /// The kernel maps: how big they were made and what they take.
@@ -187,13 +225,44 @@ pub struct NetStatus {
     pub pubsub: PubsubStatus,
 }
 
+/// How long the churn detector took to declare deaths: from a peer's
+/// last evidence of life to the verdict.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct DetectionHistogram {
+    /// Upper bounds of the buckets, ms; `counts` has one more (slower).
+    pub bounds_ms: Vec<u64>,
+    pub counts: Vec<u64>,
+    pub detections: u64,
+    pub max_ms: u64,
+    pub sum_ms: u64,
+}
+
 /// What the liveness component reports.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct LivenessStatus {
-    /// Routed peers that answered a PING since they entered the maps.
+    /// Routed peers that showed life since they entered the maps.
     pub peers_answered: usize,
     /// Every routed peer answered (or the node has run for 5 s).
     pub ready: bool,
+    /// Peers alive, suspect and dead (dead ones are PINGed back for a while).
+    pub alive: usize,
+    pub suspect: usize,
+    pub dead: usize,
+    pub detection: DetectionHistogram,
+}
+
+/// The churn detector's view of one peer.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct PeerLiveness {
+    /// "alive", "suspect" or "dead".
+    pub state: String,
+    /// Since the last evidence of life, ms (null: none yet).
+    pub last_seen_ms: Option<u64>,
+    /// Smoothed round-trip time of its PONGs.
+    pub rtt_us: Option<u64>,
+    /// Where the last evidence came from, or what declared it dead:
+    /// "passive", "probe", "indirect" or "connection".
+    pub source: String,
 }
 
 /// `status`.
@@ -218,6 +287,7 @@ pub struct Status {
     pub records: usize,
     pub map_sync: SyncStats,
     pub kernel: KernelStatus,
+    pub liveness: LivenessStatus,
     pub uptime_s: u64,
     #[serde(flatten)]
     pub net: NetStatus,
@@ -245,6 +315,9 @@ pub struct PeerView {
     pub routable: bool,
     pub state: String,
     pub agent: String,
+    /// The churn detector's view (null: it does not watch this peer).
+    #[serde(default)]
+    pub liveness: Option<PeerLiveness>,
 }
 
 /// `peers`.
@@ -350,6 +423,76 @@ pub struct Pinged {
     /// Node ID of the node that answered.
     pub from: String,
     pub via: Option<String>,
+}
+
+/// A ban or block in force.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BanView {
+    /// "operator", "malformed", "rate", "auth", "probes", "records",
+    /// "lookup", "gossipsub" or "prefix".
+    pub reason: String,
+    pub text: String,
+    /// Null: until lifted.
+    pub remaining_s: Option<u64>,
+    /// How long it has been in force.
+    pub since_s: u64,
+}
+
+/// One block the daemon made (`block`, or a reputation ban).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BlockView {
+    /// A node ID, an address or a prefix.
+    pub target: String,
+    /// "operator" or "reputation".
+    pub by: String,
+    /// From the decision to the kernel maps holding it, microseconds.
+    pub applied_us: u64,
+    #[serde(flatten)]
+    pub ban: BanView,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SubjectView {
+    /// A node ID or an address.
+    pub subject: String,
+    /// "node" or "ip".
+    pub kind: String,
+    pub score: f64,
+    /// Events of evidence by kind.
+    pub evidence: BTreeMap<String, u64>,
+    pub offences: u32,
+    pub ban: Option<BanView>,
+}
+
+/// `reputation`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReputationView {
+    pub threshold: f64,
+    pub half_life_s: u64,
+    pub ban_base_s: u64,
+    pub ban_max_s: u64,
+    /// Lowest score first.
+    pub subjects: Vec<SubjectView>,
+    pub blocks: Vec<BlockView>,
+}
+
+/// `unblock`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Unblocked {
+    pub target: String,
+    /// Whether the daemon had that block.
+    pub was_blocked: bool,
+}
+
+/// `rate` (and the answer to `rate_set` / `rate_assign`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RateView {
+    /// Class → budget ("default" is every peer not assigned another).
+    pub classes: BTreeMap<String, String>,
+    /// Node ID → class.
+    pub assigned: BTreeMap<String, String>,
+    pub nonpeer: String,
+    pub burst_ms: u64,
 }
 
 #[cfg(test)]

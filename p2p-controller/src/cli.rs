@@ -118,6 +118,46 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Block a node ID (64 hex digits), an address or a prefix (10.1.2.0/24,
+    /// fd00::/64): its packets are dropped in XDP (drop_blocked), its
+    /// connections closed and refused.
+    Block {
+        target: String,
+        /// How long (90s, 10m, 2h, 1d); default: until `unblock`.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        /// Why (shown by `reputation` and the daemon's log).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift a block (an operator's or a reputation ban).
+    Unblock {
+        target: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reputation scores, their evidence, and the bans in force with their reasons and remaining time.
+    Reputation {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rate budgets (docs/WIRE.md step 4): show them, or change them at run time.
+    Rate {
+        #[command(subcommand)]
+        action: Option<RateCommand>,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Attach the pass-through XDP program until interrupted. A veth only
     /// delivers redirected or XDP_TX'd frames when its peer runs XDP: test
     /// rigs put this on bridge-side veth ends and on benchmark generators.
@@ -164,6 +204,15 @@ pub enum DhtCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum RateCommand {
+    /// Set a class's budget (`nonpeer`: every source that is not a peer),
+    /// e.g. `rate set mobile 2000pps,2MB/s` or `rate set default unlimited`.
+    Set { class: String, rate: String },
+    /// Put a peer in a class (`default` to take it out of one).
+    Assign { node_id: String, class: String },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum PubsubCommand {
     /// Publish MESSAGE on TOPIC.
     Publish {
@@ -191,7 +240,7 @@ pub enum PubsubCommand {
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
     /// Daemon socket [default: /run/p2p-nos/<instance>.sock]
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub control_socket: Option<PathBuf>,
 }
 
@@ -309,6 +358,46 @@ pub struct RunArgs {
     /// Bursts allowed above a budget, as this long a share of it.
     #[arg(long, value_name = "DURATION", default_value = "50ms")]
     pub rate_burst: String,
+    /// Churn detector: a peer silent this long is PINGed.
+    #[arg(long, value_name = "DURATION", default_value = "100ms")]
+    pub probe_interval: String,
+    /// Churn detector: a PING unanswered this long (at least 4× the
+    /// peer's RTT) makes it ask up to 3 other peers to PING it.
+    #[arg(long, value_name = "DURATION", default_value = "100ms")]
+    pub probe_timeout: String,
+    /// Churn detector: no helper reached it within this: suspect.
+    #[arg(long, value_name = "DURATION", default_value = "150ms")]
+    pub indirect_timeout: String,
+    /// Churn detector: suspect and silent this long: dead.
+    #[arg(long, value_name = "DURATION", default_value = "200ms")]
+    pub suspicion: String,
+    /// A peer found dead by the churn detector this many times within
+    /// --flap-window flaps: once it proves alive again it waits a back-off
+    /// (5 s, doubling per further death, up to 5 min) before it is routed
+    /// to. Others come back at once.
+    #[arg(long, default_value_t = crate::net::peers::FLAP_DEATHS as u16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub flap_deaths: u16,
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    pub flap_window: String,
+    /// Reputation: a node ID or address whose score falls below this is
+    /// banned (evidence lowers scores; see the README's weights).
+    #[arg(long, default_value_t = -100.0, allow_negative_numbers = true)]
+    pub ban_threshold: f64,
+    /// Reputation: scores decay back towards 0 with this half-life.
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    pub score_half_life: String,
+    /// Reputation: the first ban lasts this long, each further one twice as long…
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub ban_base: String,
+    /// …up to this.
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    pub ban_max: String,
+    /// Node IDs accepted from one /24 (IPv4) or /64 (IPv6); the excess is refused.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_per_prefix: u32,
+    /// Banned addresses in one /24 or /64 that get the whole prefix banned.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub prefix_ban_after: u32,
     /// Addresses to advertise (repeatable): a subset of this node's own, or
     /// a public address in front of NAT (advertised with the ports listened
     /// on here; forward them) [default: the addresses of the --iface

@@ -22,6 +22,8 @@ use crate::liveness::LivenessHandle;
 use crate::mapsync::MapSyncHandle;
 use crate::net::NetHandle;
 use crate::overlay::{OverlayHandle, monotonic_ns};
+use crate::reputation::{Evidence, ReputationHandle, Subject};
+use crate::units;
 
 /// What the control API answers from: this node's fixed facts and every
 /// component's handle.
@@ -38,6 +40,9 @@ pub struct Ctx {
     pub net: NetHandle,
     pub sync: MapSyncHandle,
     pub liveness: LivenessHandle,
+    pub reputation: ReputationHandle,
+    /// `--rate-burst`: new budgets get the same burst.
+    pub burst: Duration,
 }
 
 pub fn serve(ctx: Ctx, path: &Path) -> Result<()> {
@@ -157,7 +162,11 @@ async fn dispatch(ctx: &Ctx, req: Request) -> Result<String> {
     Ok(match req {
         Request::Status => ok_line(&status(ctx).await?),
         Request::Peers => {
-            let peers = ctx.net.view().await?;
+            let mut peers = ctx.net.view().await?;
+            let live = ctx.liveness.view().await;
+            for p in peers.iter_mut() {
+                p.liveness = p.node_id.parse::<NodeId>().ok().and_then(|id| live.get(&id).cloned());
+            }
             ok_line(&api::Peers { node_id: ctx.node_id.to_string(), peers })
         }
         Request::Lookup { key, timeout_ms, fallback } => {
@@ -213,6 +222,54 @@ async fn dispatch(ctx: &Ctx, req: Request) -> Result<String> {
             };
             ok_line(&sent)
         }
+        Request::Block { target, for_s, reason } => {
+            let t = units::parse_block_target(&target).map_err(Error::Usage)?;
+            if t == crate::dataplane::BlockTarget::Node(ctx.node_id.0) {
+                return Err(Error::Usage("that is this node's own ID".into()));
+            }
+            let length = match for_s {
+                Some(0) => return Err(Error::Usage("for_s must be at least 1 (omit it for no end)".into())),
+                s => s.map(Duration::from_secs),
+            };
+            let text = reason.unwrap_or_else(|| "blocked by an operator".into());
+            ok_line(&ctx.reputation.block(t, length, text).await.map_err(Error::Remote)?)
+        }
+        Request::Unblock { target } => {
+            let t = units::parse_block_target(&target).map_err(Error::Usage)?;
+            let was = ctx.reputation.unblock(t).await.map_err(Error::Remote)?;
+            ok_line(&api::Unblocked { target: units::show_target(&t), was_blocked: was })
+        }
+        Request::Reputation => ok_line(&ctx.reputation.view().await),
+        Request::Rate => ok_line(&rate_view(ctx).await?),
+        Request::RateSet { class, rate } => {
+            let budget = units::parse_budget(&rate, ctx.burst).map_err(Error::Usage)?;
+            let mut policy = ctx.sync.rate().await.map_err(Error::Remote)?;
+            if class == "nonpeer" {
+                policy.nonpeer = budget;
+            } else if !class.is_empty() && class.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                policy.classes.insert(class, budget);
+            } else {
+                return Err(Error::Usage(format!("{class:?}: a class name is letters, digits, '-' or '_'")));
+            }
+            ctx.sync.set_rate(policy).await.map_err(Error::Remote)?;
+            ok_line(&rate_view(ctx).await?)
+        }
+        Request::RateAssign { node_id, class } => {
+            let node = node_id_arg(&node_id)?;
+            let mut policy = ctx.sync.rate().await.map_err(Error::Remote)?;
+            if class == crate::mapsync::DEFAULT_CLASS {
+                policy.assigned.remove(&node);
+            } else if policy.classes.contains_key(&class) {
+                policy.assigned.insert(node, class);
+            } else {
+                return Err(Error::Usage(format!(
+                    "no class {class:?} (classes: {}); make it with `rate set {class} RATE`",
+                    policy.classes.keys().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            }
+            ctx.sync.set_rate(policy).await.map_err(Error::Remote)?;
+            ok_line(&rate_view(ctx).await?)
+        }
         Request::Ping { node_id, timeout_ms } => {
             let dst = node_id_arg(&node_id)?;
             let pkt = Packet::new(KIND_PING, ctx.node_id, dst, rand::random(), monotonic_ns().to_be_bytes().to_vec());
@@ -230,6 +287,16 @@ async fn dispatch(ctx: &Ctx, req: Request) -> Result<String> {
                 via: Some(via.to_string()),
             })
         }
+    })
+}
+
+async fn rate_view(ctx: &Ctx) -> Result<api::RateView> {
+    let p = ctx.sync.rate().await.map_err(Error::Remote)?;
+    Ok(api::RateView {
+        classes: p.classes.iter().map(|(k, b)| (k.clone(), units::show_budget(b))).collect(),
+        assigned: p.assigned.iter().map(|(n, c)| (n.to_string(), c.clone())).collect(),
+        nonpeer: units::show_budget(&p.nonpeer),
+        burst_ms: ctx.burst.as_millis() as u64,
     })
 }
 
@@ -262,6 +329,7 @@ async fn status(ctx: &Ctx) -> Result<api::Status> {
         records: ctx.overlay.records(),
         map_sync,
         kernel,
+        liveness,
         uptime_s: ctx.started.elapsed().as_secs(),
         overlay_endpoint: net.overlay_endpoints.first().cloned(),
         kad_peers: net.kad.peers,
@@ -299,6 +367,18 @@ async fn overlay_lookup(ctx: &Ctx, key: &str, timeout: Duration) -> Result<api::
     let (reply, rtt) = ctx.overlay.request(&pkt, first_hop, timeout).await?;
     let (status, owner, value) = codec::parse_lookup_reply_payload(&reply.payload)
         .ok_or_else(|| Error::Remote("malformed LOOKUP_REPLY payload".into()))?;
+    // An answer from a node farther from the key than a live peer of ours
+    // is not the owner's: a lie, or routing in churn. Evidence either way
+    // (small: churn is common, lies are repeated).
+    let answerer = reply.src_id;
+    let closer = ctx
+        .overlay
+        .routing()
+        .peers()
+        .any(|(_, p)| p.node_id != answerer && p2p_common::route::closer(&dst.0, &p.node_id.0, &answerer.0));
+    if closer && answerer != ctx.node_id && !p2p_common::route::closer(&dst.0, &ctx.node_id.0, &answerer.0) {
+        ctx.reputation.report(Subject::Node(answerer), Evidence::BadLookupReply, 1);
+    }
     // The owner echoes the LOOKUP's ttl on arrival in the reply's ttl; each
     // forwarding hop took one.
     let hops = pkt.ttl.saturating_sub(reply.ttl) as u32 + 1;

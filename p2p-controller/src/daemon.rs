@@ -26,7 +26,7 @@ use crate::net::store::SharedStore;
 use crate::net::{self, NetConfig};
 use crate::overlay::OverlayConfig;
 use crate::userspace::Peer;
-use crate::{control, files, liveness, mapsync, overlay, paths, sys, units};
+use crate::{control, files, liveness, mapsync, overlay, paths, reputation, sys, units};
 
 /// Everything `run` must undo, undone on drop (also on early errors).
 struct Cleanup {
@@ -141,6 +141,9 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
     // a lock taken, a program attached).
     let (listen_ip, mut net_cfg) = net_config(&args)?;
     let rate = rate_policy(&args)?;
+    let timing = liveness_timing(&args)?;
+    let reputation_cfg = reputation_config(&args)?;
+    let burst_ms = units::parse_duration(&args.rate_burst).ok().flatten().unwrap_or_default().as_millis() as u64;
     let peers = match &args.peers {
         Some(p) => files::load_peers(p, None)?,
         None => Vec::new(),
@@ -201,10 +204,38 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         store: store.clone(),
     };
     let (overlay, relay, pongs) = overlay::spawn(overlay_cfg, socket, routing.clone(), sync.clone())?;
+    let (bans_tx, bans_rx) = tokio::sync::mpsc::channel(256);
+    let sources = if xdp {
+        reputation::Sources::Kernel(sync.clone(), overlay.clone())
+    } else {
+        reputation::Sources::Userspace(overlay.clone())
+    };
+    let reputation = reputation::spawn(reputation_cfg, sync.clone(), sources, routing.clone(), bans_tx);
     let (liveness_tx, liveness_rx) = tokio::sync::mpsc::channel(256);
-    let liveness = liveness::spawn(overlay.clone(), sync.clone(), routing, pongs, liveness_tx);
+    let evidence =
+        if xdp { liveness::Evidence::Kernel(sync.clone()) } else { liveness::Evidence::Userspace(overlay.clone()) };
+    let liveness = liveness::spawn(
+        timing,
+        liveness::Links {
+            overlay: overlay.clone(),
+            sync: sync.clone(),
+            evidence,
+            routing,
+            pongs,
+            events: liveness_tx,
+            reputation: reputation.clone(),
+        },
+    );
     net_cfg.static_peers = static_peers.clone();
-    let links = net::Links { sync: sync.clone(), store, liveness: liveness_rx };
+    let links = net::Links {
+        sync: sync.clone(),
+        store,
+        liveness: liveness_rx,
+        liveness_handle: liveness.clone(),
+        overlay: overlay.clone(),
+        reputation: reputation.clone(),
+        bans: bans_rx,
+    };
     let net = net::spawn(&identity.keypair, net_cfg, links)?;
 
     let ctx = control::Ctx {
@@ -219,6 +250,8 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         net: net.clone(),
         sync: sync.clone(),
         liveness,
+        reputation,
+        burst: Duration::from_millis(burst_ms),
     };
     control::serve(ctx, &socket_path)?;
     cleanup.socket_path = Some(socket_path.clone());
@@ -233,10 +266,16 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
     ));
 
     wait_for_signal().await?;
-    // Leave first: peers see the connections close and drop this node from
-    // their maps at once, instead of waiting for missed PINGs.
-    net.shutdown(Duration::from_secs(1)).await;
+    // Leave first, so that peers drop this node from their maps at once:
+    // nothing answers their PINGs any more (XDP without a heartbeat, the
+    // relay stopped), then the connections close and their redials are
+    // refused.
+    sync.leave().await;
     relay.stop();
+    net.shutdown(Duration::from_secs(1)).await;
+    // QUIC sends its CONNECTION_CLOSE frames from a background task: let
+    // them leave before the process (and its endpoint) goes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     sys::say(format_args!("p2p-controller: shutting down instance {instance}"));
     sync.stop().await;
     drop(cleanup);
@@ -316,6 +355,49 @@ fn setup_dataplane(
         }
     }
     Ok((Some(dp), xdp_mode))
+}
+
+/// The churn detector's `--probe-interval`, `--probe-timeout`,
+/// `--indirect-timeout` and `--suspicion`.
+fn liveness_timing(args: &RunArgs) -> Result<liveness::Timing> {
+    let d = |flag: &str, s: &str| {
+        units::parse_duration(s)
+            .map_err(|e| Error::Usage(format!("{flag} {e}")))?
+            .ok_or_else(|| Error::Usage(format!("{flag}: give a duration such as 100ms")))
+    };
+    Ok(liveness::Timing {
+        probe_interval: d("--probe-interval", &args.probe_interval)?,
+        probe_timeout: d("--probe-timeout", &args.probe_timeout)?,
+        indirect_timeout: d("--indirect-timeout", &args.indirect_timeout)?,
+        suspicion: d("--suspicion", &args.suspicion)?,
+        ..Default::default()
+    })
+}
+
+/// Reputation's `--ban-threshold`, `--score-half-life`, `--ban-base`,
+/// `--ban-max` and `--prefix-ban-after`.
+fn reputation_config(args: &RunArgs) -> Result<reputation::Config> {
+    let d = |flag: &str, s: &str| {
+        units::parse_duration(s)
+            .map_err(|e| Error::Usage(format!("{flag} {e}")))?
+            .ok_or_else(|| Error::Usage(format!("{flag}: give a duration such as 60s")))
+    };
+    if args.ban_threshold.is_nan() || args.ban_threshold >= 0.0 {
+        return Err(Error::Usage(format!(
+            "--ban-threshold {}: scores start at 0 and evidence lowers them; give a negative number",
+            args.ban_threshold
+        )));
+    }
+    let policy = reputation::Policy {
+        threshold: args.ban_threshold,
+        half_life: d("--score-half-life", &args.score_half_life)?,
+        ban_base: d("--ban-base", &args.ban_base)?,
+        ban_max: d("--ban-max", &args.ban_max)?,
+    };
+    if policy.ban_max < policy.ban_base {
+        return Err(Error::Usage("--ban-max is shorter than --ban-base".into()));
+    }
+    Ok(reputation::Config { policy, prefix_ban_after: args.prefix_ban_after as usize })
 }
 
 /// The rate budgets of `--rate-default`, `--rate-nonpeer`, `--rate-class`.
@@ -412,6 +494,13 @@ fn net_config(args: &RunArgs) -> Result<(IpAddr, NetConfig)> {
         overlay_port: args.overlay_port,
         overlay_ip: overlay_ip.filter(|ip| !ip.is_unspecified()),
         static_peers: Vec::new(),
+        max_per_prefix: args.max_per_prefix as usize,
+        flap: net::peers::FlapPolicy {
+            deaths: args.flap_deaths as usize,
+            window: units::parse_duration(&args.flap_window)
+                .map_err(|e| Error::Usage(format!("--flap-window {e}")))?
+                .unwrap_or(Duration::MAX),
+        },
     };
     if !cfg.kad_protocol.starts_with('/') {
         return Err(Error::Usage(format!("--kad-protocol {:?}: a protocol name starts with '/'", cfg.kad_protocol)));

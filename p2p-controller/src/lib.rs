@@ -18,6 +18,7 @@ pub mod mapsync;
 pub mod net;
 pub mod overlay;
 pub mod paths;
+pub mod reputation;
 pub mod sys;
 pub mod units;
 pub mod userspace;

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use p2p_controller::api::{self, Request};
-use p2p_controller::cli::{Cli, ClientArgs, Command, DhtCommand, MapsWhich, PubsubCommand};
+use p2p_controller::cli::{Cli, ClientArgs, Command, DhtCommand, MapsWhich, PubsubCommand, RateCommand};
 use p2p_controller::error::{Error, Result};
 use p2p_controller::{control, daemon, dataplane, identity, maps_cmd, paths, sys};
 use serde_json::json;
@@ -219,6 +219,84 @@ fn dispatch(cli: Cli) -> Result<()> {
                 print_json(&v);
             } else {
                 println!("PONG from {}: rtt {} us", v.from, v.rtt_us);
+            }
+            Ok(())
+        }
+        Command::Block { target, duration, reason, client, json } => {
+            // Checked here too, so that bad input changes nothing.
+            p2p_controller::units::parse_block_target(&target).map_err(Error::Usage)?;
+            let for_s = match duration.as_deref().map(p2p_controller::units::parse_duration) {
+                None => None,
+                Some(Ok(d)) => d.map(|d| d.as_secs().max(1)),
+                Some(Err(e)) => return Err(Error::Usage(format!("--for {e}"))),
+            };
+            let v: api::BlockView = ask(&client, &instance, Request::Block { target, for_s, reason })?;
+            if json {
+                print_json(&v);
+            } else {
+                let until = v.ban.remaining_s.map_or("until unblocked".to_string(), |s| format!("for {s} s"));
+                println!("blocked {} {until} ({})", v.target, v.ban.text);
+            }
+            Ok(())
+        }
+        Command::Unblock { target, client, json } => {
+            p2p_controller::units::parse_block_target(&target).map_err(Error::Usage)?;
+            let v: api::Unblocked = ask(&client, &instance, Request::Unblock { target })?;
+            if json {
+                print_json(&v);
+            } else if v.was_blocked {
+                println!("unblocked {}", v.target);
+            } else {
+                println!("{} was not blocked by this daemon (any kernel entry for it is removed)", v.target);
+            }
+            Ok(())
+        }
+        Command::Reputation { client, json } => {
+            let v: api::ReputationView = ask(&client, &instance, Request::Reputation)?;
+            if json {
+                print_json(&v);
+            } else {
+                println!(
+                    "ban below {} (half-life {} s); bans {} s, doubling to {} s",
+                    v.threshold, v.half_life_s, v.ban_base_s, v.ban_max_s
+                );
+                println!("\n{:<66} {:>8} {:>4}  evidence", "subject", "score", "bans");
+                for s in &v.subjects {
+                    let ev: Vec<String> = s.evidence.iter().map(|(k, n)| format!("{k}={n}")).collect();
+                    println!("{:<66} {:>8.1} {:>4}  {}", s.subject, s.score, s.offences, ev.join(" "));
+                }
+                println!("\n{:<66} {:<10} {:>10}  why", "blocked", "reason", "remaining");
+                for b in &v.blocks {
+                    let left = b.ban.remaining_s.map_or("forever".into(), |s| format!("{s} s"));
+                    println!("{:<66} {:<10} {:>10}  {} ({})", b.target, b.ban.reason, left, b.ban.text, b.by);
+                }
+            }
+            Ok(())
+        }
+        Command::Rate { action, client, json } => {
+            let req = match action {
+                None => Request::Rate,
+                Some(RateCommand::Set { class, rate }) => {
+                    p2p_controller::units::parse_budget(&rate, std::time::Duration::ZERO).map_err(Error::Usage)?;
+                    Request::RateSet { class, rate }
+                }
+                Some(RateCommand::Assign { node_id, class }) => {
+                    node_id.parse::<p2p_common::id::NodeId>().map_err(|e| Error::Usage(format!("NODE_ID: {e}")))?;
+                    Request::RateAssign { node_id, class }
+                }
+            };
+            let v: api::RateView = ask(&client, &instance, req)?;
+            if json {
+                print_json(&v);
+            } else {
+                for (c, r) in &v.classes {
+                    println!("class {c:<16} {r}");
+                }
+                println!("non-peers        {}", v.nonpeer);
+                println!("burst            {} ms of budget", v.burst_ms);
+                for (n, c) in &v.assigned {
+                    println!("peer {n} in {c}");
+                }
             }
             Ok(())
         }

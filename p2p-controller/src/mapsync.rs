@@ -30,7 +30,7 @@ use p2p_common::id::NodeId;
 use p2p_common::maps::{BlockEntry, Counter, LinkKey, PEER_LIVE, PEER_V4, PeerEntry, RateBudget, SourceStats};
 use tokio::sync::{oneshot, watch};
 
-use crate::api::{KernelStatus, SyncStats};
+use crate::api::{KernelStatus, MapChange, SyncStats};
 use crate::dataplane::{BlockTarget, Dataplane, SlotEntry};
 use crate::userspace::{Blocks, Peer, Router};
 
@@ -189,9 +189,20 @@ fn sync(w: &mut Worker, peers: &[Peer], since: Instant) -> Result<(), String> {
     let peers: Vec<Peer> = peers.iter().map(|p| Peer { budget: w.rate.budget_for(&p.node_id), ..p.clone() }).collect();
     let before = w.slots.clone();
     let Some(plan) = w.slots.plan(&peers) else { return Ok(()) };
+    let old: std::collections::HashSet<NodeId> = w.entries.iter().map(|(_, p)| p.node_id).collect();
     let result = apply(w, &plan);
     if result.is_err() {
         w.slots = before;
+    } else {
+        let now = crate::overlay::monotonic_ns();
+        let new: std::collections::HashSet<NodeId> = plan.entries.iter().map(|(_, p)| p.node_id).collect();
+        let changes =
+            new.difference(&old).map(|id| (id, "added")).chain(old.difference(&new).map(|id| (id, "removed")));
+        for (id, change) in changes {
+            w.stats.recent.push(MapChange { node_id: id.to_string(), change: change.into(), mono_ns: now });
+        }
+        let excess = w.stats.recent.len().saturating_sub(64);
+        w.stats.recent.drain(..excess);
     }
     record(&mut w.stats, &plan, since.elapsed(), result.clone());
     result
@@ -225,12 +236,15 @@ enum Command {
     Status(oneshot::Sender<(SyncStats, KernelStatus)>),
     /// The controller is alive (CLOCK_MONOTONIC ns).
     Heartbeat(u64),
+    /// Leaving: the heartbeat stops now (XDP stops answering PINGs).
+    Leave(oneshot::Sender<()>),
     /// LAST_SEEN of every routed peer.
     LastSeen(oneshot::Sender<Vec<(NodeId, u64)>>),
     SourceStats(oneshot::Sender<Vec<([u8; 16], SourceStats)>>),
     Block(BlockTarget, BlockEntry, Reply<()>),
     Unblock(BlockTarget, Reply<()>),
     Rate(RatePolicy, Reply<()>),
+    GetRate(oneshot::Sender<RatePolicy>),
     /// Detach XDP and remove the pins; the thread ends.
     Stop(oneshot::Sender<()>),
 }
@@ -254,6 +268,7 @@ struct Worker {
     rate: RatePolicy,
     /// Poll aya-log's ring (`--ebpf-log`).
     flush_logs: bool,
+    leaving: bool,
 }
 
 impl Worker {
@@ -349,6 +364,7 @@ pub fn spawn(
         blocks: HashMap::new(),
         rate: rate.clone(),
         flush_logs,
+        leaving: false,
     };
     if let Some(dp) = w.dp.as_mut() {
         dp.set_nonpeer_budget(rate.nonpeer).map_err(|e| e.to_string())?;
@@ -413,8 +429,20 @@ impl MapSyncHandle {
         self.call(|r| Command::Unblock(target, r)).await
     }
 
+    pub async fn rate(&self) -> Result<RatePolicy, String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::GetRate(tx)).map_err(|_| "map sync has stopped".to_string())?;
+        rx.await.map_err(|_| "map sync has stopped".to_string())
+    }
+
     pub async fn set_rate(&self, policy: RatePolicy) -> Result<(), String> {
         self.call(|r| Command::Rate(policy, r)).await
+    }
+
+    /// Stops the heartbeat for good: from now on XDP does not answer PINGs
+    /// for this node (it is leaving).
+    pub async fn leave(&self) {
+        self.ask(Command::Leave).await
     }
 
     /// Detaches XDP and removes the pins; returns once done (or at once if
@@ -458,11 +486,21 @@ fn worker(mut w: Worker, rx: Receiver<Command>) {
                     }
                 }
                 Command::Heartbeat(now) => {
-                    if let Some(dp) = w.dp.as_mut()
+                    if !w.leaving
+                        && let Some(dp) = w.dp.as_mut()
                         && let Err(e) = dp.heartbeat(now)
                     {
                         log::warn!("heartbeat: {e}");
                     }
+                }
+                Command::Leave(reply) => {
+                    w.leaving = true;
+                    if let Some(dp) = w.dp.as_mut()
+                        && let Err(e) = dp.heartbeat(0)
+                    {
+                        log::warn!("heartbeat: {e}");
+                    }
+                    let _ = reply.send(());
                 }
                 Command::Status(reply) => {
                     let _ = reply.send((w.stats.clone(), w.kernel_status()));
@@ -491,6 +529,9 @@ fn worker(mut w: Worker, rx: Receiver<Command>) {
                 }
                 Command::Rate(policy, reply) => {
                     let _ = reply.send(w.set_rate(policy));
+                }
+                Command::GetRate(reply) => {
+                    let _ = reply.send(w.rate.clone());
                 }
                 Command::Stop(reply) => {
                     if let Some(mut dp) = w.dp.take() {

@@ -160,6 +160,10 @@ impl Router {
         &self.table
     }
 
+    pub fn peer(&self, slot: u32) -> Option<&Peer> {
+        self.peers.get(&slot)
+    }
+
     pub fn peers(&self) -> impl Iterator<Item = (&u32, &Peer)> {
         self.peers.iter()
     }
@@ -276,10 +280,16 @@ impl Default for Counters {
 impl Counters {
     /// `from` is canonical (IPv4 peers as IPv4, as the relay hands them over).
     pub fn count(&mut self, index: u32, udp_payload_len: usize, from: SocketAddr) {
-        let ip_hdr = if from.is_ipv4() { 20 } else { 40 };
         let c = &mut self.0[index as usize];
         c.packets += 1;
-        c.bytes += (14 + ip_hdr + 8 + udp_payload_len) as u64;
+        c.bytes += Counters::frame_bytes(udp_payload_len, from);
+    }
+
+    /// The Ethernet frame XDP would have seen for a datagram of
+    /// `udp_payload_len` bytes from `from` (no IP options).
+    pub fn frame_bytes(udp_payload_len: usize, from: SocketAddr) -> u64 {
+        let ip_hdr = if from.is_ipv4() { 20 } else { 40 };
+        (14 + ip_hdr + 8 + udp_payload_len) as u64
     }
 }
 

@@ -113,3 +113,69 @@ impl Pair {
         Ok(Pair { a, b })
     }
 }
+
+/// iptables rules in the LAN's bridge namespace, for bridged frames (the
+/// kernel's br_netfilter hands them to iptables and ip6tables), deleted on
+/// drop. ARP is not filtered (arptables): neighbour entries stay valid,
+/// as they would for a host that vanished a moment ago.
+pub struct BridgeRules<'a> {
+    lan: &'a Lan,
+    /// (`-A` arguments) per rule, each in iptables and ip6tables.
+    rules: Vec<Vec<String>>,
+}
+
+impl Lan {
+    fn bridge_nf(&self) -> Result<()> {
+        for fam in ["iptables", "ip6tables"] {
+            self.bridge.sysctl(&format!("net.bridge.bridge-nf-call-{fam}"), "1")?;
+        }
+        Ok(())
+    }
+
+    /// Every frame from or to host `i` (1-based) dropped on its link: the
+    /// host vanishes without a FIN or an RST.
+    pub fn isolate(&self, i: usize) -> Result<BridgeRules<'_>> {
+        let port = self.ports[i - 1].clone();
+        let rules = ["--physdev-in", "--physdev-out"]
+            .iter()
+            .map(|dir| ["FORWARD", "-m", "physdev", dir, &port, "-j", "DROP"].map(String::from).to_vec())
+            .collect();
+        BridgeRules::install(self, rules)
+    }
+
+    /// Each bridged frame dropped with probability `p`: random loss on
+    /// every link.
+    pub fn lossy(&self, p: f64) -> Result<BridgeRules<'_>> {
+        let rule = ["FORWARD", "-m", "statistic", "--mode", "random", "--probability", &format!("{p}"), "-j", "DROP"];
+        BridgeRules::install(self, vec![rule.map(String::from).to_vec()])
+    }
+}
+
+impl<'a> BridgeRules<'a> {
+    fn install(lan: &'a Lan, rules: Vec<Vec<String>>) -> Result<BridgeRules<'a>> {
+        lan.bridge_nf()?;
+        let guard = BridgeRules { lan, rules: Vec::new() };
+        let mut guard = guard;
+        for r in rules {
+            for fam in ["iptables", "ip6tables"] {
+                let mut args = vec!["-w", "-A"];
+                args.extend(r.iter().map(String::as_str));
+                lan.bridge.exec(fam, &args)?;
+            }
+            guard.rules.push(r);
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for BridgeRules<'_> {
+    fn drop(&mut self) {
+        for r in &self.rules {
+            for fam in ["iptables", "ip6tables"] {
+                let mut args = vec!["-w", "-D"];
+                args.extend(r.iter().map(String::as_str));
+                let _ = self.lan.bridge.exec(fam, &args);
+            }
+        }
+    }
+}

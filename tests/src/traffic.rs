@@ -139,6 +139,29 @@ where
     Ok(n)
 }
 
+/// Sends `make(i)` for i = 0, 1, … to `to` at `pps` packets per second
+/// for `length`, paced by the clock (a burst each millisecond catches up
+/// with what is due); returns how many were sent.
+pub fn send_at_rate(
+    sock: &UdpSocket,
+    to: SocketAddr,
+    pps: u64,
+    length: Duration,
+    mut make: impl FnMut(u64) -> Vec<u8>,
+) -> Result<u64> {
+    let start = std::time::Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < length {
+        let due = (start.elapsed().as_secs_f64() * pps as f64) as u64;
+        while sent < due {
+            send_one(sock, to, &make(sent))?;
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    Ok(sent)
+}
+
 /// Reads overlay packets from (a clone of) `sock` on a thread until
 /// `expected` arrived or nothing came for `idle`. Undecodable datagrams are
 /// returned as errors in the second list.

@@ -51,6 +51,15 @@ pub fn unique(tag: &str) -> String {
     format!("{}-{}-{tag}", prefix(), N.fetch_add(1, Ordering::Relaxed))
 }
 
+/// CLOCK_MONOTONIC in ns: the clock the controllers stamp map changes with
+/// (shared by every network namespace of the host).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// A directory under the system temp dir, removed on drop.
 pub struct TempDir {
     path: PathBuf,

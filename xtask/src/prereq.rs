@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 
 /// System packages: LLVM for bpf-linker (and what it links against), and the
 /// tools the tests and README use.
-pub const APT_PACKAGES: [&str; 7] =
-    ["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "bpftool", "iproute2", "ethtool"];
+/// iptables: the namespace tests drop traffic on the testbed's bridge
+/// (a vanished host, random loss).
+pub const APT_PACKAGES: [&str; 8] =
+    ["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "bpftool", "iproute2", "ethtool", "iptables"];
 pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 pub const BPFFS: &str = "/sys/fs/bpf";
 pub const MIN_KERNEL: (u32, u32) = (5, 15);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{StreamProtocol, Swarm, gossipsub, identify, kad, mdns, noise, ping, tcp, yamux};
+use libp2p::{StreamProtocol, Swarm, allow_block_list, gossipsub, identify, kad, mdns, noise, ping, tcp, yamux};
 
 use super::NetConfig;
 use super::store::SharedStore;
@@ -16,11 +16,15 @@ pub const IDENTIFY_PROTOCOL: &str = "/p2p-nos/1.0.0";
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Peers banned by reputation: their connections are refused.
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub kad: kad::Behaviour<SharedStore>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub gossipsub: gossipsub::Behaviour,
+    /// Indirect probes for the churn detector.
+    pub probe: super::probes::Behaviour,
 }
 
 /// Builds the swarm (no listeners yet).
@@ -45,6 +49,9 @@ pub fn build(keypair: &Keypair, cfg: &NetConfig, store: SharedStore) -> Result<S
             if let Some(i) = cfg.republish_interval {
                 kcfg.set_publication_interval(Some(i));
             }
+            // Records from others are validated before they are stored
+            // (net::defense): a bad one is evidence for reputation.
+            kcfg.set_record_filtering(kad::StoreInserts::FilterBoth);
             let mut kad = kad::Behaviour::with_config(peer, store, kcfg);
             // Without a confirmed external address kad stays a client and
             // answers nothing (DESIGN.md, libp2p facts).
@@ -68,9 +75,22 @@ pub fn build(keypair: &Keypair, cfg: &NetConfig, store: SharedStore) -> Result<S
                 .heartbeat_interval(Duration::from_millis(500))
                 .build()
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
-            let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gcfg)
+            let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gcfg)
                 .map_err(std::io::Error::other)?;
-            Ok(Behaviour { kad, identify, ping: ping::Behaviour::default(), mdns: Toggle::from(mdns), gossipsub })
+            // Gossipsub v1.1 peer scoring with libp2p's defaults; our own
+            // evidence goes in as the application-specific score.
+            gossipsub
+                .with_peer_score(gossipsub::PeerScoreParams::default(), gossipsub::PeerScoreThresholds::default())
+                .map_err(std::io::Error::other)?;
+            Ok(Behaviour {
+                blocked: Default::default(),
+                kad,
+                identify,
+                ping: ping::Behaviour::default(),
+                mdns: Toggle::from(mdns),
+                gossipsub,
+                probe: super::probes::behaviour(),
+            })
         })
         .map_err(|e| format!("libp2p behaviour: {e}"))?
         // Connections to routing-table peers are what tells us quickly that

@@ -19,14 +19,17 @@ use super::behaviour::{Behaviour, BehaviourEvent};
 use super::bootstrap::Target;
 use super::dht::Dht;
 use super::peers::PeerBook;
+use super::probes::{Answered, Probes};
 use super::pubsub::Pubsub;
 use super::store::SharedStore;
 use super::{NetCommand, NetConfig};
 use crate::api::{NetStatus, PeerView};
 use crate::error::{Error, Result};
 use crate::identity::node_id_of;
-use crate::liveness;
+use crate::liveness::{self, LivenessHandle};
 use crate::mapsync::MapSyncHandle;
+use crate::overlay::OverlayHandle;
+use crate::reputation::{self, ReputationHandle};
 use crate::userspace::Peer;
 
 const TICK: Duration = Duration::from_millis(100);
@@ -52,29 +55,43 @@ pub struct EventLoop {
     pub(super) rebootstrap_at: Option<Instant>,
     pub(super) dht: Dht,
     pub(super) pubsub: Pubsub,
+    pub(super) probes: Probes,
+    pub(super) overlay: OverlayHandle,
+    pub(super) liveness: LivenessHandle,
+    pub(super) reputation: ReputationHandle,
     // Map sync.
     sync: MapSyncHandle,
     /// When the first change not yet handed to map sync was seen.
     changed: Option<Instant>,
     last_desired: Option<Vec<Peer>>,
     pub(super) ticks: u64,
+    /// The libp2p listeners (closed first when leaving).
+    listeners: Vec<libp2p::core::transport::ListenerId>,
     /// Leaving: answer when every connection is closed or at the deadline.
     leaving: Option<(oneshot::Sender<()>, Instant)>,
 }
 
 impl EventLoop {
-    pub fn new(mut swarm: Swarm<Behaviour>, cfg: NetConfig, sync: MapSyncHandle, store: SharedStore) -> Result<Self> {
+    pub fn new(
+        mut swarm: Swarm<Behaviour>,
+        cfg: NetConfig,
+        sync: MapSyncHandle,
+        store: SharedStore,
+        overlay: OverlayHandle,
+        liveness: LivenessHandle,
+        reputation: ReputationHandle,
+    ) -> Result<Self> {
         let kad_protocol = StreamProtocol::try_from_owned(cfg.kad_protocol.clone())
             .map_err(|e| Error::Usage(format!("--kad-protocol: {e}")))?;
-        let mut listening = 0;
+        let mut listeners = Vec::new();
         let mut errors = Vec::new();
         for addr in &cfg.listen {
             match swarm.listen_on(addr.clone()) {
-                Ok(_) => listening += 1,
+                Ok(id) => listeners.push(id),
                 Err(e) => errors.push(format!("{addr}: {}", crate::dataplane::error_chain(&e))),
             }
         }
-        if listening == 0 {
+        if listeners.is_empty() {
             return Err(Error::Usage(format!(
                 "libp2p cannot listen on any address ({}); is the port in use? pick another with --p2p-port or --listen",
                 errors.join("; ")
@@ -90,10 +107,10 @@ impl EventLoop {
         }
         Ok(EventLoop {
             swarm,
-            cfg,
             kad_protocol,
             store,
-            book: PeerBook::default(),
+            book: PeerBook::new(cfg.flap),
+            cfg,
             redials: HashMap::new(),
             dead_found: 0,
             routed_ids: HashMap::new(),
@@ -102,24 +119,43 @@ impl EventLoop {
             rebootstrap_at: None,
             dht: Dht::default(),
             pubsub: Pubsub::default(),
+            probes: Probes::default(),
+            overlay,
+            liveness,
+            reputation,
             sync,
             changed: Some(now),
             last_desired: None,
             ticks: 0,
+            listeners,
             leaving: None,
         })
     }
 
-    pub async fn run(mut self, mut rx: mpsc::Receiver<NetCommand>, mut liveness: mpsc::Receiver<liveness::Event>) {
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<NetCommand>,
+        mut liveness: mpsc::Receiver<liveness::Event>,
+        mut bans: mpsc::Receiver<reputation::Event>,
+    ) {
         let mut tick = tokio::time::interval(TICK);
+        let mut scores = tokio::time::interval(Duration::from_secs(1));
+        // Helper PINGs for others' indirect probes report here.
+        let (probe_tx, mut probe_rx) = mpsc::channel::<Answered>(64);
         loop {
             tokio::select! {
-                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                ev = self.swarm.select_next_some() => self.on_swarm_event(ev, &probe_tx),
                 cmd = rx.recv() => match cmd {
                     Some(c) => self.on_command(c),
                     None => return,
                 },
                 Some(ev) = liveness.recv() => self.on_liveness(ev),
+                Some(done) = probe_rx.recv() => self.probe_done(done),
+                Some(ev) = bans.recv() => self.on_reputation(ev),
+                _ = scores.tick() => {
+                    let ours = self.reputation.node_scores().await;
+                    self.exchange_scores(ours);
+                }
                 _ = tick.tick() => self.on_tick(),
             }
             if let Some((_, deadline)) = &self.leaving
@@ -178,8 +214,9 @@ impl EventLoop {
         }
     }
 
-    fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+    fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>, probe_tx: &mpsc::Sender<Answered>) {
         match ev {
+            SwarmEvent::Behaviour(BehaviourEvent::Probe(e)) => self.on_probe(e, probe_tx),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.on_identify(e),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(e)) => self.on_mdns(e),
@@ -190,8 +227,14 @@ impl EventLoop {
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 self.on_connection_established(peer_id, connection_id, endpoint.get_remote_address());
             }
-            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
-                self.on_connection_closed(peer_id, connection_id, num_established, cause);
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, endpoint, .. } => {
+                self.on_connection_closed(
+                    peer_id,
+                    connection_id,
+                    num_established,
+                    cause,
+                    endpoint.get_remote_address(),
+                );
             }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
                 self.on_dial_error(connection_id, peer_id, &error);
@@ -211,7 +254,10 @@ impl EventLoop {
                 }
                 self.touch();
             }
-            kad::Event::InboundRequest { .. } => self.dht.inbound_requests += 1,
+            kad::Event::InboundRequest { request } => {
+                self.dht.inbound_requests += 1;
+                self.on_inbound_record(request);
+            }
             kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
                 kad::QueryResult::GetRecord(r) => self.on_get_progress(id, r),
                 kad::QueryResult::PutRecord(r) => self.on_put_done(id, r),
@@ -237,6 +283,12 @@ impl EventLoop {
     fn on_command(&mut self, cmd: NetCommand) {
         match cmd {
             NetCommand::Shutdown(reply) => {
+                // Listeners first: a peer that sees its connection close
+                // redials at once, and must be refused to find this node
+                // gone (else it reconnects to a node about to exit).
+                for id in std::mem::take(&mut self.listeners) {
+                    self.swarm.remove_listener(id);
+                }
                 let peers: Vec<PeerId> = self.book.iter().filter(|(_, s)| s.connected()).map(|(p, _)| *p).collect();
                 log::info!("leaving: closing {} connection(s)", peers.len());
                 for p in peers {
@@ -304,6 +356,7 @@ impl EventLoop {
                 routable: true,
                 state: "routable (static)".into(),
                 agent: String::new(),
+                liveness: None,
             })
             .collect();
         let mut entries: Vec<(PeerId, Vec<String>)> = Vec::new();
@@ -325,10 +378,12 @@ impl EventLoop {
                 routable: self.book.is_routed(&pid),
                 state: st.state(),
                 agent: st.agent.clone(),
+                liveness: None,
             });
         }
-        for (pid, st) in self.book.iter().filter(|(p, s)| !in_table.contains(p) && (s.connected() || s.dead.is_some()))
-        {
+        for (pid, st) in self.book.iter().filter(|(p, s)| {
+            !in_table.contains(p) && (s.connected() || s.dead.is_some() || s.banned || s.refused.is_some())
+        }) {
             out.push(PeerView {
                 peer_id: Some(pid.to_string()),
                 node_id: node_id_of(pid).to_string(),
@@ -339,6 +394,7 @@ impl EventLoop {
                 routable: false,
                 state: format!("not in the routing table; {}", st.state()),
                 agent: st.agent.clone(),
+                liveness: None,
             });
         }
         out

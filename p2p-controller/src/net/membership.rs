@@ -14,6 +14,7 @@ use libp2p::{Multiaddr, PeerId, identify, kad, mdns, ping};
 
 use super::advert;
 use super::event_loop::EventLoop;
+use crate::identity::node_id_of;
 use crate::liveness;
 use crate::sys;
 
@@ -42,6 +43,7 @@ impl EventLoop {
         conn: ConnectionId,
         num_established: u32,
         cause: Option<libp2p::swarm::ConnectionError>,
+        remote: &Multiaddr,
     ) {
         let last = self.book.on_closed(&peer, conn);
         if num_established == 0 {
@@ -50,17 +52,24 @@ impl EventLoop {
                 t.on_lost(now);
             }
         }
-        if last && self.book.is_routed(&peer) {
+        // A TCP connection closes when the peer's process ends (its kernel
+        // sends FIN or RST); a QUIC one beside it may not notice for many
+        // seconds. So the close of either the last connection or a TCP one
+        // is checked with a TCP redial.
+        if (last || is_tcp(remote)) && self.book.is_routed(&peer) {
             // Alive peers answer a redial at once; a stopped one refuses
             // it, and is found dead without waiting for PINGs.
-            log::debug!("last connection to routed peer {peer} closed ({cause:?}): redialling");
+            log::debug!("connection to routed peer {peer} closed ({cause:?}): redialling");
             // TCP only: a QUIC dial to a closed port fails only when its
             // handshake times out, seconds later.
-            let tcp: Vec<Multiaddr> = self.kad_addresses(&peer).into_iter().filter(is_tcp).collect();
+            let mut known = self.book.get(&peer).map(|s| s.listen_addrs.clone()).unwrap_or_default();
+            known.extend(self.kad_addresses(&peer));
+            let mut tcp: Vec<Multiaddr> = known.into_iter().filter(is_tcp).collect();
+            tcp.dedup();
             let opts = if tcp.is_empty() {
                 DialOpts::peer_id(peer).condition(PeerCondition::DisconnectedAndNotDialing).build()
             } else {
-                DialOpts::peer_id(peer).addresses(tcp).condition(PeerCondition::DisconnectedAndNotDialing).build()
+                DialOpts::peer_id(peer).addresses(tcp).condition(PeerCondition::NotDialing).build()
             };
             let id = opts.connection_id();
             if self.swarm.dial(opts).is_ok() {
@@ -82,14 +91,20 @@ impl EventLoop {
                 t.failures + 1
             );
         }
-        if let Some(peer) = self.redials.remove(&conn).or(peer.filter(|p| self.book.is_routed(p)))
+        // A refused redial: its process is gone, whatever other (QUIC)
+        // connection still looks open; those are closed too.
+        let refused_redial = self.redials.remove(&conn);
+        if let Some(peer) = refused_redial {
+            self.found_dead(peer, format!("unreachable: {err}"), false);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        } else if let Some(peer) = peer.filter(|p| self.book.is_routed(p))
             && !self.book.get(&peer).is_some_and(|s| s.connected())
         {
             self.found_dead(peer, format!("unreachable: {err}"), false);
         }
     }
 
-    /// The liveness component's verdict on a routed peer.
+    /// The liveness component's verdicts and requests.
     pub(super) fn on_liveness(&mut self, ev: liveness::Event) {
         match ev {
             liveness::Event::Dead { node, reason } => {
@@ -98,13 +113,48 @@ impl EventLoop {
                     self.found_dead(peer, reason, true);
                 }
             }
+            liveness::Event::Alive { node } => {
+                let now = Instant::now();
+                let peer = self.book.iter().find(|(p, s)| s.dead.is_some() && node_id_of(p) == node).map(|(p, _)| *p);
+                if let Some(peer) = peer
+                    && self.book.revive(&peer, now)
+                {
+                    log::info!("peer {peer} answers on the overlay again: back in the routing table");
+                    self.offer_to_kad(&peer);
+                    self.reconnect(peer);
+                    self.touch();
+                }
+            }
+            liveness::Event::Probe { node, addr, helpers, reply } => self.probe_indirectly(node, addr, helpers, reply),
         }
+    }
+
+    /// A routed peer should have a connection: its close (or the refusal
+    /// to reopen it) is the fastest sign that it stopped.
+    fn reconnect(&mut self, peer: PeerId) {
+        if self.book.get(&peer).is_some_and(|s| s.connected()) {
+            return;
+        }
+        let addrs = self.book.get(&peer).map(|s| s.listen_addrs.clone()).unwrap_or_default();
+        let mut tcp: Vec<Multiaddr> = addrs.iter().filter(|a| is_tcp(a)).cloned().collect();
+        if tcp.is_empty() {
+            tcp = addrs;
+        }
+        let opts = DialOpts::peer_id(peer).addresses(tcp).condition(PeerCondition::DisconnectedAndNotDialing).build();
+        let _ = self.swarm.dial(opts);
     }
 
     /// Takes a peer out of the maps and of Kademlia's table.
     pub(super) fn found_dead(&mut self, peer: PeerId, why: String, by_pong: bool) {
         if self.book.mark_dead(&peer, Instant::now(), why.clone(), by_pong) {
             log::info!("peer {peer} is dead ({why}): removing it from the routing table and the maps");
+            if !by_pong {
+                self.liveness.connection_dead(node_id_of(&peer));
+            }
+            // Whatever connection it still seems to have is stale (a QUIC
+            // one outlives its process for seconds): a peer that proves
+            // alive gets a fresh one, whose close is then news.
+            let _ = self.swarm.disconnect_peer_id(peer);
             self.dead_found += 1;
             self.kad().remove_peer(&peer);
             // Several deaths at once (a host going down) share one query.
@@ -123,7 +173,7 @@ impl EventLoop {
         let offers: Vec<PeerId> = self
             .book
             .iter()
-            .filter(|(p, s)| s.connected() && s.speaks_kad && s.dead.is_none() && !table.contains(p))
+            .filter(|(p, s)| s.connected() && s.routable().is_some() && !table.contains(p))
             .map(|(p, _)| *p)
             .collect();
         for peer in offers {
@@ -160,7 +210,14 @@ impl EventLoop {
         let identify::Event::Received { connection_id, peer_id, info } = e else { return };
         let speaks = info.protocols.contains(&self.kad_protocol);
         let r = self.book.on_identify(peer_id, connection_id, speaks, &info.agent_version, &info.listen_addrs);
-        if speaks {
+        let refused = if speaks { self.over_prefix_limit(&peer_id) } else { None };
+        if let Some(why) = &refused {
+            log::warn!("refusing {peer_id}: {why} (--max-per-prefix {})", self.cfg.max_per_prefix);
+            self.book.set_refused(&peer_id, refused.clone());
+            self.kad().remove_peer(&peer_id);
+            let _ = self.swarm.disconnect_peer_id(peer_id);
+        } else if speaks {
+            self.book.set_refused(&peer_id, None);
             // Only now does the peer enter Kademlia's table (DESIGN.md:
             // add_address alone would let a non-speaker in).
             self.offer_to_kad(&peer_id);
@@ -211,6 +268,7 @@ impl EventLoop {
         for p in self.book.revive_due(now) {
             log::info!("peer {p} may be routed to again (revive back-off over)");
             self.offer_to_kad(&p);
+            self.reconnect(p);
             self.touch();
         }
         if self.ticks.is_multiple_of(100) {

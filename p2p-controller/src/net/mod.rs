@@ -17,10 +17,12 @@
 pub mod advert;
 pub mod behaviour;
 pub mod bootstrap;
+mod defense;
 mod dht;
 mod event_loop;
 mod membership;
 pub mod peers;
+pub mod probes;
 mod pubsub;
 pub mod store;
 
@@ -34,8 +36,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{DhtPut, NetStatus, PeerView, Published, PubsubMessage};
 use crate::error::{Error, Result};
-use crate::liveness;
+use crate::liveness::{self, LivenessHandle};
 use crate::mapsync::MapSyncHandle;
+use crate::overlay::OverlayHandle;
+use crate::reputation::{self, ReputationHandle};
 use crate::userspace::Peer;
 
 /// Default Kademlia protocol name (`--kad-protocol`).
@@ -70,6 +74,10 @@ pub struct NetConfig {
     pub overlay_ip: Option<IpAddr>,
     /// `--peers`: always routed to, whatever Kademlia says.
     pub static_peers: Vec<Peer>,
+    /// When a peer counts as flapping.
+    pub flap: peers::FlapPolicy,
+    /// Node IDs accepted from one /24 or /64.
+    pub max_per_prefix: usize,
 }
 
 /// The answer to a Kademlia get.
@@ -175,15 +183,30 @@ pub struct Links {
     pub sync: MapSyncHandle,
     /// Kademlia's records (shared with the LOOKUP answerer).
     pub store: store::SharedStore,
-    /// Verdicts of the liveness component.
+    /// Verdicts and requests of the liveness component.
     pub liveness: mpsc::Receiver<liveness::Event>,
+    /// Told of the deaths found here (refused redials).
+    pub liveness_handle: LivenessHandle,
+    /// Indirect probes PING through it.
+    pub overlay: OverlayHandle,
+    pub reputation: ReputationHandle,
+    /// Bans to carry out.
+    pub bans: mpsc::Receiver<reputation::Event>,
 }
 
 /// Builds the swarm, starts listening and spawns its task.
 pub fn spawn(keypair: &Keypair, cfg: NetConfig, links: Links) -> Result<NetHandle> {
     let swarm = behaviour::build(keypair, &cfg, links.store.clone()).map_err(Error::Usage)?;
     let (tx, rx) = mpsc::channel(64);
-    let lp = event_loop::EventLoop::new(swarm, cfg, links.sync, links.store)?;
-    tokio::spawn(lp.run(rx, links.liveness));
+    let lp = event_loop::EventLoop::new(
+        swarm,
+        cfg,
+        links.sync,
+        links.store,
+        links.overlay,
+        links.liveness_handle,
+        links.reputation,
+    )?;
+    tokio::spawn(lp.run(rx, links.liveness, links.bans));
     Ok(NetHandle { tx })
 }

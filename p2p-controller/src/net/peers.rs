@@ -13,14 +13,39 @@ use libp2p::swarm::ConnectionId;
 
 use super::advert;
 
-/// A peer found dead by missed PINGs while its libp2p side works (a
-/// firewall, a wrong endpoint) would flap in and out of the maps with every
-/// reconnection: it may come back only after this, doubled each time.
+/// A peer that proves alive again (a new connection, a PONG) is routed to
+/// at once, unless it flaps: found dead by the churn detector at least
+/// `FLAP_DEATHS` times within `FLAP_WINDOW`. Then it comes back only after
+/// a back-off, `REVIVE_BACKOFF` doubled for every death beyond that, up to
+/// `MAX_REVIVE_BACKOFF`. (A clean stop, found by a refused redial, is not
+/// a flap: restarts and upgrades come back at once.)
+pub const FLAP_DEATHS: usize = 3;
+pub const FLAP_WINDOW: Duration = Duration::from_secs(600);
 pub const REVIVE_BACKOFF: Duration = Duration::from_secs(5);
 pub const MAX_REVIVE_BACKOFF: Duration = Duration::from_secs(300);
 
-fn revive_backoff(pong_deaths: u32) -> Duration {
-    REVIVE_BACKOFF.saturating_mul(1 << pong_deaths.saturating_sub(1).min(10)).min(MAX_REVIVE_BACKOFF)
+/// When a peer counts as flapping (`run --flap-deaths`, `--flap-window`).
+#[derive(Debug, Clone, Copy)]
+pub struct FlapPolicy {
+    pub deaths: usize,
+    pub window: Duration,
+}
+
+impl Default for FlapPolicy {
+    fn default() -> Self {
+        FlapPolicy { deaths: FLAP_DEATHS, window: FLAP_WINDOW }
+    }
+}
+
+impl FlapPolicy {
+    /// The back-off after `deaths` recent deaths (none below the threshold).
+    fn backoff(&self, deaths: usize) -> Duration {
+        if deaths < self.deaths {
+            return Duration::ZERO;
+        }
+        let doublings = (deaths - self.deaths).min(10) as u32;
+        REVIVE_BACKOFF.saturating_mul(1 << doublings).min(MAX_REVIVE_BACKOFF)
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -39,10 +64,17 @@ pub struct PeerState {
     /// Found dead (when, why); cleared by a new connection (after the
     /// back-off, when it was the overlay that failed).
     pub dead: Option<(Instant, String)>,
-    /// Times found dead by missed overlay PINGs.
-    pub pong_deaths: u32,
+    /// When the churn detector found it dead (within `FLAP_WINDOW`).
+    pub silent_deaths: Vec<Instant>,
+    /// Dead, it proved alive since (a new connection, an overlay PONG),
+    /// but flaps: it comes back when its back-off ends.
+    pub proven: bool,
     /// Since when the datapath routes to it.
     pub in_maps_since: Option<Instant>,
+    /// Banned by reputation: never routed to until the ban ends.
+    pub banned: bool,
+    /// Refused (why): too many node IDs from its /24 or /64.
+    pub refused: Option<String>,
 }
 
 impl PeerState {
@@ -52,11 +84,21 @@ impl PeerState {
 
     /// The overlay endpoint to route to, if the peer may be routed to.
     pub fn routable(&self) -> Option<SocketAddr> {
-        if self.speaks_kad && self.dead.is_none() { self.endpoint } else { None }
+        if self.speaks_kad && self.dead.is_none() && !self.banned && self.refused.is_none() {
+            self.endpoint
+        } else {
+            None
+        }
     }
 
     /// Why the peer is not routed to (for `peers` and `maps`).
     pub fn state(&self) -> String {
+        if self.banned {
+            return "banned".into();
+        }
+        if let Some(why) = &self.refused {
+            return format!("refused: {why}");
+        }
         match (&self.dead, self.identified, self.speaks_kad, self.endpoint) {
             (Some((_, why)), ..) => format!("dead: {why}"),
             (None, false, ..) => "not identified".into(),
@@ -66,12 +108,16 @@ impl PeerState {
         }
     }
 
-    /// Whether a dead peer may be routed to again on a (new) connection.
-    pub fn may_revive(&self, now: Instant) -> bool {
+    /// Deaths by silence within the window before `now`.
+    pub fn recent_deaths(&self, now: Instant, flap: &FlapPolicy) -> usize {
+        self.silent_deaths.iter().filter(|t| now.saturating_duration_since(**t) < flap.window).count()
+    }
+
+    /// Whether a dead peer may be routed to again once it proves alive.
+    pub fn may_revive(&self, now: Instant, flap: &FlapPolicy) -> bool {
         match &self.dead {
             None => true,
-            Some(_) if self.pong_deaths == 0 => true,
-            Some((at, _)) => now.saturating_duration_since(*at) >= revive_backoff(self.pong_deaths),
+            Some((at, _)) => now.saturating_duration_since(*at) >= flap.backoff(self.recent_deaths(now, flap)),
         }
     }
 }
@@ -87,9 +133,14 @@ pub struct Identified {
 #[derive(Debug, Default)]
 pub struct PeerBook {
     peers: HashMap<PeerId, PeerState>,
+    pub flap: FlapPolicy,
 }
 
 impl PeerBook {
+    pub fn new(flap: FlapPolicy) -> PeerBook {
+        PeerBook { peers: HashMap::new(), flap }
+    }
+
     pub fn get(&self, peer: &PeerId) -> Option<&PeerState> {
         self.peers.get(peer)
     }
@@ -102,22 +153,38 @@ impl PeerBook {
         self.peers.values().filter(|p| p.connected()).count()
     }
 
-    /// A connection came up: a peer found dead gets another chance, unless
-    /// it is in its revive back-off.
+    /// A connection came up: proof of life for a peer found dead.
     pub fn on_connected(&mut self, peer: PeerId, conn: ConnectionId, remote_ip: Option<IpAddr>, now: Instant) {
-        let st = self.peers.entry(peer).or_default();
-        st.connections.insert(conn, remote_ip);
-        if st.may_revive(now) {
-            st.dead = None;
+        self.peers.entry(peer).or_default().connections.insert(conn, remote_ip);
+        self.revive(&peer, now);
+    }
+
+    /// A dead peer proved alive (a new connection, an overlay PONG): alive
+    /// again at once unless it flaps; then `revive_due` brings it back when
+    /// the back-off ends. True if it is alive again now.
+    pub fn revive(&mut self, peer: &PeerId, now: Instant) -> bool {
+        match self.peers.get_mut(peer) {
+            Some(st) if st.dead.is_some() => {
+                if st.may_revive(now, &self.flap) {
+                    st.dead = None;
+                    st.proven = false;
+                    true
+                } else {
+                    st.proven = true;
+                    false
+                }
+            }
+            _ => false,
         }
     }
 
-    /// Connected peers whose revive back-off has run out: alive again.
+    /// Flapping peers that proved alive and whose back-off has run out.
     pub fn revive_due(&mut self, now: Instant) -> Vec<PeerId> {
         let mut revived = Vec::new();
         for (id, st) in self.peers.iter_mut() {
-            if st.dead.is_some() && st.connected() && st.may_revive(now) {
+            if st.dead.is_some() && st.proven && st.may_revive(now, &self.flap) {
                 st.dead = None;
+                st.proven = false;
                 revived.push(*id);
             }
         }
@@ -164,10 +231,25 @@ impl PeerBook {
         match self.peers.get_mut(peer) {
             Some(st) if st.dead.is_none() => {
                 st.dead = Some((now, why.into()));
-                st.pong_deaths += u32::from(by_pong);
+                st.proven = false;
+                if by_pong {
+                    let window = self.flap.window;
+                    st.silent_deaths.retain(|t| now.saturating_duration_since(*t) < window);
+                    st.silent_deaths.push(now);
+                }
                 true
             }
             _ => false,
+        }
+    }
+
+    pub fn set_banned(&mut self, peer: &PeerId, banned: bool) {
+        self.peers.entry(*peer).or_default().banned = banned;
+    }
+
+    pub fn set_refused(&mut self, peer: &PeerId, why: Option<String>) {
+        if let Some(st) = self.peers.get_mut(peer) {
+            st.refused = why;
         }
     }
 
@@ -195,7 +277,7 @@ impl PeerBook {
     /// Forgets peers with no connection that are neither routed to nor
     /// recently dead, so the book does not grow without bound.
     pub fn prune(&mut self, keep: impl Fn(&PeerId) -> bool) {
-        self.peers.retain(|id, st| st.connected() || st.in_maps_since.is_some() || keep(id));
+        self.peers.retain(|id, st| st.connected() || st.in_maps_since.is_some() || st.banned || keep(id));
     }
 }
 
@@ -240,28 +322,44 @@ mod tests {
         assert!(book.get(&p).unwrap().state().starts_with("dead: connection refused"));
         book.on_connected(p, ConnectionId::new_unchecked(2), None, now);
         assert!(book.get(&p).unwrap().routable().is_some(), "reconnected: routable again");
+        // Silent on the overlay while its connection stays up: dead until
+        // it proves alive, however long that takes.
+        assert!(book.mark_dead(&p, now, "silent", true));
+        assert!(book.revive_due(now + Duration::from_secs(3600)).is_empty());
+        assert!(book.revive(&p, now + Duration::from_secs(1)), "a PONG brings it back");
     }
 
     #[test]
-    fn a_peer_silent_on_the_overlay_comes_back_only_after_a_growing_backoff() {
+    fn only_a_peer_that_flaps_waits_for_a_growing_backoff() {
         let mut book = PeerBook::default();
         let p = PeerId::random();
         let t0 = Instant::now();
         book.on_connected(p, ConnectionId::new_unchecked(1), None, t0);
         book.on_identify(p, ConnectionId::new_unchecked(1), true, "", &addrs(&["/ip4/10.99.0.2/udp/9470"]));
-        assert!(book.mark_dead(&p, t0, "no overlay PONG", true));
-        // Reconnecting at once does not bring it back…
-        book.on_connected(p, ConnectionId::new_unchecked(2), None, t0 + Duration::from_secs(1));
-        assert_eq!(book.get(&p).unwrap().routable(), None);
-        assert!(book.revive_due(t0 + Duration::from_secs(4)).is_empty());
-        // …the back-off running out while connected does.
-        assert_eq!(book.revive_due(t0 + REVIVE_BACKOFF), vec![p]);
-        assert!(book.get(&p).unwrap().routable().is_some());
-        // The second time it waits twice as long.
-        let t1 = t0 + Duration::from_secs(60);
-        assert!(book.mark_dead(&p, t1, "no overlay PONG", true));
-        assert!(book.revive_due(t1 + REVIVE_BACKOFF).is_empty());
-        assert_eq!(book.revive_due(t1 + REVIVE_BACKOFF * 2), vec![p]);
-        assert_eq!(revive_backoff(100), MAX_REVIVE_BACKOFF);
+        let s = Duration::from_secs(1);
+        // Two silent deaths in 10 minutes: back at once each time.
+        for i in 0..2u32 {
+            let t = t0 + s * 60 * i;
+            assert!(book.mark_dead(&p, t, "silent", true));
+            assert!(book.revive(&p, t + s / 2), "death {} of a non-flapping peer", i + 1);
+        }
+        // The third makes it a flapper: 5 s before it may come back…
+        let t2 = t0 + s * 120;
+        assert!(book.mark_dead(&p, t2, "silent", true));
+        assert!(!book.revive(&p, t2 + s));
+        book.on_connected(p, ConnectionId::new_unchecked(2), None, t2 + s);
+        assert_eq!(book.get(&p).unwrap().routable(), None, "a reconnection does not bypass the back-off");
+        assert!(book.revive_due(t2 + s * 4).is_empty());
+        assert_eq!(book.revive_due(t2 + REVIVE_BACKOFF), vec![p]);
+        // …the fourth, 10 s.
+        let t3 = t2 + s * 30;
+        assert!(book.mark_dead(&p, t3, "silent", true));
+        assert!(!book.revive(&p, t3 + REVIVE_BACKOFF));
+        assert!(book.revive(&p, t3 + REVIVE_BACKOFF * 2));
+        // Deaths older than the window are forgotten; clean stops never count.
+        let later = t3 + FLAP_WINDOW + s;
+        assert!(book.mark_dead(&p, later, "refused", false));
+        assert!(book.revive(&p, later));
+        assert_eq!(FlapPolicy::default().backoff(100), MAX_REVIVE_BACKOFF);
     }
 }

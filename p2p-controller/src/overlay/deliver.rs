@@ -10,9 +10,10 @@ use p2p_common::codec::{self, Packet};
 use p2p_common::id::NodeId;
 use p2p_common::wire::*;
 
-use super::{MAX_REPLY_VALUE, OverlayConfig, OverlayHandle, Pong, Shared, State};
+use super::{MAX_EVIDENCE, MAX_REPLY_VALUE, OverlayConfig, OverlayHandle, Pong, Shared, State};
 use crate::mapsync::Routing;
-use crate::userspace::Verdict;
+use crate::userspace::{Counters, Router, Verdict};
+use p2p_common::counters;
 
 /// The value served for record key `key` at point `key_id`: the records
 /// file first (an empty `key` matches any record at that point), then
@@ -34,14 +35,21 @@ pub(super) fn on_datagram(
     from: SocketAddr,
 ) -> Option<(SocketAddr, Vec<u8>)> {
     let router = routing.borrow_and_update().clone();
-    let verdict = router.process(buf, from);
+    let now = super::monotonic_ns();
     let mut st = shared.state();
-    if shared.cfg.userspace {
+    let st = &mut *st;
+    // In XDP mode the kernel charged rate budgets and counted evidence
+    // before it passed the packet up.
+    let userspace = shared.cfg.userspace;
+    let frame_bytes = userspace.then(|| Counters::frame_bytes(buf.len(), from));
+    let verdict = router.process_at(buf, from, now, &mut st.sources, frame_bytes);
+    if userspace {
         st.counters.count(verdict.counter(), buf.len(), from);
+        record_evidence(st, &router, buf, from, &verdict, now);
     }
     match verdict {
         Verdict::Drop(_) => None,
-        Verdict::Local(pkt) => deliver(shared, &mut st, pkt),
+        Verdict::Local(pkt) => deliver(shared, st, pkt, from),
         Verdict::Pong { to, bytes } => Some((to, bytes)),
         Verdict::Forward { to, bytes, .. } => {
             // In XDP mode this is the slow path (XDP counted fwd_slow).
@@ -51,8 +59,34 @@ pub(super) fn on_datagram(
     }
 }
 
+/// Userspace datapath: what XDP records in LAST_SEEN and SOURCE_STATS.
+fn record_evidence(st: &mut State, router: &Router, buf: &[u8], from: SocketAddr, verdict: &Verdict, now: u64) {
+    let field = match verdict {
+        Verdict::Drop(c) if *c == counters::DROP_MALFORMED => Some(0),
+        Verdict::Drop(c) if *c == counters::DROP_RATE => Some(1),
+        Verdict::Drop(c) if *c == counters::DROP_AUTH => Some(2),
+        Verdict::Drop(c) if *c == counters::DROP_BLOCKED => Some(3),
+        _ => None,
+    };
+    if let Some(f) = field {
+        if st.evidence.len() >= MAX_EVIDENCE && !st.evidence.contains_key(&from.ip()) {
+            st.evidence.clear();
+        }
+        let e = st.evidence.entry(from.ip()).or_default();
+        *[&mut e.malformed, &mut e.rate, &mut e.auth, &mut e.blocked][f] += 1;
+        return;
+    }
+    // A packet the sending peer originated itself.
+    if let Some(slot) = router.sender(from)
+        && let Some(peer) = router.peer(slot)
+        && buf.get(offset::SRC_ID..offset::SRC_ID + 32) == Some(&peer.node_id.0[..])
+    {
+        st.seen.insert(peer.node_id, now);
+    }
+}
+
 /// Handles a packet delivered to this node's controller.
-fn deliver(shared: &Shared, st: &mut State, pkt: Packet) -> Option<(SocketAddr, Vec<u8>)> {
+fn deliver(shared: &Shared, st: &mut State, pkt: Packet, from: SocketAddr) -> Option<(SocketAddr, Vec<u8>)> {
     let status = &mut st.status;
     match pkt.kind {
         KIND_DATA | KIND_LOOKUP => {
@@ -83,8 +117,19 @@ fn deliver(shared: &Shared, st: &mut State, pkt: Packet) -> Option<(SocketAddr, 
             } else {
                 status.delivered.lookup_reply += 1;
             }
-            if let Some(w) = st.waiting.remove(&pkt.msg_id) {
-                let _ = w.tx.send((pkt, w.sent.elapsed()));
+            match st.waiting.remove(&pkt.msg_id) {
+                Some(w) => {
+                    let _ = w.tx.send((pkt, w.sent.elapsed()));
+                }
+                // Evidence for reputation: replies to nothing (PONGs may be
+                // the liveness component's).
+                None if pkt.kind == KIND_LOOKUP_REPLY => {
+                    if st.unsolicited.len() >= MAX_EVIDENCE && !st.unsolicited.contains_key(&from.ip()) {
+                        st.unsolicited.clear();
+                    }
+                    *st.unsolicited.entry(from.ip()).or_default() += 1;
+                }
+                None => {}
             }
             None
         }

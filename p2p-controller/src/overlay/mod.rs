@@ -25,7 +25,8 @@ use crate::api::OverlayStatus;
 use crate::error::{Error, Result};
 use crate::mapsync::{MapSyncHandle, Routing};
 use crate::net::store::SharedStore;
-use crate::userspace::Counters;
+use crate::userspace::{Counters, SourceState};
+use p2p_common::maps::SourceStats;
 
 /// Largest record value a LOOKUP_REPLY carries: the reply then fits the
 /// IPv6 minimum MTU (1280 − 40 IPv6 − 8 UDP − 96 header − 24 reply fields).
@@ -54,7 +55,20 @@ struct State {
     counters: Counters,
     status: OverlayStatus,
     waiting: HashMap<u64, Waiting>,
+    /// Userspace datapath: rate clocks per source (RATE, RATE_SOURCES).
+    sources: SourceState,
+    /// Userspace datapath: CLOCK_MONOTONIC ns of each peer's last own
+    /// packet (LAST_SEEN).
+    seen: HashMap<NodeId, u64>,
+    /// Userspace datapath: dropped packets per source IP (SOURCE_STATS).
+    evidence: HashMap<std::net::IpAddr, SourceStats>,
+    /// LOOKUP_REPLYs nobody asked for, per source IP.
+    unsolicited: HashMap<std::net::IpAddr, u64>,
 }
+
+/// Sources whose evidence the userspace datapath keeps (forgotten all at
+/// once beyond this, like an LRU without the order).
+const MAX_EVIDENCE: usize = 16_384;
 
 pub struct OverlayConfig {
     pub node_id: NodeId,
@@ -239,6 +253,22 @@ impl OverlayHandle {
 
     pub fn status(&self) -> OverlayStatus {
         self.state().status.clone()
+    }
+
+    /// Userspace datapath: when each peer last sent a packet itself.
+    pub fn last_seen(&self) -> Vec<(NodeId, u64)> {
+        self.state().seen.iter().map(|(id, t)| (*id, *t)).collect()
+    }
+
+    /// LOOKUP_REPLYs that answered nothing this node asked, per source.
+    pub fn unsolicited(&self) -> Vec<(std::net::IpAddr, u64)> {
+        self.state().unsolicited.iter().map(|(ip, n)| (*ip, *n)).collect()
+    }
+
+    /// Userspace datapath: dropped packets per source (SOURCE_STATS's
+    /// layout, addresses IPv4-mapped).
+    pub fn source_stats(&self) -> Vec<([u8; 16], SourceStats)> {
+        self.state().evidence.iter().map(|(ip, s)| (p2p_common::codec::addr_to_mapped(*ip), *s)).collect()
     }
 }
 
