@@ -1,5 +1,5 @@
 //! Encode and decode overlay packets (the UDP payload: header + payload),
-//! with the validation of WIRE.md step 2.
+//! with the validation of docs/WIRE.md step 2.
 
 use crate::id::NodeId;
 use crate::wire::*;
@@ -105,7 +105,7 @@ impl Packet {
     }
 }
 
-/// WIRE.md step 2: is `buf` (a whole UDP payload) a well-formed overlay
+/// docs/WIRE.md step 2: is `buf` (a whole UDP payload) a well-formed overlay
 /// packet? Checks without copying anything.
 pub fn validate(buf: &[u8]) -> Result<(), Malformed> {
     if buf.len() < HEADER_LEN {

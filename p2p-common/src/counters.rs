@@ -1,4 +1,4 @@
-//! STATS counter indices. Names are WIRE.md's; the order follows its steps.
+//! STATS counter indices. Names are docs/WIRE.md's; the order follows its steps.
 
 pub const PASS_OTHER: u32 = 0;
 pub const DROP_MALFORMED: u32 = 1;
@@ -15,7 +15,7 @@ pub const DROP_NO_ROUTE: u32 = 10;
 /// Number of counters; the STATS map has exactly this many entries.
 pub const COUNTER_COUNT: u32 = 11;
 
-/// WIRE.md names, indexed by counter index.
+/// docs/WIRE.md names, indexed by counter index.
 pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "pass_other",
     "drop_malformed",
@@ -30,7 +30,7 @@ pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "drop_no_route",
 ];
 
-/// Index of a counter by its WIRE.md name.
+/// Index of a counter by its docs/WIRE.md name.
 pub fn counter_index(name: &str) -> Option<u32> {
     let mut i = 0;
     while i < COUNTER_NAMES.len() {

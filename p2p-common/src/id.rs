@@ -1,4 +1,4 @@
-//! Node IDs and keys (WIRE.md "Identifiers"), shown as 64 hex digits.
+//! Node IDs and keys (docs/WIRE.md "Identifiers"), shown as 64 hex digits.
 
 use core::fmt;
 use core::str::FromStr;

@@ -1,4 +1,4 @@
-//! Everything the kernel program and userspace must agree on: the WIRE.md
+//! Everything the kernel program and userspace must agree on: the docs/WIRE.md
 //! header and payload layouts, BPF map names, sizes, key/value layouts and the
 //! STATS counter indices. `no_std` so that `p2p-ebpf` can use it; feature
 //! `user` adds `aya::Pod` impls, a codec and the routing-table builder.

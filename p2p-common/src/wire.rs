@@ -1,4 +1,4 @@
-//! The overlay wire format of WIRE.md, version 1. All multi-byte fields are
+//! The overlay wire format of docs/WIRE.md, version 1. All multi-byte fields are
 //! stored as big-endian byte arrays so that the structs have alignment 1 and
 //! can be read straight out of a packet.
 

@@ -13,7 +13,7 @@ use crate::dataplane::AttachMode;
     about = "p2p-nos node: an overlay whose forwarding runs in XDP, driven by this controller",
     long_about = "p2p-nos node controller.\n\n\
 `run` loads the XDP datapath, pins its maps under /sys/fs/bpf/p2p/<instance>/, serves the \
-overlay (WIRE.md) on its UDP port and joins the Kademlia network (libp2p): peers found by \
+overlay (docs/WIRE.md) on its UDP port and joins the Kademlia network (libp2p): peers found by \
 --bootstrap or mDNS fill the datapath's maps by themselves. `maps` reads the pinned maps without \
 the daemon. `status`, `peers`, `lookup`, `dht`, `pubsub`, `send` and `ping` talk to a running \
 daemon over its unix socket.\n\n\

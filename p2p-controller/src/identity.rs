@@ -1,5 +1,5 @@
 //! The node's ed25519 identity: created on first use in the state
-//! directory, reused after. Node ID = SHA-256(peer_id bytes) (WIRE.md).
+//! directory, reused after. Node ID = SHA-256(peer_id bytes) (docs/WIRE.md).
 
 use std::fs;
 use std::io::Write;
@@ -12,7 +12,7 @@ use p2p_common::id::NodeId;
 use crate::error::{Error, Result};
 use crate::paths::KEY_FILE;
 
-/// A peer's node ID: SHA-256 of its peer ID (WIRE.md "Identifiers").
+/// A peer's node ID: SHA-256 of its peer ID (docs/WIRE.md "Identifiers").
 pub fn node_id_of(peer: &PeerId) -> NodeId {
     NodeId::from_peer_id_bytes(&peer.to_bytes())
 }

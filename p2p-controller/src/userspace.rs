@@ -255,7 +255,7 @@ impl Router {
                 Some(Some((slot, peer))) => {
                     let mut bytes = datagram.to_vec();
                     bytes[offset::TTL] = ttl - 1;
-                    bytes[offset::HOPS] = bytes[offset::HOPS].wrapping_add(1);
+                    bytes[offset::HOPS] = bytes[offset::HOPS].saturating_add(1);
                     Verdict::Forward { to: peer.addr, bytes, slot }
                 }
             },

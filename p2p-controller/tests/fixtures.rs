@@ -1,6 +1,6 @@
 //! Packet fixtures for the XDP datapath through BPF_PROG_TEST_RUN: input
 //! bytes -> expected verdict, output bytes and STATS counters, one or more
-//! per WIRE.md step and counter, IPv4 and IPv6, plus a next-hop check of the
+//! per docs/WIRE.md step and counter, IPv4 and IPv6, plus a next-hop check of the
 //! kernel's walk against `route_build::brute_force_next_hop`.
 //!
 //! Needs root: each test builds its own network namespace with veth pairs,
@@ -1126,5 +1126,259 @@ fn logging_on_keeps_verdicts() {
         let (f, out) = fwd_case(&mut rig, true, P_RD6, 10, Csum::Partial, KIND_DATA, XDP_REDIRECT);
         check_forwarded(&f, &out, if2_v6().into(), nb2_v6().into(), IF2_MAC, NB2_MAC);
         rig.check_stats();
+    });
+}
+
+// ---------------------------------------------------------------- differential fuzzing
+
+/// What the harness expects of a frame, from docs/WIRE.md step 1 and 2's
+/// frame-level checks (the userspace datapath sees only datagrams the
+/// kernel's stack delivered; these checks stand in for the stack).
+enum RefFrame {
+    Other,
+    Malformed,
+    Datagram { from: std::net::SocketAddr, data: Vec<u8>, v6: bool, ihl5: bool },
+}
+
+fn be16(b: &[u8]) -> usize {
+    u16::from_be_bytes([b[0], b[1]]) as usize
+}
+
+fn ref_parse(f: &[u8]) -> RefFrame {
+    use p2p_common::wire::{MAGIC, VERSION, kind_known};
+    if f.len() < 14 {
+        return RefFrame::Other;
+    }
+    let (l4, ip_len, ip_hdr, src, v6, ihl5) = match be16(&f[12..14]) {
+        0x0800 => {
+            if f.len() < 34 || f[14] >> 4 != 4 || f[23] != 17 || be16(&f[20..22]) & 0x3fff != 0 {
+                return RefFrame::Other;
+            }
+            let ihl = ((f[14] & 15) as usize) * 4;
+            if ihl < 20 {
+                return RefFrame::Other;
+            }
+            let s: [u8; 4] = f[26..30].try_into().unwrap();
+            (14 + ihl, be16(&f[16..18]), ihl, IpAddr::from(s), false, ihl == 20)
+        }
+        0x86dd => {
+            if f.len() < 54 || f[20] != 17 {
+                return RefFrame::Other;
+            }
+            let s: [u8; 16] = f[22..38].try_into().unwrap();
+            (54, be16(&f[18..20]) + 40, 40, IpAddr::from(s), true, false)
+        }
+        _ => return RefFrame::Other,
+    };
+    if f.len() < l4 + 8 || be16(&f[l4 + 2..]) != PORT as usize {
+        return RefFrame::Other;
+    }
+    let ulen = be16(&f[l4 + 4..]);
+    if f.len() < l4 + 8 + HEADER_LEN || ulen < 8 + HEADER_LEN || ip_len < ip_hdr + ulen || 14 + ip_len > f.len() {
+        return RefFrame::Malformed;
+    }
+    let h = &f[l4 + 8..];
+    if h[0] != MAGIC[0]
+        || h[1] != MAGIC[1]
+        || h[2] != VERSION
+        || !kind_known(h[3])
+        || be16(&h[80..]) + HEADER_LEN + 8 != ulen
+    {
+        return RefFrame::Malformed;
+    }
+    let from = std::net::SocketAddr::new(src, be16(&f[l4..]) as u16);
+    RefFrame::Datagram { from, data: f[l4 + 8..l4 + ulen].to_vec(), v6, ihl5 }
+}
+
+/// A frame to fuzz with: a valid overlay packet of a random kind, family,
+/// destination, size and source, often mutated afterwards.
+fn fuzz_frame(rng: &mut StdRng) -> Vec<u8> {
+    let kinds = [KIND_LOOKUP, KIND_LOOKUP_REPLY, KIND_DATA, KIND_PING, KIND_PONG];
+    let dsts = [id(SELF_ID), id(K_SELF), id(P_TX4), id(P_TX6), id(P_RD4), id(P_RD6), id(P_NN4), id(P_NN6)];
+    let kind = kinds[rng.gen_range(0..kinds.len())];
+    let dst = if rng.gen_bool(0.8) { dsts[rng.gen_range(0..dsts.len())] } else { rng.r#gen() };
+    let src = [ORIGIN, 0xb0, 0xb1, P_TX4][rng.gen_range(0..4)];
+    let len = if rng.gen_bool(0.5) { rng.gen_range(0..40) } else { rng.gen_range(0..700) };
+    let payload: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
+    let mut p = pkt(kind, src, dst, payload);
+    p.ttl = rng.gen_range(0..=33);
+    p.hops = rng.r#gen();
+    if rng.gen_bool(0.1) {
+        p.flags = rng.r#gen();
+        p.class = rng.r#gen();
+        p.tag = rng.r#gen();
+    }
+    let v6 = rng.gen_bool(0.5);
+    let mut f = Frame::overlay(v6, &p);
+    if rng.gen_bool(0.1) {
+        f.src = if v6 { v6addr("fd99:1::50").into() } else { Ipv4Addr::new(10, 99, 1, 50).into() };
+    }
+    if !v6 && rng.gen_bool(0.1) {
+        f.ip_opts = vec![1; 4 * rng.gen_range(1..=3)];
+    }
+    f.csum = [Csum::Full, Csum::Partial, Csum::Zero][rng.gen_range(0..3)];
+    let mut b = f.bytes();
+    // Mutations: none, truncation, bit flips, overwritten bytes.
+    match rng.gen_range(0..10) {
+        0..=3 => {}
+        4 | 5 => {
+            let n = rng.gen_range(0..b.len());
+            b.truncate(n);
+        }
+        6 | 7 => {
+            for _ in 0..rng.gen_range(1..=3) {
+                let i = rng.gen_range(0..b.len());
+                b[i] ^= 1 << rng.gen_range(0..8);
+            }
+        }
+        8 => {
+            // Somewhere in the headers, where it matters most.
+            let i = rng.gen_range(0..b.len().min(14 + 60 + 8 + HEADER_LEN));
+            b[i] = rng.r#gen();
+        }
+        _ => {
+            b.extend((0..rng.gen_range(1..20)).map(|_| rng.r#gen::<u8>()));
+        }
+    }
+    b
+}
+
+fn v6addr(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+/// docs/WIRE.md run by both datapaths on the same frames: `P2P_FUZZ_FRAMES`
+/// generated and mutated frames (100,000 by default; `cargo xtask fuzz`
+/// runs 1,000,000) through `p2p_xdp` by BPF_PROG_TEST_RUN and through the
+/// userspace datapath (`Router::process_at`, after the harness's stand-in
+/// for the kernel stack). Every frame must end under exactly one STATS
+/// counter, and both must agree on verdict, counter and output bytes. The
+/// equivalences allowed: XDP's `fwd_slow` (it hands the packet to its
+/// controller, which forwards it) for the userspace's `fwd`, and XDP's
+/// `local` for a PONG it leaves to its controller (IPv4 options).
+#[test]
+fn differential_fuzz_xdp_against_userspace() {
+    fixture("differential_fuzz_xdp_against_userspace", |rig| {
+        use p2p_controller::userspace::{Blocks, Peer, Router, SourceState, Verdict};
+        let frames: usize = std::env::var("P2P_FUZZ_FRAMES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+        let seed: u64 = std::env::var("P2P_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed);
+        let mut rng = StdRng::seed_from_u64(seed);
+        // The same block list on both sides.
+        let forever = BlockEntry { reason: 1, _pad: 0, expires_ns: 0 };
+        rig.dp.block(BlockTarget::Node(id(0xb0)), forever).unwrap();
+        rig.dp
+            .block(
+                BlockTarget::Net { addr: addr_to_mapped(Ipv4Addr::new(10, 99, 1, 50).into()), prefix_len: 128 },
+                forever,
+            )
+            .unwrap();
+        rig.dp
+            .block(BlockTarget::Net { addr: addr_to_mapped(v6addr("fd99:1::50").into()), prefix_len: 128 }, forever)
+            .unwrap();
+        let mut blocks = Blocks::default();
+        blocks.nodes.insert(NodeId(id(0xb0)), 0);
+        blocks.nets.push((addr_to_mapped(Ipv4Addr::new(10, 99, 1, 50).into()), 128, 0));
+        blocks.nets.push((addr_to_mapped(v6addr("fd99:1::50").into()), 128, 0));
+        let peers: Vec<(u32, Peer)> = default_peers()
+            .into_iter()
+            .map(|(s, e)| {
+                (
+                    s,
+                    Peer::new(
+                        NodeId(e.node_id),
+                        std::net::SocketAddr::new(p2p_common::codec::mapped_to_addr(e.addr), e.port),
+                    ),
+                )
+            })
+            .collect();
+        let router = Router::with_policy(NodeId(id(SELF_ID)), peers, blocks, RateBudget::UNLIMITED).unwrap();
+        let mut sources = SourceState::default();
+        let mut before = rig.dp.stats().unwrap();
+        let mut tally: std::collections::BTreeMap<&str, u64> = Default::default();
+        for n in 0..frames {
+            if n % 10_000 == 0 {
+                rig.dp.heartbeat(monotonic_ns()).unwrap();
+            }
+            let mut f = fuzz_frame(&mut rng);
+            // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet
+            // header (no interface delivers one either).
+            while f.len() < 14 {
+                f = fuzz_frame(&mut rng);
+            }
+            let out =
+                rig.dp.test_run(&f, rig.if1).unwrap_or_else(|e| panic!("frame {n}: TEST_RUN fault {e}: {}", hex(&f)));
+            let after = rig.dp.stats().unwrap();
+            let moved: Vec<usize> =
+                (0..COUNTER_COUNT as usize).filter(|i| after[*i].packets != before[*i].packets).collect();
+            assert!(
+                moved.len() == 1 && after[moved[0]].packets == before[moved[0]].packets + 1,
+                "frame {n} moved counters {moved:?}: {}",
+                hex(&f)
+            );
+            before = after;
+            let got = moved[0] as u32;
+            let (vx, ctr) = (verdict_name(out.verdict), COUNTER_NAMES[got as usize]);
+            *tally.entry(ctr).or_default() += 1;
+            let ctx = || format!("frame {n} ({}): XDP {vx}/{ctr}", hex(&f));
+            match ref_parse(&f) {
+                RefFrame::Other => {
+                    assert_eq!((vx, got), ("XDP_PASS", counters::PASS_OTHER), "{}", ctx());
+                    assert_eq!(out.frame, f, "{}", ctx());
+                }
+                RefFrame::Malformed => assert_eq!((vx, got), ("XDP_DROP", counters::DROP_MALFORMED), "{}", ctx()),
+                RefFrame::Datagram { from, data, v6, ihl5 } => {
+                    match router.process_at(&data, from, monotonic_ns(), &mut sources, None) {
+                        Verdict::Drop(c) => {
+                            assert_eq!(
+                                (vx, got),
+                                ("XDP_DROP", c),
+                                "{}: userspace drops as {}",
+                                ctx(),
+                                COUNTER_NAMES[c as usize]
+                            )
+                        }
+                        Verdict::Local(_) => {
+                            assert_eq!((vx, got), ("XDP_PASS", counters::LOCAL), "{}: userspace delivers", ctx());
+                            assert_eq!(out.frame, f, "{}", ctx());
+                        }
+                        Verdict::Pong { to, bytes } => {
+                            if !v6 && !ihl5 {
+                                assert_eq!((vx, got), ("XDP_PASS", counters::LOCAL), "{}: IPv4 options", ctx());
+                                continue;
+                            }
+                            assert_eq!((vx, got), ("XDP_TX", counters::PONG), "{}: userspace answers", ctx());
+                            let o = parse_out(&out.frame);
+                            assert_eq!(o.raw_overlay, bytes, "{}: PONG bytes", ctx());
+                            assert_eq!(std::net::SocketAddr::new(o.dst, o.dport), to, "{}", ctx());
+                        }
+                        Verdict::Forward { to, bytes, .. } => {
+                            if got == counters::FWD_SLOW {
+                                assert_eq!(vx, "XDP_PASS", "{}", ctx());
+                                continue;
+                            }
+                            assert_eq!(got, counters::FWD, "{}: userspace forwards to {to}", ctx());
+                            assert!(vx == "XDP_TX" || vx == "XDP_REDIRECT", "{}", ctx());
+                            let o = parse_out(&out.frame);
+                            assert_eq!(o.raw_overlay, bytes, "{}: forwarded bytes", ctx());
+                            assert_eq!(std::net::SocketAddr::new(o.dst, o.dport), to, "{}", ctx());
+                        }
+                    }
+                }
+            }
+        }
+        eprintln!("differential fuzz: {frames} frames (seed {seed}), both datapaths agree; outcomes {tally:?}");
+        for c in [
+            "pass_other",
+            "drop_malformed",
+            "drop_blocked",
+            "pong",
+            "local",
+            "fwd",
+            "fwd_slow",
+            "drop_ttl",
+            "drop_no_route",
+        ] {
+            assert!(tally.get(c).copied().unwrap_or(0) > 0 || frames < 10_000, "no frame ended as {c}: {tally:?}");
+        }
     });
 }

@@ -1,4 +1,4 @@
-//! p2p-nos kernel datapath: XDP programs that run WIRE.md's steps on overlay
+//! p2p-nos kernel datapath: XDP programs that run docs/WIRE.md's steps on overlay
 //! packets. Entry points are thin; parsing, filtering, routing and rewriting
 //! live in their own modules, and every map is declared in `maps.rs`.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -37,7 +37,7 @@ use crate::{
     stats::Verdict,
 };
 
-/// The datapath (WIRE.md "What a node does with a packet").
+/// The datapath (docs/WIRE.md "What a node does with a packet").
 #[xdp]
 pub fn p2p_xdp(ctx: XdpContext) -> u32 {
     match try_p2p_xdp(&ctx) {

@@ -75,7 +75,7 @@ pub static RATE_SOURCES: LruHashMap<[u8; 16], RateBucket, SOURCES_N> = LruHashMa
 #[btf_map]
 pub static SOURCE_STATS: LruHashMap<[u8; 16], SourceStats, SOURCES_N> = LruHashMap::new();
 
-/// Neighbour endpoint -> hop-by-hop tag key (WIRE.md step 5; declared, not used yet).
+/// Neighbour endpoint -> hop-by-hop tag key (docs/WIRE.md step 5; declared, not used yet).
 #[btf_map]
 pub static LINK_KEYS: HashMap<LinkKey, LinkSecret, { MAX_LINK_KEYS as usize }> = HashMap::new();
 

@@ -1,4 +1,4 @@
-//! Ethernet / IPv4 / IPv6 / UDP parsing and the WIRE.md step 1 and 2 checks.
+//! Ethernet / IPv4 / IPv6 / UDP parsing and the docs/WIRE.md step 1 and 2 checks.
 
 use aya_ebpf::programs::XdpContext;
 use p2p_common::wire::{HEADER_LEN, MAGIC, OverlayHeader, VERSION, kind_known};

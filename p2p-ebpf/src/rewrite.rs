@@ -77,6 +77,11 @@ fn pong_in_place<const V6: bool>(raw: *mut xdp_md, cfg: &Config) -> u32 {
         copy_bytes::<32>(&mut ov.dst_key, &ov.src_id);
         copy_bytes::<32>(&mut ov.src_id, &cfg.node_id);
         ov.kind = KIND_PONG;
+        // A new packet from this node: no flags, reserved bytes and tag
+        // zero (docs/WIRE.md), whatever the PING carried.
+        ov.flags = 0;
+        ov.reserved = [0; 6];
+        ov.tag = [0; 8];
         ov.ttl = DEFAULT_TTL;
         ov.hops = 0;
     }

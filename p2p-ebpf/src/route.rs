@@ -1,4 +1,4 @@
-//! WIRE.md step 7's next hop: the shared `p2p_common::route::walk` over the
+//! docs/WIRE.md step 7's next hop: the shared `p2p_common::route::walk` over the
 //! live generation of ROUTES / ROUTE_TRIE.
 
 use p2p_common::{

@@ -47,7 +47,7 @@ pub fn ping(src: NodeId, dst: NodeId, msg_id: u64) -> Vec<u8> {
     Packet::new(KIND_PING, src, dst, msg_id, 0u64.to_be_bytes().to_vec()).encode()
 }
 
-/// Every WIRE.md step-2 case, as (label, datagram). `src`/`dst` fill the
+/// Every docs/WIRE.md step-2 case, as (label, datagram). `src`/`dst` fill the
 /// otherwise valid header.
 pub fn malformed(src: NodeId, dst: NodeId) -> Vec<(&'static str, Vec<u8>)> {
     let good = data(src, dst, 7, 32);

@@ -7,10 +7,12 @@
 //!   `run -- ARGS` runs `p2p-controller run ARGS` on this box instead.
 //! - `bench`: benchmarks.
 //! - `sim`: routing simulation at scale.
+//! - `fuzz`: differential fuzzing of the XDP and userspace datapaths.
 
 mod bench;
 mod bench_lookup;
 mod doctor;
+mod fuzz;
 mod prereq;
 mod run;
 mod setup;
@@ -42,6 +44,9 @@ enum Command {
     /// Benchmarks: `bench forward` (XDP vs userspace transit capacity, TEST_RUN ns/packet),
     /// `bench lookup` (lookup RTT over the kernel path vs Kademlia's iterative get).
     Bench(bench::BenchArgs),
+    /// Differential fuzzing: a million frames through the XDP datapath
+    /// (BPF_PROG_TEST_RUN) and the userspace one, which must agree on each.
+    Fuzz(fuzz::FuzzArgs),
     /// Routing simulation: the datapath's table builder and next-hop walk over N
     /// simulated nodes with Kademlia-shaped tables (k=20), with and without churn.
     Sim(sim::SimArgs),
@@ -56,6 +61,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Bench(args) => bench::bench(args),
         Command::Sim(args) => sim::sim(args),
+        Command::Fuzz(args) => fuzz::fuzz(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -829,7 +829,7 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Counters by WIRE.md name.
+/// Counters by docs/WIRE.md name.
 pub fn stats_by_name(counters: &[Counter]) -> BTreeMap<&'static str, Counter> {
     p2p_common::counters::COUNTER_NAMES
         .iter()

@@ -55,7 +55,7 @@ pub fn overlay_endpoints(addrs: &[Multiaddr]) -> Vec<SocketAddr> {
 /// The endpoint to send a peer's overlay traffic to. IPv4 when the peer
 /// advertises one, else IPv6: every node choosing the same family keeps
 /// each lookup in one family from hop to hop, and a change of family costs
-/// the slow path (WIRE.md step 7). Within the family, the endpoint on an
+/// the slow path (docs/WIRE.md step 7). Within the family, the endpoint on an
 /// IP that a libp2p connection reached the peer at, else the first.
 pub fn pick_endpoint(advertised: &[SocketAddr], remote_ips: &[IpAddr]) -> Option<SocketAddr> {
     let v4 = advertised.iter().any(|a| a.is_ipv4());

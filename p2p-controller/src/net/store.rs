@@ -1,5 +1,5 @@
 //! Kademlia's record store, shared: the swarm task owns Kademlia, but the
-//! overlay thread answers LOOKUPs from the same records (WIRE.md: "the
+//! overlay thread answers LOOKUPs from the same records (docs/WIRE.md: "the
 //! key's owner answers … from its Kademlia record store").
 
 use std::borrow::Cow;

@@ -1,4 +1,4 @@
-//! The overlay socket's owner: the UDP socket of WIRE.md on its own thread
+//! The overlay socket's owner: the UDP socket of docs/WIRE.md on its own thread
 //! ([`relay`]), what reaches this node's controller on it (packets the XDP
 //! program passes up: local deliveries and the slow path; or every packet
 //! in userspace mode, which runs [`crate::userspace`]'s rules here), the
