@@ -348,3 +348,37 @@ pub struct NextHopCache {
     pub _pad: [u32; 2],
 }
 const _: () = assert!(size_of::<NextHopCache>() == 56);
+
+/// The kernel memory (bytes, as the kernel charges it: `memlock`) the maps
+/// of a node take with `max_peers` peer slots and `max_sources` tracked
+/// sources on `ncpu` CPUs: an estimate from each map's layout, within a
+/// few percent of what `status` reports (`kernel.memory_bytes`, read from
+/// the loaded maps), for `cargo xtask doctor` to show before a node runs.
+pub const fn memory_estimate(max_peers: u32, max_sources: u32, ncpu: u32) -> u64 {
+    const fn r8(x: usize) -> u64 {
+        (x as u64).div_ceil(8) * 8
+    }
+    const PAGE: u64 = 4096;
+    let (p, s, c) = (max_peers as u64, max_sources as u64, ncpu as u64);
+    // Arrays: one 8-byte-rounded value per entry (mmapable ones page-rounded).
+    let routes = ((ROUTE_BUCKETS * ROUTE_GENERATIONS) as u64 * r8(4)).div_ceil(PAGE) * PAGE + PAGE;
+    let trie =
+        ((trie_capacity(max_peers) * ROUTE_GENERATIONS) as u64 * r8(size_of::<TrieNode>())).div_ceil(PAGE) * PAGE;
+    let last_seen = (p * 8).div_ceil(PAGE) * PAGE + PAGE;
+    let arrays = p * r8(size_of::<PeerEntry>()) + p * r8(size_of::<RateBucket>()) + r8(size_of::<Config>());
+    // Per-CPU arrays: one value per entry and CPU.
+    let per_cpu = c * (p * r8(size_of::<NextHopCache>()) + 11 * r8(size_of::<Counter>()));
+    // Hash maps (preallocated): an element header, key and value per entry,
+    // and a bucket per entry (rounded up to a power of two).
+    const fn hash(entries: u64, key: usize, value: usize) -> u64 {
+        entries * (48 + r8(key) + r8(value)) + entries.next_power_of_two() * 16
+    }
+    let hashes = hash(p * ADDRS_PER_PEER as u64, size_of::<LinkKey>(), 4)
+        + hash(s, 16, size_of::<RateBucket>())
+        + hash(s, 16, size_of::<SourceStats>())
+        + hash(MAX_LINK_KEYS as u64, size_of::<LinkKey>(), size_of::<LinkSecret>())
+        + hash(MAX_IFACES as u64, 4, size_of::<IfaceAddrs>());
+    // BLOCKED and BLOCKED_NETS allocate on use: only BLOCKED's buckets.
+    let blocked = (MAX_BLOCKED as u64).next_power_of_two() * 16;
+    routes + trie + last_seen + arrays + per_cpu + hashes + blocked + EVENTS_BYTES as u64
+}

@@ -5,9 +5,14 @@
 //! through the handles and channels made here:
 //!
 //! ```text
-//! control API ──► net (swarm) ──► liveness ──► overlay socket ──► map sync ──► dataplane
-//!                     └──────────────────────────────────────────────┘
+//! control API ──► net (swarm) ──► liveness ──► reputation ──► overlay socket ──► map sync ──► dataplane
+//!                  ▲   └────────────┴─────────────┴──────────────┴───────────────┘
+//!                  └── deaths (liveness) and bans (reputation), by channel
 //! ```
+//!
+//! An arrow is a handle: the component on its left sends commands to the
+//! one on its right, never the other way round; the two channels back to
+//! the swarm carry events, not handles.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -1129,6 +1129,38 @@ fn logging_on_keeps_verdicts() {
     });
 }
 
+/// `memory_estimate` (what `cargo xtask doctor` shows before a node runs)
+/// is within 5% of what the kernel charges for the loaded maps, at the
+/// default sizes and at 10,000 peers.
+#[test]
+fn memory_estimate_matches_loaded_maps() {
+    if !is_root() {
+        eprintln!("skipping memory_estimate_matches_loaded_maps: needs root");
+        return;
+    }
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    for (max_peers, max_sources) in
+        [(LoadOptions::default().max_peers, LoadOptions::default().max_sources), (10_000, 65_536)]
+    {
+        let dp = match Dataplane::load(LoadOptions { max_peers, max_sources, ..Default::default() }) {
+            Ok(dp) => dp,
+            Err(DataplaneError::NoObject) => {
+                eprintln!("skipping memory_estimate_matches_loaded_maps: the eBPF object was not built");
+                return;
+            }
+            Err(e) => panic!("loading the datapath: {e}"),
+        };
+        let measured: u64 = dp.memory().iter().map(|(_, b)| b).sum();
+        let estimate = p2p_common::maps::memory_estimate(max_peers, max_sources, ncpu);
+        let off = (estimate as f64 - measured as f64).abs() / measured as f64;
+        eprintln!(
+            "{max_peers} peers, {max_sources} sources: estimate {estimate} B, kernel {measured} B ({:.1}%)",
+            off * 100.0
+        );
+        assert!(off < 0.05, "estimate {estimate} B is {:.1}% off the kernel's {measured} B", off * 100.0);
+    }
+}
+
 // ---------------------------------------------------------------- differential fuzzing
 
 /// What the harness expects of a frame, from docs/WIRE.md step 1 and 2's

@@ -90,6 +90,16 @@ pub fn doctor() -> Result<()> {
         r.row(t, p.is_some(), t != "ethtool", &p.map(|p| p.display().to_string()).unwrap_or_default());
     }
 
+    println!("kernel memory of a node's maps (estimate; `status` shows the real figure):");
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    for (peers, sources) in [(1024, 16384), (10_000, 65_536)] {
+        let bytes = p2p_common::maps::memory_estimate(peers, sources, ncpu);
+        println!(
+            "  --max-peers {peers:<6} --max-sources {sources:<6} {:>6.1} MiB on {ncpu} CPUs",
+            bytes as f64 / (1 << 20) as f64
+        );
+    }
+
     println!("project:");
     for profile in ["debug", "release"] {
         let bin = target_dir().join(profile).join("p2p-controller");

@@ -7,6 +7,7 @@
 //!   answered) until Ctrl-C; then everything is removed (also on error);
 //! - with `-- ARGS…`: `p2p-controller run ARGS…` on this box (exec).
 
+use crate::say;
 use crate::setup;
 use crate::util::{cargo, run_inherit, target_dir};
 use anyhow::{Context, Result, bail};
@@ -77,20 +78,20 @@ fn testbed(ctl: Controller, args: &RunArgs) -> Result<()> {
     p2p_tests::env::cleanup_stale();
     let n = args.nodes as usize;
     let k = args.kbucket_size.max(1).to_string();
-    println!(
+    say!(
         "==> testbed: {n} nodes on a bridge (10.99.0.1-{n}/24), each in its own network namespace; \
          node 1 first, the others bootstrap from it (Kademlia k = {k})"
     );
     let tb = Testbed::start(&ctl, n, &["--kbucket-size", &k], true, false)?;
-    println!("==> all {n} controllers up; logs and state in {}", tb.tmp.path().display());
+    say!("==> all {n} controllers up; logs and state in {}", tb.tmp.path().display());
     let started = Instant::now();
     match tb.wait_converged(Duration::from_secs(60)) {
-        Ok(t) => println!(
+        Ok(t) => say!(
             "==> routing tables converged in {:.1} s: {} routed peers per node",
             started.elapsed().as_secs_f64(),
             t.iter().map(|p| p.len().to_string()).collect::<Vec<_>>().join(" ")
         ),
-        Err(e) => println!("==> warning: {e:#}"),
+        Err(e) => say!("==> warning: {e:#}"),
     }
 
     let mut keys = Vec::new();
@@ -99,13 +100,14 @@ fn testbed(ctl: Controller, args: &RunArgs) -> Result<()> {
         let node = tb.node(i as usize % n);
         let v = node.request(&json!({"cmd": "dht_put", "key": key, "value": format!("value of demo-{i}")}))?;
         if v["ok"].as_bool() != Some(true) {
-            println!("    dht put {key} on {}: {}", node.name(), v["error"]);
+            say!("    dht put {key} on {}: {}", node.name(), v["error"]);
         }
         keys.push(key);
     }
-    println!(
+    say!(
         "==> {} records put into the DHT; ~{} lookups/s from random nodes (a quarter for absent keys); Ctrl-C to stop",
-        args.records, args.rate
+        args.records,
+        args.rate
     );
 
     let tb = Arc::new(tb);
@@ -117,7 +119,7 @@ fn testbed(ctl: Controller, args: &RunArgs) -> Result<()> {
     let result = monitor(&tb, &totals, &generator);
     STOP.store(true, Ordering::SeqCst);
     let _ = generator.join();
-    println!("==> stopping controllers and removing the testbed");
+    say!("==> stopping controllers and removing the testbed");
     drop(tb);
     result
 }
@@ -184,7 +186,7 @@ fn monitor(tb: &Testbed, totals: &Totals, generator: &std::thread::JoinHandle<()
         let mut rtts = std::mem::take(&mut *totals.rtts_us.lock().unwrap());
         rtts.sort_unstable();
         let median = rtts.get(rtts.len() / 2).copied().unwrap_or(0);
-        println!(
+        say!(
             "\n[{:>5}s] lookups {}/s, found {} (of {}), failed {}, median rtt {} us",
             start.elapsed().as_secs(),
             sent - prev_sent,
@@ -194,9 +196,17 @@ fn monitor(tb: &Testbed, totals: &Totals, generator: &std::thread::JoinHandle<()
             median
         );
         prev_sent = sent;
-        println!(
+        say!(
             "  {:<5} {:>5} {:>6} {:>7} {:>7} {:>8} {:>8} {:>9} {:>8}",
-            "node", "peers", "kad", "rt-upd", "fwd/s", "local/s", "drops/s", "answer/s", "records"
+            "node",
+            "peers",
+            "kad",
+            "rt-upd",
+            "fwd/s",
+            "local/s",
+            "drops/s",
+            "answer/s",
+            "records"
         );
         for (i, prev) in prev.iter_mut().enumerate() {
             let node = tb.node(i);
@@ -208,7 +218,7 @@ fn monitor(tb: &Testbed, totals: &Totals, generator: &std::thread::JoinHandle<()
             let answered = json_u64(&status, "lookups_answered") - json_u64(&pst, "lookups_answered");
             // Routing-table updates map sync applied (each a generation flip).
             let routes = json_u64(&status, "map_sync.updates");
-            println!(
+            say!(
                 "  {:<5} {:>5} {:>6} {:>7} {:>7} {:>8} {:>8} {:>9} {:>8}",
                 node.name(),
                 json_u64(&status, "peers"),
@@ -223,6 +233,6 @@ fn monitor(tb: &Testbed, totals: &Totals, generator: &std::thread::JoinHandle<()
             *prev = Some((stats, status));
         }
     }
-    println!();
+    say!("");
     Ok(())
 }

@@ -62,3 +62,14 @@ pub fn run_inherit(cmd: &mut Command, what: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// `println!` that survives a closed or broken stdout (`cargo xtask run |
+/// head`, a `tee` killed by Ctrl-C): the line is lost, the program goes on
+/// (and cleans up) instead of panicking.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
