@@ -266,6 +266,20 @@ fn default_peers() -> Vec<(u32, PeerEntry)> {
     ]
 }
 
+/// `default_peers` as map sync writes them: each at its own endpoint,
+/// without a rate budget.
+fn default_slots() -> Vec<SlotEntry> {
+    default_peers()
+        .into_iter()
+        .map(|(slot, peer)| SlotEntry {
+            slot,
+            peer,
+            endpoints: vec![LinkKey { addr: peer.addr, port: peer.port, _pad: 0 }],
+            budget: RateBudget::UNLIMITED,
+        })
+        .collect()
+}
+
 impl Rig {
     fn new(mut dp: Dataplane) -> Rig {
         let if1 = p2p_controller::dataplane::ifindex("if1").expect("if1");
@@ -700,15 +714,7 @@ fn step6_pong_needs_a_fresh_heartbeat() {
 fn last_seen_records_a_peers_own_packets() {
     fixture("last_seen_records_a_peers_own_packets", |rig| {
         let sender = |addr: IpAddr| LinkKey { addr: addr_to_mapped(addr), port: 40000, _pad: 0 };
-        let mut slots: Vec<SlotEntry> = default_peers()
-            .into_iter()
-            .map(|(slot, peer)| SlotEntry {
-                slot,
-                peer,
-                endpoints: vec![LinkKey { addr: peer.addr, port: peer.port, _pad: 0 }],
-                budget: RateBudget::UNLIMITED,
-            })
-            .collect();
+        let mut slots = default_slots();
         // Peer P_TX4 (slot 3) also sends from the test sender's endpoints.
         slots[0].endpoints.extend([sender(SENDER_V4.into()), sender(sender_v6().into())]);
         let live: Vec<(u32, [u8; 32])> = slots.iter().map(|e| (e.slot, e.peer.node_id)).collect();
@@ -744,15 +750,7 @@ fn step4_token_bucket() {
     fixture("step4_token_bucket", |rig| {
         // 1,000 packets/s with 20 ms of burst: 20 packets at once.
         let budget = RateBudget::new(1_000, 0, 20_000_000);
-        let mut slots: Vec<SlotEntry> = default_peers()
-            .into_iter()
-            .map(|(slot, peer)| SlotEntry {
-                slot,
-                peer,
-                endpoints: vec![LinkKey { addr: peer.addr, port: peer.port, _pad: 0 }],
-                budget: RateBudget::UNLIMITED,
-            })
-            .collect();
+        let mut slots = default_slots();
         slots[0].endpoints.push(LinkKey { addr: addr_to_mapped(SENDER_V4.into()), port: 40000, _pad: 0 });
         slots[0].budget = budget;
         let live: Vec<(u32, [u8; 32])> = slots.iter().map(|e| (e.slot, e.peer.node_id)).collect();

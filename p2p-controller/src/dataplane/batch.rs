@@ -49,10 +49,33 @@ pub fn update<V: aya::Pod>(map_fd: i32, keys: &[u32], values: &[V]) -> io::Resul
 /// Every entry of an array map of `max_entries` values of type `V`, by
 /// index. `V` must be the map's value type (plain old data).
 pub fn lookup_all<V: aya::Pod + Default>(map_fd: i32, max_entries: u32) -> io::Result<Vec<V>> {
-    const CHUNK: usize = 8192;
     let mut out = vec![V::default(); max_entries as usize];
-    let mut keys = vec![0u32; CHUNK];
-    let mut values = vec![V::default(); CHUNK];
+    lookup_batches::<u32, V>(map_fd, 8192, |k, v| {
+        if let Some(slot) = out.get_mut(*k as usize) {
+            *slot = *v;
+        }
+    })?;
+    Ok(out)
+}
+
+/// Every entry of a hash map with keys `K` and values `V` (the map's
+/// types, plain old data). Entries added or removed meanwhile may or may
+/// not be seen.
+pub fn lookup_hash<K: aya::Pod + Default, V: aya::Pod + Default>(map_fd: i32) -> io::Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    lookup_batches::<K, V>(map_fd, 4096, |k, v| out.push((*k, *v)))?;
+    Ok(out)
+}
+
+/// Walks a map `chunk` entries per syscall, calling `each` on every entry.
+/// Arrays and hash tables alike use a u32 cursor (an index, a bucket).
+fn lookup_batches<K: aya::Pod + Default, V: aya::Pod + Default>(
+    map_fd: i32,
+    chunk: usize,
+    mut each: impl FnMut(&K, &V),
+) -> io::Result<()> {
+    let mut keys = vec![K::default(); chunk];
+    let mut values = vec![V::default(); chunk];
     let mut next: u32 = 0;
     let mut first = true;
     loop {
@@ -62,7 +85,7 @@ pub fn lookup_all<V: aya::Pod + Default>(map_fd: i32, max_entries: u32) -> io::R
             out_batch: &mut next as *mut u32 as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            count: CHUNK as u32,
+            count: chunk as u32,
             map_fd: map_fd as u32,
             elem_flags: 0,
             flags: 0,
@@ -70,47 +93,11 @@ pub fn lookup_all<V: aya::Pod + Default>(map_fd: i32, max_entries: u32) -> io::R
         first = false;
         let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
         for i in 0..attr.count as usize {
-            if let Some(slot) = out.get_mut(keys[i] as usize) {
-                *slot = values[i];
-            }
+            each(&keys[i], &values[i]);
         }
         match r {
             Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Every entry of a hash map with keys `K` and values `V` (the map's
-/// types, plain old data). Entries added or removed meanwhile may or may
-/// not be seen.
-pub fn lookup_hash<K: aya::Pod + Default, V: aya::Pod + Default>(map_fd: i32) -> io::Result<Vec<(K, V)>> {
-    const CHUNK: usize = 4096;
-    let mut out = Vec::new();
-    let mut keys = vec![K::default(); CHUNK];
-    let mut values = vec![V::default(); CHUNK];
-    // The hash table's batch cursor is a bucket index (u32).
-    let mut next: u32 = 0;
-    let mut first = true;
-    loop {
-        let start = next;
-        let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { &start as *const u32 as u64 },
-            out_batch: &mut next as *mut u32 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: CHUNK as u32,
-            map_fd: map_fd as u32,
-            elem_flags: 0,
-            flags: 0,
-        };
-        first = false;
-        let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        out.extend((0..attr.count as usize).map(|i| (keys[i], values[i])));
-        match r {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
             Err(e) => return Err(e),
         }
     }
