@@ -2,8 +2,9 @@
 //! (DESIGN.md "Benchmark method"). `cargo xtask bench lookup` is in
 //! `bench_lookup.rs`.
 //!
-//! - A generates with the XDP live-frames generator (`p2p-controller bench
-//!   gen`, BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES) on CPU 0.
+//! - A generates with the XDP live-frames generator (`p2p-bench gen`,
+//!   BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES) on CPU 0. The tools are
+//!   `p2p-bench` (`tests/bench`), not part of the product.
 //! - B's work runs on CPU 1. The generator hands its frames to CPU 1's
 //!   cpumap thread, which sends them out of A's veth, so B's NAPI (softirq:
 //!   its XDP program, or the stack and the userspace relay's receive path)
@@ -11,16 +12,16 @@
 //!   threaded NAPI is `--rx threaded`: on the 6.18 kernel here a threaded
 //!   veth NAPI loses 30-80% of the frames even at 20k pps, lost wake-ups.)
 //! - C counts overlay frames with an XDP program that counts and drops
-//!   (`p2p-controller bench count`); that work runs in softirq on B's
+//!   (`p2p-bench count`); that work runs in softirq on B's
 //!   core, right after B's redirect (a napi thread beside the generator
 //!   would starve and drop).
 //! - B is, in turn: the real datapath in XDP mode (offered flat out), the
 //!   userspace datapath (capacity = the peak of an offered-rate sweep, since
-//!   an overloaded relay collapses), and the minimal XDP forwarder (`bench
+//!   an overloaded relay collapses), and the minimal XDP forwarder (`p2p-bench
 //!   minfwd`: parse, fixed rewrite, redirect) as the ceiling; 3 rounds,
 //!   alternated, medians and ratios from the same run.
 //! - Then BPF_PROG_TEST_RUN ns per packet of the real datapath with 1k, 10k
-//!   and 100k peers (`bench testrun`).
+//!   and 100k peers (`p2p-bench testrun`).
 //!
 //! Everything lives in namespaces `pbench-<pid>-*` made here and deleted on
 //! exit, on error and on Ctrl-C; traffic is bounded by the run lengths.
@@ -130,12 +131,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     if !args.no_build {
         let mut c = util::cargo();
-        c.args(["build", "--release", "-p", "p2p-controller"]);
-        util::run_inherit(&mut c, "cargo build --release -p p2p-controller")?;
+        c.args(["build", "--release", "-p", "p2p-controller", "-p", "p2p-bench"]);
+        util::run_inherit(&mut c, "cargo build --release -p p2p-controller -p p2p-bench")?;
     }
     let bin = util::target_dir().join("release/p2p-controller");
-    if !bin.is_file() {
-        bail!("{} is missing; run without --no-build", bin.display());
+    let tool = util::target_dir().join("release/p2p-bench");
+    for b in [&bin, &tool] {
+        if !b.is_file() {
+            bail!("{} is missing; run without --no-build", b.display());
+        }
     }
     if util::stdout_of("mountpoint", ["-q", "/sys/fs/bpf"]).is_none() {
         bail!("bpffs is not mounted at /sys/fs/bpf: run `cargo xtask setup`");
@@ -149,7 +153,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if cpus < 2 {
         println!("warning: one CPU only: generator and B share it, figures are not meaningful");
     }
-    let rig = Rig::new(bin, gen_cpu, b_cpu, args.payload, args.rx == "threaded")?;
+    let rig = Rig::new(bin, tool, gen_cpu, b_cpu, args.payload, args.rx == "threaded")?;
     let result = forward(&rig, &args);
     drop(rig);
     write_report(&args, &result?)
@@ -171,6 +175,7 @@ fn write_report(args: &BenchArgs, report: &Value) -> Result<()> {
 /// A — B — C, the counter at C, temp files; all removed on drop.
 struct Rig {
     bin: PathBuf,
+    tool: PathBuf,
     prefix: String,
     tmp: PathBuf,
     a: Netns,
@@ -189,7 +194,7 @@ struct Rig {
 }
 
 impl Rig {
-    fn new(bin: PathBuf, gen_cpu: usize, b_cpu: usize, payload: usize, threaded: bool) -> Result<Rig> {
+    fn new(bin: PathBuf, tool: PathBuf, gen_cpu: usize, b_cpu: usize, payload: usize, threaded: bool) -> Result<Rig> {
         let prefix = format!("pbench-{}", std::process::id());
         let tmp = std::env::temp_dir().join(&prefix);
         std::fs::create_dir_all(&tmp)?;
@@ -230,6 +235,7 @@ impl Rig {
         )?;
         let rig = Rig {
             bin,
+            tool,
             prefix,
             tmp,
             a,
@@ -253,20 +259,29 @@ impl Rig {
     /// PRIORITY): the box may be shared, and a forwarder or generator that
     /// waits for CPU time would measure the neighbours, not itself.
     fn ctl(&self, cpu: Option<usize>) -> Command {
+        self.pinned(&self.bin, cpu)
+    }
+
+    /// `p2p-bench` the same way.
+    fn tool(&self, cpu: Option<usize>) -> Command {
+        self.pinned(&self.tool, cpu)
+    }
+
+    fn pinned(&self, bin: &Path, cpu: Option<usize>) -> Command {
         let mut c = Command::new("nice");
         c.args(["-n", PRIORITY]);
         if let Some(cpu) = cpu {
             c.arg("taskset").arg("-c").arg(cpu.to_string());
         }
-        c.arg(&self.bin);
+        c.arg(bin);
         c
     }
 
-    /// `bench count` at C, its samples collected by a reader thread.
+    /// `p2p-bench count` at C, its samples collected by a reader thread.
     fn start_counter(&self) -> Result<()> {
         let mut child = self
-            .ctl(Some(self.gen_cpu))
-            .args(["bench", "count", "--netns", self.c.name(), "--iface", C_DEV, "--interval-ms", "100"])
+            .tool(Some(self.gen_cpu))
+            .args(["count", "--netns", self.c.name(), "--iface", C_DEV, "--interval-ms", "100"])
             .args(["--port", &PORT.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -308,7 +323,7 @@ impl Rig {
     fn start_b(&self, mode: Mode) -> Result<Forwarder> {
         let instance = format!("{}-b", self.prefix);
         let log = self.tmp.join(format!("b-{}.log", mode.name()));
-        let mut cmd = self.ctl(Some(self.b_cpu));
+        let mut cmd = if mode == Mode::Minimal { self.tool(Some(self.b_cpu)) } else { self.ctl(Some(self.b_cpu)) };
         match mode {
             Mode::Xdp | Mode::Userspace => {
                 cmd.args(["run", "--netns", self.b.name(), "--iface", B_IN, "--iface", B_OUT])
@@ -320,7 +335,7 @@ impl Rig {
                     .args(["--instance", &instance]);
             }
             Mode::Minimal => {
-                cmd.args(["bench", "minfwd", "--netns", self.b.name(), "--iface", B_IN, "--out-iface", B_OUT])
+                cmd.args(["minfwd", "--netns", self.b.name(), "--iface", B_IN, "--out-iface", B_OUT])
                     .args(["--dst-mac", &self.c_mac, "--src-ip", B_RIGHT_IP, "--dst-ip", C_IP])
                     .args(["--port", &PORT.to_string()]);
             }
@@ -360,8 +375,8 @@ impl Rig {
         check_interrupt()?;
         let t0 = Instant::now();
         let out = self
-            .ctl(Some(self.gen_cpu))
-            .args(["bench", "gen", "--netns", self.a.name(), "--iface", A_DEV, "--dst-mac", &self.b_mac])
+            .tool(Some(self.gen_cpu))
+            .args(["gen", "--netns", self.a.name(), "--iface", A_DEV, "--dst-mac", &self.b_mac])
             .args(["--src-ip", A_IP, "--dst-ip", B_LEFT_IP, "--port", &PORT.to_string(), "--dst-key", &self.c_id])
             .args(["--payload", &self.payload.to_string(), "--pps", &pps.to_string()])
             .args(["--seconds", &secs.to_string(), "--json"])
@@ -390,7 +405,7 @@ impl Drop for Rig {
             stop(c);
         }
         let _ = std::fs::remove_dir_all(&self.tmp);
-        // What a killed `bench testrun` or controller may have left.
+        // What a killed `p2p-bench testrun` or controller may have left.
         let tr = format!("{}-tr", self.prefix);
         if Path::new("/run/netns").join(&tr).exists() {
             let _ = Command::new("ip").args(["netns", "del", &tr]).status();
@@ -698,19 +713,19 @@ fn forward(rig: &Rig, args: &BenchArgs) -> Result<Value> {
     }))
 }
 
-/// `bench testrun` on B's core, in a namespace of its own.
+/// `p2p-bench testrun` on B's core, in a namespace of its own.
 fn testrun(rig: &Rig, args: &BenchArgs) -> Result<Value> {
     println!("==> BPF_PROG_TEST_RUN with {:?} peers", args.peers);
     let peers_arg = args.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
     let out = rig
-        .ctl(Some(rig.b_cpu))
-        .args(["bench", "testrun", "--json", "--peers", &peers_arg, "--payload", &args.payload.to_string()])
+        .tool(Some(rig.b_cpu))
+        .args(["testrun", "--json", "--peers", &peers_arg, "--payload", &args.payload.to_string()])
         .args(["--netns-name", &format!("{}-tr", rig.prefix)])
         .stdin(Stdio::null())
         .output()
-        .context("run bench testrun")?;
+        .context("run p2p-bench testrun")?;
     if !out.status.success() {
-        bail!("bench testrun failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!("p2p-bench testrun failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
-    serde_json::from_slice(&out.stdout).context("bench testrun output")
+    serde_json::from_slice(&out.stdout).context("p2p-bench testrun output")
 }

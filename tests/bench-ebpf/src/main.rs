@@ -1,5 +1,6 @@
-//! Benchmark programs (object `p2p-bench`, loaded by the controller's hidden
-//! `bench` subcommand; see DESIGN.md "Benchmark method"):
+//! The forwarding benchmark's XDP programs (object `p2p-bench-ebpf`, embedded
+//! in and loaded by the `p2p-bench` tool of `tests/bench`; DESIGN.md
+//! "Benchmark method"). Never part of the product.
 //!
 //! - `bench_gen`: the live-frames generator. Run by BPF_PROG_RUN with
 //!   BPF_F_TEST_XDP_LIVE_FRAMES on A's veth; the frame is the run's input
@@ -12,21 +13,22 @@
 //! - `bench_minfwd`: the ceiling at B: parse Ethernet/IPv4/UDP to the overlay
 //!   port, fixed rewrite of MACs and IPs from BENCH_FWD, IPv4 header checksum
 //!   in full, UDP checksum patched incrementally, redirect through a devmap.
+//! - `bench_null`: the null forwarder at B: every frame out through
+//!   BENCH_TX untouched, counted: what the rig itself costs B's core.
 //! - `bench_pass`: returns XDP_PASS (A's side; harness cost in TEST_RUN).
 //! - `bench_fib`: one `bpf_fib_lookup` (cost probe for TEST_RUN).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code))]
 
-mod bench;
+mod maps;
+mod pkt;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
     macros::xdp,
     programs::XdpContext,
 };
-
-use crate::bench::{maps, pkt};
 
 /// Generator: rewrites the frame's headers from BENCH_FRAME, then sends it.
 /// Live-frames pages are recycled without being re-initialised, and the
@@ -102,6 +104,16 @@ pub fn bench_minfwd(ctx: XdpContext) -> u32 {
         None => return XDP_PASS,
     };
     pkt::rewrite(&p, cfg);
+    maps::count(ctx.data_end() - ctx.data());
+    match maps::BENCH_TX.redirect(0, 0) {
+        Ok(a) => a,
+        Err(a) => a,
+    }
+}
+
+/// Null forwarder: no parsing, no rewrite, counted and redirected.
+#[xdp]
+pub fn bench_null(ctx: XdpContext) -> u32 {
     maps::count(ctx.data_end() - ctx.data());
     match maps::BENCH_TX.redirect(0, 0) {
         Ok(a) => a,
