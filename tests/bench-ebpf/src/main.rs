@@ -5,7 +5,8 @@
 //! - `bench_gen`: the live-frames generator. Run by BPF_PROG_RUN with
 //!   BPF_F_TEST_XDP_LIVE_FRAMES on A's veth; the frame is the run's input
 //!   and the program only sends it (`XDP_TX`, turned into a redirect to the
-//!   ingress device by the kernel) after rewriting its first bytes.
+//!   ingress device by the kernel) after rewriting its first bytes, paced
+//!   by the program itself (`pace.rs`), counting what it sent.
 //! - `bench_gen_cpu` + `bench_cpu_tx`: the same, sent from another CPU's
 //!   cpumap thread (so that the receiver's NAPI runs there).
 //! - `bench_count`: at C, counts UDP frames to the overlay port into a
@@ -22,6 +23,7 @@
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code))]
 
 mod maps;
+mod pace;
 mod pkt;
 
 use aya_ebpf::{
@@ -30,12 +32,17 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
-/// Generator: rewrites the frame's headers from BENCH_FRAME, then sends it.
+/// Generator: when the frame is due (BENCH_PACE, `pace.rs`), rewrites its
+/// headers from BENCH_FRAME and sends it; runs that are not due are dropped
+/// uncounted.
 /// Live-frames pages are recycled without being re-initialised, and the
 /// forwarder under test rewrites them in place (TTL, addresses), so every
 /// run writes the headers afresh; the payload is never changed downstream.
 #[xdp]
 pub fn bench_gen(ctx: XdpContext) -> u32 {
+    if !pace::due() {
+        return XDP_DROP;
+    }
     match maps::BENCH_FRAME.get(0) {
         Some(tpl) if pkt::write_headers(&ctx, tpl) => XDP_TX,
         _ => XDP_ABORTED,
@@ -52,6 +59,9 @@ pub fn bench_pass(_ctx: XdpContext) -> u32 {
 /// receiver's NAPI then runs on that CPU, without threaded NAPI.
 #[xdp]
 pub fn bench_gen_cpu(ctx: XdpContext) -> u32 {
+    if !pace::due() {
+        return XDP_DROP;
+    }
     let Some(tpl) = maps::BENCH_FRAME.get(0) else { return XDP_ABORTED };
     if !pkt::write_headers(&ctx, tpl) {
         return XDP_ABORTED;

@@ -25,6 +25,8 @@ pub const MAP_COUNT: &str = "BENCH_COUNT";
 pub const MAP_FWD: &str = "BENCH_FWD";
 pub const MAP_TX: &str = "BENCH_TX";
 pub const MAP_FRAME: &str = "BENCH_FRAME";
+/// [interval ns, next due ns, frames sent, 0] (tests/bench-ebpf `maps::BENCH_PACE`).
+pub const MAP_PACE: &str = "BENCH_PACE";
 /// Header bytes the generator writes into every frame, in words
 /// (tests/bench-ebpf `maps::GEN_HDR_WORDS`).
 pub const GEN_HDR_WORDS: usize = 18;
@@ -78,6 +80,13 @@ where
 pub fn set0<V: aya::Pod>(ebpf: &mut Ebpf, name: &'static str, value: V) -> Result<()> {
     let mut a: Array<_, V> = map_mut(ebpf, name)?;
     a.set(0, value, 0).map_err(|e| anyhow!("map {name}: {e}"))
+}
+
+/// Entry 0 of the array map `name`.
+pub fn get0<V: aya::Pod>(ebpf: &Ebpf, name: &'static str) -> Result<V> {
+    let map = ebpf.map(name).ok_or_else(|| anyhow!("map {name} is missing from the object"))?;
+    let a: Array<_, V> = Array::try_from(map).map_err(|e| anyhow!("map {name}: {e}"))?;
+    a.get(&0, 0).map_err(|e| anyhow!("map {name}: {e}"))
 }
 
 /// BENCH_TX[0] = `ifindex`: where the minimal forwarder and the
