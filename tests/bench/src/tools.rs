@@ -160,7 +160,8 @@ fn generate(a: GenArgs) -> Result<()> {
     let run_for = Duration::from_secs_f64(a.seconds.max(0.0));
     // The program paces itself (tests/bench-ebpf pace.rs): every run waits
     // until its frame is due. Calls are long, since each one costs ~20-30 ms
-    // of set-up and tear-down beyond its frames, and nothing is sent meanwhile.
+    // of set-up and tear-down beyond its frames, and nothing is sent meanwhile
+    // (a run that is never due ends its call early; the loop goes on).
     let interval_ns = if a.pps == 0 { 0 } else { (1e9 / a.pps as f64).round().max(1.0) as u64 };
     obj::set0(&mut ebpf, obj::MAP_PACE, [interval_ns, 0u64, 0, 0])?;
     let prog = obj::xdp(&mut ebpf, if a.via_cpu.is_some() { obj::PROG_GEN_CPU } else { obj::PROG_GEN })?;
@@ -186,8 +187,9 @@ fn generate(a: GenArgs) -> Result<()> {
             // ~0.25 s at 2 Mpps.
             1 << 19
         } else {
-            // At most half a second's worth of frames per call.
-            (a.pps as f64 * left.as_secs_f64().min(0.5)).clamp(1.0, u32::MAX as f64) as u32
+            // The rest of the run in one call (each call pauses sending
+            // for its set-up and tear-down), at most 2 s worth.
+            (a.pps as f64 * left.as_secs_f64().min(2.0)).clamp(1.0, u32::MAX as f64) as u32
         };
         send(prog, n)?;
     }
