@@ -42,9 +42,16 @@
 //! flat out (B's rate there is reported as "saturated"), then paced from
 //! B's count there, up by 25% while steps pass and down by 20% while they
 //! fail, then bisection until the passing and failing rates are within 5%;
-//! or exactly the `--rates` given. Rounds alternate the forwarders; medians
-//! and ratios come from the same run. Then BPF_PROG_TEST_RUN ns per packet
-//! of the datapath with 1k, 10k and 100k peers (`p2p-bench testrun`).
+//! or exactly the `--rates` given. A step during which other processes or
+//! the hypervisor (steal) took more than 10% of a CPU is repeated (twice at
+//! most, 3 s apart); one still disturbed then does not count as a failure.
+//! Rounds alternate the forwarders; medians and ratios come from the same
+//! run. B's rate flat out is reported too ("saturated"), but it is not the
+//! capacity: an overflowing ring slows even the XDP forwarders (the XDP
+//! datapath carried 1.35 Mpps paced and 1.09 Mpps flat out in one round),
+//! and an overloaded userspace relay collapses. Then BPF_PROG_TEST_RUN ns
+//! per packet of the datapath with 1k, 10k and 100k peers (`p2p-bench
+//! testrun`).
 //!
 //! Everything lives in namespaces `pbench-<pid>-*` made here (the tests'
 //! `Netns` guard) and deleted on exit, on error and on Ctrl-C; traffic is
@@ -433,6 +440,8 @@ impl Rig {
                 return Ok(Step { tries, ..s });
             }
             tries += 1;
+            // Let the disturbance pass.
+            std::thread::sleep(Duration::from_secs(3));
         }
     }
 
@@ -961,6 +970,10 @@ fn capacity(rig: &Rig, b: &Forwarder, round: usize, mode: Mode, args: &BenchArgs
         let s = run(r as u64, &mut cap)?;
         if s.passes() {
             lo = Some(r);
+        } else if s.disturbed() {
+            // Still disturbed after its tries: no evidence either way; the
+            // same rate again as the next step.
+            continue;
         } else {
             hi = Some(r);
         }
@@ -1096,10 +1109,7 @@ fn forward_bench(rig: &Rig, args: &BenchArgs, report: &mut Value) -> Result<()> 
     let sat = |m: Mode| caps.iter().find(|(x, _, _)| *x == m).map(|(_, _, v)| median(v)).unwrap_or(0.0);
     let sat_ratio_min = ratio(sat(Mode::Xdp), sat(Mode::Minimal));
     if sat_ratio_min > 0.0 {
-        println!(
-            "  XDP / minimal offered flat out (B's rate while its ingress ring overflows on the generator's CPU): {:.1}%",
-            sat_ratio_min * 100.0
-        );
+        println!("  XDP / minimal offered flat out (saturated rates, not capacities): {:.1}%", sat_ratio_min * 100.0);
     }
     if let Some(c) = cost_ratio {
         println!("  minimal's / XDP's own ns per packet above the rig (null): {:.1}%", c * 100.0);
