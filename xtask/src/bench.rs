@@ -19,11 +19,13 @@
 //!   B's redirect schedules it on the redirecting CPU, and in the same
 //!   softirq it drains C's ring after every B poll of ≤ 64 frames, so C
 //!   counts every frame B sends (measured: C = B exactly). Moving C to CPU 0
-//!   (a threaded NAPI pinned there) made C wait for the generator's CPU and
-//!   drop at its ring (C/B 0.72–0.93). C's receive is thus a fixed cost on
-//!   B's core for every forwarder; the `null` mode (redirect untouched)
-//!   measures that rig ceiling, and the report gives each forwarder's own
-//!   cost per packet above it. `--rx cpumap` sends the generator's frames
+//!   (a threaded NAPI pinned there) makes C wait for the generator, which
+//!   spins there, and drop at its ring: C/B 0.98–0.998 at 0.3–1.2 Mpps
+//!   (0.72–0.93 with the earlier burst-paced generator), and the generator
+//!   offers less. C's receive is thus a fixed cost on B's core for every
+//!   forwarder; the `null` mode (redirect untouched) measures that rig
+//!   ceiling, and the report gives each forwarder's own cost per packet
+//!   above it. `--rx cpumap` sends the generator's frames
 //!   from CPU 1's cpumap thread instead (no threaded NAPI), which also puts
 //!   A's transmit on B's core: about two thirds of that core at the null
 //!   forwarder's rate.
