@@ -21,7 +21,6 @@ fn main() {
         let why = if skip { "AYA_BUILD_SKIP is set" } else { "bpf-linker is not installed (run `cargo xtask setup`)" };
         println!("cargo:warning=eBPF object not built: {why}; the controller will refuse to load the datapath");
         fs::write(&object, b"").expect("write placeholder");
-        fs::write(out_dir.join("p2p-bench"), b"").expect("write placeholder");
         return;
     }
     let root_dir = ebpf_dir.to_str().expect("utf-8 path");

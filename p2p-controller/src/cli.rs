@@ -32,6 +32,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Print this node's peer ID and node ID (creates the key if absent).
@@ -170,8 +172,6 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         xdp_mode: AttachMode,
     },
-    #[command(hide = true)]
-    Bench(crate::dataplane::bench::BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]

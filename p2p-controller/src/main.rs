@@ -300,7 +300,6 @@ fn dispatch(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench(args) => p2p_controller::dataplane::bench::run(args),
         Command::XdpPass { netns, ifaces, xdp_mode } => {
             // Blocked from the start: a stop request is taken, not fatal.
             let set = sys::block_signals();

@@ -3,17 +3,16 @@
 //! per docs/WIRE.md step and counter, IPv4 and IPv6, plus a next-hop check of the
 //! kernel's walk against `route_build::brute_force_next_hop`.
 //!
-//! Needs root: each test builds its own network namespace with veth pairs,
-//! addresses and permanent neighbour entries (fib lookups and TEST_RUN use
-//! the calling thread's namespace), runs on a thread that entered it with
-//! setns, and deletes it afterwards. Without root, or with an eBPF object
+//! Needs root: each test builds its own network namespace (`p2p_tests::Netns`,
+//! the guard the namespace tests use) with veth pairs, addresses and
+//! permanent neighbour entries (fib lookups and TEST_RUN use the calling
+//! thread's namespace), runs on a thread that entered it with setns, and
+//! deletes it afterwards, also when the test fails. Without root, or with an eBPF object
 //! that was not built (bpf-linker missing), the tests print why and pass.
 //!
 //! Run: `cargo test -p p2p-controller --test fixtures -- --test-threads=1`
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use p2p_common::codec::{Packet, addr_to_mapped};
 use p2p_common::counters::{self, COUNTER_COUNT, COUNTER_NAMES};
@@ -29,6 +28,8 @@ use p2p_common::wire::{
 };
 use p2p_controller::dataplane::{BlockTarget, Dataplane, DataplaneError, LoadOptions, SlotEntry};
 use p2p_controller::overlay::monotonic_ns;
+use p2p_tests::Netns;
+use p2p_tests::csum::{fold, pseudo_sum, sum};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 const XDP_ABORTED: u32 = 0;
@@ -82,109 +83,40 @@ fn unresolved_v6() -> Ipv6Addr {
 
 // ---------------------------------------------------------------- namespace
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+/// A network namespace (the tests' shared guard, deleted on drop) with the
+/// fixture rig: if1 and if2 with addresses, permanent neighbours, a route to
+/// the far-away peers, forwarding on.
+fn rig_netns() -> Netns {
+    let ns = Netns::new(p2p_tests::util::unique("fx")).expect("create the network namespace");
+    let ip = |args: &[&str]| {
+        ns.ip(args).unwrap_or_else(|e| panic!("{e:#}"));
+    };
+    let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    for (n, ifmac, nbmac) in [(1, IF1_MAC, NB1_MAC), (2, IF2_MAC, NB2_MAC)] {
+        let ifn = format!("if{n}");
+        let nb = format!("nb{n}");
+        ip(&["link", "add", &ifn, "address", &mac(ifmac), "type", "veth", "peer", "name", &nb, "address", &mac(nbmac)]);
+        ip(&["addr", "add", &format!("10.99.{n}.1/24"), "dev", &ifn]);
+        ip(&["-6", "addr", "add", &format!("fd99:{n}::1/64"), "dev", &ifn, "nodad"]);
+        ip(&["link", "set", &ifn, "up"]);
+        ip(&["link", "set", &nb, "up"]);
+        let nb4 = format!("10.99.{n}.2");
+        ip(&["neigh", "replace", &nb4, "lladdr", &mac(nbmac), "dev", &ifn, "nud", "permanent"]);
+        let nb6 = format!("fd99:{n}::2");
+        ip(&["-6", "neigh", "replace", &nb6, "lladdr", &mac(nbmac), "dev", &ifn, "nud", "permanent"]);
+    }
+    // Far-away peers of the random-table test live behind nb2.
+    ip(&["route", "add", "10.99.128.0/17", "via", "10.99.2.2", "dev", "if2"]);
+    ip(&["-6", "route", "add", "fd99:80::/64", "via", "fd99:2::2", "dev", "if2"]);
+    for key in ["net.ipv4.conf.all.forwarding", "net.ipv6.conf.all.forwarding"] {
+        ns.sysctl(key, "1").unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    ns
 }
 
-/// A network namespace with the fixture rig, deleted on drop.
-struct NetNs {
-    name: String,
-}
-
-impl NetNs {
-    fn new() -> NetNs {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let name = format!("p2pfx-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
-        sh(&["ip", "netns", "add", &name]);
-        let ns = NetNs { name };
-        ns.setup();
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let mut v = vec!["ip", "-n", &self.name];
-        v.extend_from_slice(args);
-        sh(&v);
-    }
-
-    fn setup(&self) {
-        let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-        self.ip(&["link", "set", "lo", "up"]);
-        for (n, ifmac, nbmac) in [(1, IF1_MAC, NB1_MAC), (2, IF2_MAC, NB2_MAC)] {
-            let ifn = format!("if{n}");
-            let nb = format!("nb{n}");
-            self.ip(&[
-                "link",
-                "add",
-                &ifn,
-                "address",
-                &mac(ifmac),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &nb,
-                "address",
-                &mac(nbmac),
-            ]);
-            self.ip(&["addr", "add", &format!("10.99.{n}.1/24"), "dev", &ifn]);
-            self.ip(&["-6", "addr", "add", &format!("fd99:{n}::1/64"), "dev", &ifn, "nodad"]);
-            self.ip(&["link", "set", &ifn, "up"]);
-            self.ip(&["link", "set", &nb, "up"]);
-            self.ip(&[
-                "neigh",
-                "replace",
-                &format!("10.99.{n}.2"),
-                "lladdr",
-                &mac(nbmac),
-                "dev",
-                &ifn,
-                "nud",
-                "permanent",
-            ]);
-            self.ip(&[
-                "-6",
-                "neigh",
-                "replace",
-                &format!("fd99:{n}::2"),
-                "lladdr",
-                &mac(nbmac),
-                "dev",
-                &ifn,
-                "nud",
-                "permanent",
-            ]);
-        }
-        // Far-away peers of the random-table test live behind nb2.
-        self.ip(&["route", "add", "10.99.128.0/17", "via", "10.99.2.2", "dev", "if2"]);
-        self.ip(&["-6", "route", "add", "fd99:80::/64", "via", "fd99:2::2", "dev", "if2"]);
-        for key in ["net.ipv4.conf.all.forwarding=1", "net.ipv6.conf.all.forwarding=1"] {
-            sh(&["ip", "netns", "exec", &self.name, "sysctl", "-q", "-w", key]);
-        }
-    }
-
-    /// Runs `f` on a thread inside the namespace; re-raises its panic.
-    fn run<F: FnOnce() + Send + 'static>(&self, f: F) {
-        let path = format!("/run/netns/{}", self.name);
-        let h = std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("open netns");
-            use std::os::fd::AsRawFd;
-            // SAFETY: valid fd; affects only this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        });
-        if let Err(e) = h.join() {
-            std::panic::resume_unwind(e);
-        }
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
+/// Runs `f` on a thread inside `ns`; re-raises its panic.
+fn run_in<F: FnOnce() + Send + 'static>(ns: &Netns, f: F) {
+    p2p_tests::netns::enter(ns.name(), f).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 fn is_root() -> bool {
@@ -199,9 +131,9 @@ fn fixture<F: FnOnce(&mut Rig) + Send + 'static>(name: &str, body: F) {
         eprintln!("skipping {name}: needs root (BPF_PROG_TEST_RUN, network namespaces)");
         return;
     }
-    let ns = NetNs::new();
+    let ns = rig_netns();
     let name = name.to_string();
-    ns.run(move || {
+    run_in(&ns, move || {
         let dp = match Dataplane::load(LoadOptions::default()) {
             Ok(dp) => dp,
             Err(DataplaneError::NoObject) => {
@@ -467,26 +399,6 @@ impl Frame {
         }
         f.extend_from_slice(&l4);
         f
-    }
-}
-
-/// Sum of big-endian 16-bit words (odd tail padded with zero), unfolded.
-fn sum(b: &[u8]) -> u64 {
-    b.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u64).sum()
-}
-
-fn fold(mut s: u64) -> u16 {
-    while s >> 16 != 0 {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
-}
-
-fn pseudo_sum(src: IpAddr, dst: IpAddr, len: u32, proto: u8) -> u64 {
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => sum(&s.octets()) + sum(&d.octets()) + proto as u64 + len as u64,
-        (IpAddr::V6(s), IpAddr::V6(d)) => sum(&s.octets()) + sum(&d.octets()) + sum(&len.to_be_bytes()) + proto as u64,
-        _ => panic!("mixed address families"),
     }
 }
 
@@ -1075,32 +987,6 @@ fn step7_next_hop_matches_brute_force() {
     });
 }
 
-/// Per-packet cost in BPF_PROG_TEST_RUN (printed, not asserted). Only for
-/// verdicts that leave the frame unmodified: repeated runs reuse the output
-/// frame, so after one forward the next runs would see a packet addressed to
-/// the peer's port (pass_other); forwarding is measured with live frames by
-/// the benchmark instead.
-#[test]
-fn test_run_timing() {
-    fixture("test_run_timing", |rig| {
-        let mut line = String::new();
-        for (name, p) in [
-            ("local LOOKUP", pkt(KIND_LOOKUP, ORIGIN, id(K_SELF), vec![0; 20])),
-            ("local DATA", pkt(KIND_DATA, ORIGIN, id(SELF_ID), vec![0; 64])),
-            ("drop_no_route DATA", pkt(KIND_DATA, ORIGIN, id(K_SELF), vec![0; 64])),
-            ("fwd_slow (no neighbour)", pkt(KIND_DATA, ORIGIN, id(P_NN4), vec![0; 64])),
-        ] {
-            let f = Frame::overlay(false, &p).bytes();
-            let t = rig.dp.test_run_repeat(&f, rig.if1, 100_000).unwrap();
-            line.push_str(&format!("{name} {t:?}, "));
-        }
-        let mut g = Frame::overlay(false, &pkt(KIND_DATA, ORIGIN, id(P_RD4), vec![5; 64]));
-        g.dport = 53;
-        let other = rig.dp.test_run_repeat(&g.bytes(), rig.if1, 100_000).unwrap();
-        eprintln!("BPF_PROG_TEST_RUN per packet: {line}pass_other {other:?}");
-    });
-}
-
 /// With aya-log lines on (CONFIG policy bit), verdicts are unchanged.
 #[test]
 fn logging_on_keeps_verdicts() {
@@ -1108,8 +994,8 @@ fn logging_on_keeps_verdicts() {
         eprintln!("skipping logging_on_keeps_verdicts: needs root");
         return;
     }
-    let ns = NetNs::new();
-    ns.run(|| {
+    let ns = rig_netns();
+    run_in(&ns, || {
         let dp = match Dataplane::load(LoadOptions { ebpf_log: true, ..Default::default() }) {
             Ok(dp) => dp,
             Err(DataplaneError::NoObject) => {

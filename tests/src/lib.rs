@@ -3,11 +3,13 @@
 //! themselves on drop ([`netns`]), the LAN and chain topologies of DESIGN.md
 //! ([`topo`]), controller processes that are stopped on drop ([`node`]), and
 //! packets crafted with `p2p_common::codec` sent from a socket inside a
-//! namespace ([`traffic`]).
+//! namespace ([`traffic`]). [`csum`] is the one Internet-checksum helper of
+//! the tests and the benchmark tool.
 //!
 //! Everything a test makes carries the prefix `p2pt-<pid>-`, so that
 //! [`env::cleanup_stale`] can remove what a killed run left behind.
 
+pub mod csum;
 pub mod env;
 pub mod netns;
 pub mod node;

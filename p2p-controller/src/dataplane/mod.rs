@@ -1,9 +1,9 @@
 //! The only module that touches aya and the BPF maps: loads the embedded
 //! object, attaches XDP, pins and fills the maps, reads pinned maps for the
-//! `maps` commands, and runs BPF_PROG_TEST_RUN for fixtures and benchmarks.
+//! `maps` commands, and runs BPF_PROG_TEST_RUN for fixtures and benchmarks
+//! (the benchmark's own programs live in `tests/bench`, not here).
 
 mod batch;
-pub mod bench;
 mod mapped;
 mod pinned;
 mod rcu;

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use core::mem::size_of;
 
-use super::maps::{FWD_DST_IP, FWD_DST_MAC, FWD_SRC_IP, FWD_SRC_MAC, GEN_HDR_WORDS};
+use crate::maps::{FWD_DST_IP, FWD_DST_MAC, FWD_SRC_IP, FWD_SRC_MAC, GEN_HDR_WORDS};
 
 use p2p_common::net::{ETH_LEN, ETH_P_IP, EthHdr, IPPROTO_UDP, IPV4_LEN, Ipv4Hdr, UdpHdr};
 

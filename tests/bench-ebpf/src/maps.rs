@@ -26,6 +26,17 @@ pub static BENCH_FRAME: Array<[u64; GEN_HDR_WORDS], 1> = Array::new();
 /// Ethernet + IPv4 + UDP + overlay header = 138 bytes, rounded up to words.
 pub const GEN_HDR_WORDS: usize = 18;
 
+/// Generator pacing, entry 0: PACE_INTERVAL ns between frames (0 = flat
+/// out), PACE_NEXT the clock time the next frame is due, PACE_SENT frames
+/// sent, PACE_PAUSES times the schedule restarted after a pause (see
+/// `pace.rs`).
+#[btf_map]
+pub static BENCH_PACE: Array<[u64; 4], 1> = Array::new();
+pub const PACE_INTERVAL: usize = 0;
+pub const PACE_NEXT: usize = 1;
+pub const PACE_SENT: usize = 2;
+pub const PACE_PAUSES: usize = 3;
+
 /// `bench_gen_cpu`: target CPU (entry 0).
 #[btf_map]
 pub static BENCH_GEN: Array<u32, 1> = Array::new();

@@ -1,10 +1,12 @@
-//! Benchmark programs (object `p2p-bench`, loaded by the controller's hidden
-//! `bench` subcommand; see DESIGN.md "Benchmark method"):
+//! The forwarding benchmark's XDP programs (object `p2p-bench-ebpf`, embedded
+//! in and loaded by the `p2p-bench` tool of `tests/bench`; DESIGN.md
+//! "Benchmark method"). Never part of the product.
 //!
 //! - `bench_gen`: the live-frames generator. Run by BPF_PROG_RUN with
 //!   BPF_F_TEST_XDP_LIVE_FRAMES on A's veth; the frame is the run's input
 //!   and the program only sends it (`XDP_TX`, turned into a redirect to the
-//!   ingress device by the kernel) after rewriting its first bytes.
+//!   ingress device by the kernel) after rewriting its first bytes, paced
+//!   by the program itself (`pace.rs`), counting what it sent.
 //! - `bench_gen_cpu` + `bench_cpu_tx`: the same, sent from another CPU's
 //!   cpumap thread (so that the receiver's NAPI runs there).
 //! - `bench_count`: at C, counts UDP frames to the overlay port into a
@@ -12,13 +14,17 @@
 //! - `bench_minfwd`: the ceiling at B: parse Ethernet/IPv4/UDP to the overlay
 //!   port, fixed rewrite of MACs and IPs from BENCH_FWD, IPv4 header checksum
 //!   in full, UDP checksum patched incrementally, redirect through a devmap.
+//! - `bench_null`: the null forwarder at B: every frame out through
+//!   BENCH_TX untouched, counted: what the rig itself costs B's core.
 //! - `bench_pass`: returns XDP_PASS (A's side; harness cost in TEST_RUN).
 //! - `bench_fib`: one `bpf_fib_lookup` (cost probe for TEST_RUN).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code))]
 
-mod bench;
+mod maps;
+mod pace;
+mod pkt;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
@@ -26,14 +32,17 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
-use crate::bench::{maps, pkt};
-
-/// Generator: rewrites the frame's headers from BENCH_FRAME, then sends it.
+/// Generator: when the frame is due (BENCH_PACE, `pace.rs`), rewrites its
+/// headers from BENCH_FRAME and sends it; runs that are not due are dropped
+/// uncounted.
 /// Live-frames pages are recycled without being re-initialised, and the
 /// forwarder under test rewrites them in place (TTL, addresses), so every
 /// run writes the headers afresh; the payload is never changed downstream.
 #[xdp]
 pub fn bench_gen(ctx: XdpContext) -> u32 {
+    if !pace::due() {
+        return XDP_DROP;
+    }
     match maps::BENCH_FRAME.get(0) {
         Some(tpl) if pkt::write_headers(&ctx, tpl) => XDP_TX,
         _ => XDP_ABORTED,
@@ -50,6 +59,9 @@ pub fn bench_pass(_ctx: XdpContext) -> u32 {
 /// receiver's NAPI then runs on that CPU, without threaded NAPI.
 #[xdp]
 pub fn bench_gen_cpu(ctx: XdpContext) -> u32 {
+    if !pace::due() {
+        return XDP_DROP;
+    }
     let Some(tpl) = maps::BENCH_FRAME.get(0) else { return XDP_ABORTED };
     if !pkt::write_headers(&ctx, tpl) {
         return XDP_ABORTED;
@@ -102,6 +114,16 @@ pub fn bench_minfwd(ctx: XdpContext) -> u32 {
         None => return XDP_PASS,
     };
     pkt::rewrite(&p, cfg);
+    maps::count(ctx.data_end() - ctx.data());
+    match maps::BENCH_TX.redirect(0, 0) {
+        Ok(a) => a,
+        Err(a) => a,
+    }
+}
+
+/// Null forwarder: no parsing, no rewrite, counted and redirected.
+#[xdp]
+pub fn bench_null(ctx: XdpContext) -> u32 {
     maps::count(ctx.data_end() - ctx.data());
     match maps::BENCH_TX.redirect(0, 0) {
         Ok(a) => a,
