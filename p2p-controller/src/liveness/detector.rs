@@ -268,6 +268,26 @@ impl Detector {
         None
     }
 
+    /// The control plane routes to a peer this detector found dead again
+    /// (a new connection proved it alive). The detector hears of it here,
+    /// not from the maps alone: a removal and re-adding between two looks
+    /// at the routing table would leave it dead here, routed there, and
+    /// never found dead again. The connection is its sign of life (its
+    /// datapath is up before its swarm): silent from now on, it is found
+    /// dead within the usual bound.
+    pub fn revived(&mut self, node: NodeId, now: Instant) {
+        if let Some(p) = self.peers.get_mut(&node)
+            && p.state == State::Dead
+        {
+            p.state = State::Alive;
+            p.died = None;
+            p.heard = now;
+            p.answered = true;
+            p.probe = None;
+            p.indirect = None;
+        }
+    }
+
     /// The control plane found it dead itself (a refused redial).
     pub fn connection_dead(&mut self, node: NodeId, now: Instant) {
         if let Some(p) = self.peers.get_mut(&node)
@@ -503,6 +523,36 @@ mod tests {
         assert_eq!(d.view(t0 + 310 * MS)[0].1.state, "alive");
         let acts = run(&mut d, t0 + 325 * MS, t0 + 400 * MS);
         assert!(acts.iter().all(|(_, a)| !matches!(a, Action::Dead { .. })));
+    }
+
+    /// The CI failure this guards against: the control plane took a dead
+    /// peer out of the maps and put it back (a new connection) between two
+    /// looks at the routing table, so the detector kept it dead while the
+    /// maps routed to it; when it then went silent it was never found dead.
+    #[test]
+    fn a_peer_the_control_plane_revives_is_found_dead_again_when_silent() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(Timing::default());
+        let routed = [(node(1), addr(1))];
+        d.set_routed(&routed, t0);
+        let first = d.tick(t0);
+        answer_pings(&mut d, &first, t0);
+        let dead = |acts: &[(Duration, Action)]| acts.iter().filter(|(_, a)| matches!(a, Action::Dead { .. })).count();
+        assert_eq!(dead(&run(&mut d, t0 + 25 * MS, t0 + 1000 * MS)), 1, "silent: found dead");
+        // Still routed as far as the detector knows: it stays dead and is
+        // not reported again; only the control plane knows it is back.
+        let t1 = t0 + 1100 * MS;
+        d.set_routed(&routed, t1);
+        assert_eq!(dead(&run(&mut d, t1, t1 + 2000 * MS)), 0);
+        let t2 = t1 + 2100 * MS;
+        d.revived(node(1), t2);
+        assert_eq!(d.view(t2)[0].1.state, "alive");
+        let acts = run(&mut d, t2, t2 + 2000 * MS);
+        assert_eq!(dead(&acts), 1, "silent again: found dead again, once");
+        let (at, _) = acts.iter().find(|(_, a)| matches!(a, Action::Dead { .. })).expect("dead");
+        assert!(*at <= 650 * MS, "within the bound ({at:?})");
+        d.revived(node(2), t2);
+        assert_eq!(d.view(t1).len(), 1, "an unknown node is not made up");
     }
 
     #[test]

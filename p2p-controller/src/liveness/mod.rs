@@ -43,29 +43,37 @@ enum Command {
     View(oneshot::Sender<HashMap<NodeId, PeerLiveness>>),
     /// The control plane found it dead itself.
     ConnectionDead(NodeId),
+    /// The control plane routes to it again.
+    Revived(NodeId),
 }
 
 /// Talks to the liveness task; clones share it.
 #[derive(Clone)]
 pub struct LivenessHandle {
-    tx: mpsc::Sender<Command>,
+    /// Unbounded: the control plane's verdicts must not be dropped, and it
+    /// cannot wait (it runs the swarm).
+    tx: mpsc::UnboundedSender<Command>,
 }
 
 impl LivenessHandle {
     pub async fn status(&self) -> LivenessStatus {
         let (tx, rx) = oneshot::channel();
-        let _ = self.tx.send(Command::Status(tx)).await;
+        let _ = self.tx.send(Command::Status(tx));
         rx.await.unwrap_or_default()
     }
 
     pub async fn view(&self) -> HashMap<NodeId, PeerLiveness> {
         let (tx, rx) = oneshot::channel();
-        let _ = self.tx.send(Command::View(tx)).await;
+        let _ = self.tx.send(Command::View(tx));
         rx.await.unwrap_or_default()
     }
 
     pub fn connection_dead(&self, node: NodeId) {
-        let _ = self.tx.try_send(Command::ConnectionDead(node));
+        let _ = self.tx.send(Command::ConnectionDead(node));
+    }
+
+    pub fn revived(&self, node: NodeId) {
+        let _ = self.tx.send(Command::Revived(node));
     }
 }
 
@@ -112,7 +120,7 @@ pub struct Links {
 /// Starts the liveness task; its events go to the control plane.
 pub fn spawn(timing: Timing, links: Links) -> LivenessHandle {
     let Links { overlay, sync, evidence, routing, pongs, events, reputation } = links;
-    let (tx, rx) = mpsc::channel(64);
+    let (tx, rx) = mpsc::unbounded_channel();
     let l = Liveness {
         overlay,
         sync,
@@ -130,7 +138,7 @@ pub fn spawn(timing: Timing, links: Links) -> LivenessHandle {
 }
 
 impl Liveness {
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut pongs: mpsc::Receiver<Pong>) {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, mut pongs: mpsc::Receiver<Pong>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -153,6 +161,7 @@ impl Liveness {
                         let _ = reply.send(self.detector.view(Instant::now()).into_iter().collect());
                     }
                     Some(Command::ConnectionDead(node)) => self.detector.connection_dead(node, Instant::now()),
+                    Some(Command::Revived(node)) => self.detector.revived(node, Instant::now()),
                     None => return,
                 },
             }

@@ -24,7 +24,9 @@ fn is_tcp(a: &Multiaddr) -> bool {
 
 impl EventLoop {
     pub(super) fn on_connection_established(&mut self, peer: PeerId, conn: ConnectionId, remote: &Multiaddr) {
-        self.book.on_connected(peer, conn, advert::ip_of(remote), Instant::now());
+        if self.book.on_connected(peer, conn, advert::ip_of(remote), Instant::now()) {
+            self.liveness.revived(node_id_of(&peer));
+        }
         self.redials.remove(&conn);
         for t in self.targets.iter_mut() {
             if t.dialing == Some(conn) || (t.peer == Some(peer) && !t.connected) {
@@ -267,6 +269,7 @@ impl EventLoop {
     pub(super) fn tick_membership(&mut self, now: Instant) {
         for p in self.book.revive_due(now) {
             log::info!("peer {p} may be routed to again (revive back-off over)");
+            self.liveness.revived(node_id_of(&p));
             self.offer_to_kad(&p);
             self.reconnect(p);
             self.touch();

@@ -153,10 +153,11 @@ impl PeerBook {
         self.peers.values().filter(|p| p.connected()).count()
     }
 
-    /// A connection came up: proof of life for a peer found dead.
-    pub fn on_connected(&mut self, peer: PeerId, conn: ConnectionId, remote_ip: Option<IpAddr>, now: Instant) {
+    /// A connection came up: proof of life for a peer found dead; true if
+    /// it is alive again now.
+    pub fn on_connected(&mut self, peer: PeerId, conn: ConnectionId, remote_ip: Option<IpAddr>, now: Instant) -> bool {
         self.peers.entry(peer).or_default().connections.insert(conn, remote_ip);
-        self.revive(&peer, now);
+        self.revive(&peer, now)
     }
 
     /// A dead peer proved alive (a new connection, an overlay PONG): alive
