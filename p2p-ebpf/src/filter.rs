@@ -5,7 +5,6 @@
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action::XDP_DROP, xdp_md},
     btf_maps::lpm_trie::Key,
-    helpers::bpf_ktime_get_ns,
     programs::XdpContext,
 };
 use p2p_common::{
@@ -24,12 +23,12 @@ use crate::{
 };
 
 /// Steps 3 to 5 for a packet `parse` admitted, whose UDP header is at
-/// `l4_off` (bit 15 of `l4_v6`: IPv6). A BPF subprogram that re-reads what
+/// `l4_off` (bit 15 of `l4_v6`: IPv6), at CLOCK_MONOTONIC `now`. A BPF subprogram that re-reads what
 /// it needs at fixed offsets: its stack is its own, not added to the
 /// caller's (the forward path's subprogram needs most of the 512 bytes).
 /// Returns 0 to go on, else a packed [`Verdict`].
 #[inline(never)]
-pub fn steps_3_to_5(raw: *mut xdp_md, cfg: &Config, bytes: u64, l4_v6: u32) -> u32 {
+pub fn steps_3_to_5(raw: *mut xdp_md, cfg: &Config, bytes: u64, l4_v6: u32, now: u64) -> u32 {
     // The verifier wants `data`/`data_end` loaded from the context here;
     // an opaque copy keeps LLVM from loading them in the caller instead.
     let raw = unsafe { core::ptr::read_volatile(&raw) };
@@ -52,7 +51,6 @@ pub fn steps_3_to_5(raw: *mut xdp_md, cfg: &Config, bytes: u64, l4_v6: u32) -> u
     };
     let src_port = u16::from_be_bytes(unsafe { (*udp).sport });
     let src_id = unsafe { &(*ov).src_id };
-    let now = unsafe { bpf_ktime_get_ns() };
     // Step 3.
     if blocked(cfg, &src_ip, src_id, now) {
         evidence(&src_ip, Evidence::Blocked);

@@ -82,9 +82,11 @@ fn process(ctx: &XdpContext, cfg: &Config, bytes: u64) -> Verdict {
         }
         Parsed::Overlay(p) => p,
     };
+    // One clock read per packet, for every step that needs the time.
+    let now = unsafe { bpf_ktime_get_ns() };
     // Steps 3 to 5.
     let l4_v6 = p.l4_off as u32 | if p.v6 { 0x8000 } else { 0 };
-    let v = filter::steps_3_to_5(ctx.ctx, cfg, bytes, l4_v6);
+    let v = filter::steps_3_to_5(ctx.ctx, cfg, bytes, l4_v6, now);
     if v != 0 {
         return Verdict::unpack(v);
     }
@@ -94,7 +96,7 @@ fn process(ctx: &XdpContext, cfg: &Config, bytes: u64) -> Verdict {
         // Step 6, while the controller's heartbeat is fresh (a PONG must
         // prove the controller alive); else the controller answers, or
         // nobody does.
-        KIND_PING if to_self && unsafe { bpf_ktime_get_ns() }.wrapping_sub(cfg.heartbeat_ns) <= HEARTBEAT_FRESH_NS => {
+        KIND_PING if to_self && now.wrapping_sub(cfg.heartbeat_ns) <= HEARTBEAT_FRESH_NS => {
             return rewrite::pong(ctx, &p, cfg);
         }
         KIND_PING if to_self => return local,
@@ -120,7 +122,7 @@ fn process(ctx: &XdpContext, cfg: &Config, bytes: u64) -> Verdict {
         NextHop::SelfNode | NextHop::NoRoute => no_route,
         NextHop::Peer(slot, peer) => {
             let udp_len = payload_len.wrapping_add((HEADER_LEN + parse::UDP_LEN) as u16);
-            rewrite::forward(ctx, FwdInfo { ttl, v6, ihl5, udp_len }, cfg, slot, peer)
+            rewrite::forward(ctx, FwdInfo { ttl, v6, ihl5, udp_len }, cfg, slot, peer, now)
         }
     }
 }

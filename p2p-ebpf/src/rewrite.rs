@@ -12,7 +12,7 @@ use aya_ebpf::{
         xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
         xdp_md,
     },
-    helpers::{bpf_csum_diff, bpf_fib_lookup, bpf_ktime_get_ns},
+    helpers::{bpf_csum_diff, bpf_fib_lookup},
     programs::XdpContext,
 };
 use p2p_common::{
@@ -103,7 +103,7 @@ pub struct FwdInfo {
 
 /// Forwards to `peer` (step 7, a peer is closer).
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, f: FwdInfo, cfg: &Config, slot: u32, peer: &PeerEntry) -> Verdict {
+pub fn forward(ctx: &XdpContext, f: FwdInfo, cfg: &Config, slot: u32, peer: &PeerEntry, now: u64) -> Verdict {
     if f.ttl <= 1 {
         return Verdict::new(XDP_DROP, DROP_TTL);
     }
@@ -111,8 +111,11 @@ pub fn forward(ctx: &XdpContext, f: FwdInfo, cfg: &Config, slot: u32, peer: &Pee
     if peer_v4 == f.v6 || (!f.v6 && !f.ihl5) || f.udp_len as usize > MAX_UDP_LEN {
         return Verdict::new(XDP_PASS, FWD_SLOW);
     }
-    let v =
-        if f.v6 { forward_to::<true>(ctx.ctx, cfg, peer, slot) } else { forward_to::<false>(ctx.ctx, cfg, peer, slot) };
+    let v = if f.v6 {
+        forward_to::<true>(ctx.ctx, cfg, peer, slot, now)
+    } else {
+        forward_to::<false>(ctx.ctx, cfg, peer, slot, now)
+    };
     Verdict::unpack(v)
 }
 
@@ -122,7 +125,7 @@ pub fn forward(ctx: &XdpContext, f: FwdInfo, cfg: &Config, slot: u32, peer: &Pee
 /// every path that reaches it (every kind, every trie depth) and prunes,
 /// instead of re-walking the rewrite and checksum code for each.
 #[inline(never)]
-fn forward_to<const V6: bool>(raw: *mut xdp_md, cfg: &Config, peer: &PeerEntry, slot: u32) -> u32 {
+fn forward_to<const V6: bool>(raw: *mut xdp_md, cfg: &Config, peer: &PeerEntry, slot: u32, now: u64) -> u32 {
     let ctx = XdpContext::new(raw);
     let ctx = &ctx;
     let Ok(p) = reparse::<V6>(ctx) else {
@@ -131,7 +134,6 @@ fn forward_to<const V6: bool>(raw: *mut xdp_md, cfg: &Config, peer: &PeerEntry, 
     let p = &p;
     let slow = Verdict::new(XDP_PASS, FWD_SLOW).pack();
     let ingress = ctx.ingress_ifindex() as u32;
-    let now = unsafe { bpf_ktime_get_ns() };
     let Some(hop) = NEXT_HOPS.get_ptr_mut(slot) else {
         return slow;
     };
@@ -149,8 +151,9 @@ fn forward_to<const V6: bool>(raw: *mut xdp_md, cfg: &Config, peer: &PeerEntry, 
 
     unsafe {
         let eth = &mut *p.eth;
-        eth.dst = hop.dmac;
-        eth.src = hop.smac;
+        // Not `=`: LLVM makes a 6-byte array assignment a memmove call.
+        copy_bytes::<6>(&mut eth.dst, &hop.dmac);
+        copy_bytes::<6>(&mut eth.src, &hop.smac);
         if p.v6 {
             let ip = &mut *(p.l3 as *mut Ipv6Hdr);
             copy_bytes::<16>(&mut ip.src, &hop.src);
