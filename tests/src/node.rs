@@ -264,7 +264,7 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        eprintln!("{} did not exit 3 s after SIGTERM: SIGKILL", self.what);
+        crate::note!("{} did not exit 3 s after SIGTERM: SIGKILL", self.what);
         let _ = child.kill();
         child.wait().ok()
     }
@@ -462,7 +462,7 @@ impl Drop for Node {
     fn drop(&mut self) {
         let status = self.proc.stop();
         if std::thread::panicking() {
-            eprintln!(
+            crate::note!(
                 "--- controller {} ({}) exit {:?}, last log lines:\n{}\n---",
                 self.spec.name,
                 self.spec.instance,
@@ -475,7 +475,7 @@ impl Drop for Node {
         }
         let pins = self.spec.pin_dir();
         if pins.exists() {
-            eprintln!("controller {} left pins at {}: removing", self.spec.name, pins.display());
+            crate::note!("controller {} left pins at {}: removing", self.spec.name, pins.display());
             let _ = std::fs::remove_dir_all(&pins);
         }
         // Lock and run-state files the controller keeps per instance.

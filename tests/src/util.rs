@@ -1,5 +1,16 @@
 //! Small helpers: running commands, temporary directories, polling, JSON.
 
+/// `eprintln!` for drop paths: a write error (stderr closed, as in `cargo
+/// xtask run 2>&1 | head`) is ignored instead of panicking, since a panic
+/// while a guard drops during unwinding aborts and leaves namespaces behind.
+#[macro_export]
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 use anyhow::{Context, Result, bail};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -83,7 +94,7 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         if self.keep || std::thread::panicking() {
-            eprintln!("(kept {} for inspection)", self.path.display());
+            crate::note!("(kept {} for inspection)", self.path.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.path);
         }

@@ -1157,8 +1157,9 @@ fn forward_bench(rig: &Rig, args: &BenchArgs, report: &mut Value) -> Result<()> 
     }
     for r in testrun["datapath"].as_array().into_iter().flatten() {
         println!(
-            "  p2p_xdp with {:>7} peers  {:>7.1} ns  ({}/{} keys forwarded, fwd {} of {} runs)",
+            "  p2p_xdp with {:>7} peers, {:<8} {:>7.1} ns  ({}/{} keys forwarded, fwd {} of {} runs)",
             r["peers"],
+            r["variant"].as_str().unwrap_or("?"),
             r["ns_per_packet"].as_f64().unwrap_or(0.0),
             r["forwarded_keys"],
             r["keys"],

@@ -9,7 +9,7 @@
 
 use crate::say;
 use crate::setup;
-use crate::util::{cargo, run_inherit, target_dir};
+use crate::util::{cargo, run_inherit, said, target_dir};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use p2p_common::counters::COUNTER_NAMES;
@@ -86,12 +86,16 @@ fn testbed(ctl: Controller, args: &RunArgs) -> Result<()> {
     say!("==> all {n} controllers up; logs and state in {}", tb.tmp.path().display());
     let started = Instant::now();
     match tb.wait_converged(Duration::from_secs(60)) {
-        Ok(t) => say!(
-            "==> routing tables converged in {:.1} s: {} routed peers per node",
-            started.elapsed().as_secs_f64(),
-            t.iter().map(|p| p.len().to_string()).collect::<Vec<_>>().join(" ")
-        ),
-        Err(e) => say!("==> warning: {e:#}"),
+        Ok(t) => {
+            say!(
+                "==> routing tables converged in {:.1} s: {} routed peers per node",
+                started.elapsed().as_secs_f64(),
+                t.iter().map(|p| p.len().to_string()).collect::<Vec<_>>().join(" ")
+            );
+        }
+        Err(e) => {
+            say!("==> warning: {e:#}");
+        }
     }
 
     let mut keys = Vec::new();
@@ -186,7 +190,9 @@ fn monitor(tb: &Testbed, totals: &Totals, generator: &std::thread::JoinHandle<()
         let mut rtts = std::mem::take(&mut *totals.rtts_us.lock().unwrap());
         rtts.sort_unstable();
         let median = rtts.get(rtts.len() / 2).copied().unwrap_or(0);
-        say!(
+        // stdout closed (`cargo xtask run | head`): nobody reads the report
+        // any more, so stop and clean up as on Ctrl-C.
+        let read = said(format_args!(
             "\n[{:>5}s] lookups {}/s, found {} (of {}), failed {}, median rtt {} us",
             start.elapsed().as_secs(),
             sent - prev_sent,
@@ -194,7 +200,7 @@ fn monitor(tb: &Testbed, totals: &Totals, generator: &std::thread::JoinHandle<()
             sent,
             totals.failed.load(Ordering::Relaxed),
             median
-        );
+        ));
         prev_sent = sent;
         say!(
             "  {:<5} {:>5} {:>6} {:>7} {:>7} {:>8} {:>8} {:>9} {:>8}",
@@ -231,6 +237,10 @@ fn monitor(tb: &Testbed, totals: &Totals, generator: &std::thread::JoinHandle<()
                 json_u64(&status, "records")
             );
             *prev = Some((stats, status));
+        }
+        if !read {
+            p2p_tests::note!("==> stdout closed: stopping");
+            break;
         }
     }
     say!("");

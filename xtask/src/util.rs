@@ -63,6 +63,14 @@ pub fn run_inherit(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// One line to stdout, like [`say!`]; false if it could not be written
+/// (stdout closed: `cargo xtask run | head` after `head` exits), so that a
+/// command that only reports can stop when nobody reads it any more.
+pub fn said(line: std::fmt::Arguments) -> bool {
+    use std::io::Write as _;
+    writeln!(std::io::stdout().lock(), "{line}").is_ok()
+}
+
 /// `println!` that survives a closed or broken stdout (`cargo xtask run |
 /// head`, a `tee` killed by Ctrl-C): the line is lost, the program goes on
 /// (and cleans up) instead of panicking.
