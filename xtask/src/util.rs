@@ -25,6 +25,24 @@ pub fn target_dir() -> PathBuf {
 pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     c.current_dir(root());
+    // What `cargo run` set for xtask itself. Passed on, it makes a build
+    // from here differ from one from a shell (ring's build script watches
+    // CARGO_MANIFEST_DIR): each would rebuild what the other built.
+    for (name, _) in std::env::vars_os() {
+        let n = name.to_string_lossy();
+        if n.starts_with("CARGO_PKG_")
+            || matches!(
+                &*n,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            c.env_remove(&name);
+        }
+    }
     c
 }
 
