@@ -24,7 +24,10 @@
 //! lost: at 1% loss per link, about 0.02 × 0.03³ × 0.02⁴ ≈ 10⁻¹⁴ per
 //! episode. Worst case from the last packet to "dead": 100 (silence) +
 //! 100 (probe) + 150 (indirect) + 200 (suspicion) + 3 ticks of 25 ms
-//! ≈ 625 ms, inside the 1 s target with room for map sync.
+//! ≈ 625 ms, inside the 1 s target with room for map sync. A peer that
+//! has not answered since it entered the maps is allowed 300 ms of silence
+//! (its first PINGs may wait for a neighbour entry) instead of 100 + 100:
+//! found dead about 700 ms after it entered, if it never answers.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,6 +36,12 @@ use std::time::{Duration, Instant};
 use p2p_common::id::NodeId;
 
 use crate::api::{DetectionHistogram, PeerLiveness};
+
+/// Silence allowed a peer that has not answered since it entered the maps
+/// (or came back) before its first miss counts. Before, such a peer was
+/// re-PINGed so often that no PING ever timed out: one that went silent
+/// right after entering the maps was never found dead.
+const FIRST_ANSWER_GRACE: Duration = Duration::from_millis(300);
 
 /// The detector's clock settings.
 #[derive(Debug, Clone, Copy)]
@@ -323,10 +332,12 @@ impl Detector {
         for id in ids {
             let msg_id = self.msg_id();
             let p = self.peers.get_mut(&id).expect("listed");
-            // A peer that never answered since it entered the maps gets a
-            // second to do so (start-up, a neighbour entry to resolve).
-            let first = if p.answered { Duration::ZERO } else { Duration::from_secs(1) };
-            let timeout = t.probe_timeout.max(p.rtt.unwrap_or_default() * 4).max(first);
+            let timeout = t.probe_timeout.max(p.rtt.unwrap_or_default() * 4);
+            // A peer that never answered since it entered the maps has
+            // FIRST_ANSWER_GRACE of silence before a miss counts (its first
+            // PINGs may wait for a neighbour entry); its PINGs go out every
+            // probe interval meanwhile, each missed after `timeout`.
+            let grace = if p.answered { timeout } else { timeout.max(FIRST_ANSWER_GRACE) };
             let silent = now.saturating_duration_since(p.heard);
             let probe_due = |p: &Peer, every: Duration| {
                 p.probe.is_none_or(|(_, sent)| now.saturating_duration_since(sent) >= every)
@@ -349,7 +360,7 @@ impl Detector {
                         }
                     } else if let Some((_, sent)) = p.probe
                         && now.saturating_duration_since(sent) >= timeout
-                        && silent >= timeout
+                        && silent >= grace
                     {
                         // A direct miss: ask others (the freshest first).
                         let mut helpers: Vec<(NodeId, Instant)> =
@@ -523,6 +534,35 @@ mod tests {
         assert_eq!(d.view(t0 + 310 * MS)[0].1.state, "alive");
         let acts = run(&mut d, t0 + 325 * MS, t0 + 400 * MS);
         assert!(acts.iter().all(|(_, a)| !matches!(a, Action::Dead { .. })));
+    }
+
+    /// A peer re-added to the maps just before it vanished (the second CI
+    /// failure in churn.rs): it never answers, and must still be found dead,
+    /// within the first-answer grace plus the usual bound; one that answers
+    /// late in the grace is not.
+    #[test]
+    fn a_peer_that_never_answers_after_entering_the_maps_is_found_dead() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(Timing::default());
+        d.set_routed(&[(node(1), addr(1)), (node(2), addr(2))], t0);
+        let mut t = t0;
+        let mut dead = Vec::new();
+        while t <= t0 + 2000 * MS {
+            // Node 2 is first heard 250 ms in, then all the time.
+            if t >= t0 + 250 * MS {
+                d.evidence(node(2), t, Source::Passive);
+            }
+            for a in d.tick(t) {
+                if let Action::Dead { node: n, .. } = a {
+                    dead.push((n, t - t0));
+                }
+            }
+            t += 25 * MS;
+        }
+        assert_eq!(dead.len(), 1, "only the silent one: {dead:?}");
+        assert_eq!(dead[0].0, node(1));
+        assert!(dead[0].1 <= 750 * MS, "found dead {:?} after entering the maps", dead[0].1);
+        assert!(dead[0].1 >= 600 * MS, "not before grace + indirect + suspicion ({:?})", dead[0].1);
     }
 
     /// The CI failure this guards against: the control plane took a dead
