@@ -160,6 +160,21 @@ pub enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// The network's certificate authority: root key, membership certificates, revocations.
+    ///
+    /// Files and encodings: docs/TRUST.md. A network is made once with
+    /// `ca init`, whose root.pub is the trust anchor every node is given;
+    /// `ca sign` issues a member's certificate, `ca revoke` takes one back.
+    ///
+    /// Nodes do not yet check certificates (the rest of issue 8).
+    ///
+    /// Example:
+    ///   p2p-controller ca init --out /var/lib/p2p-nos/ca
+    ///   p2p-controller ca sign "$(p2p-controller id --json | jq -r .peer_id)" --out node.cert
+    ///   p2p-controller ca show node.cert --anchor /var/lib/p2p-nos/ca/root.pub
+    ///   p2p-controller ca revoke 1
+    #[command(subcommand, verbatim_doc_comment)]
+    Ca(CaCommand),
     /// Attach the pass-through XDP program until interrupted. A veth only
     /// delivers redirected or XDP_TX'd frames when its peer runs XDP: test
     /// rigs put this on bridge-side veth ends and on benchmark generators.
@@ -172,6 +187,77 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         xdp_mode: AttachMode,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCommand {
+    /// Make a network root key pair and its CA directory.
+    ///
+    /// Writes DIR/root.key (private, mode 0600; keep it offline),
+    /// DIR/root.pub (the trust anchor every node is given), issued.jsonl and
+    /// an empty signed revocation list. Refuses to overwrite a CA.
+    Init {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Issue a membership certificate for PEER_ID.
+    ///
+    /// `p2p-controller id` prints a node's peer ID. The certificate is
+    /// printed, or written to --out; it is valid from 5 minutes before now
+    /// (clock skew) for --valid. Serials count up from 1 (issued.jsonl).
+    Sign {
+        peer_id: String,
+        /// How long it is valid (30d, 12h, 90m).
+        #[arg(long, default_value = "30d", value_name = "DURATION")]
+        valid: String,
+        /// The peer's class (a-z, 0-9, -, _; at most 32), e.g. mobile.
+        #[arg(long, default_value = "default")]
+        class: String,
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// Write the certificate here (replacing it) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a root key, certificate or revocation list.
+    ///
+    /// With --anchor, also judge a certificate as a node would (signature,
+    /// issuer, validity window, --revocations) and exit 1 if it would be
+    /// refused.
+    Show {
+        file: PathBuf,
+        /// The trust anchor (root.pub) to check a certificate against.
+        #[arg(long, value_name = "ROOT_PUB")]
+        anchor: Option<PathBuf>,
+        /// A revocation list to check the certificate's serial against.
+        #[arg(long, value_name = "FILE", requires = "anchor")]
+        revocations: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a certificate by its serial.
+    ///
+    /// The serials are in issued.jsonl. The CA's revocation list is signed
+    /// again with the serial in it, its sequence number one higher;
+    /// revoking a revoked serial changes nothing.
+    Revoke {
+        serial: u64,
+        #[command(flatten)]
+        ca: CaDirArg,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct CaDirArg {
+    /// The CA directory (made by `ca init --out DIR`).
+    #[arg(long = "ca", value_name = "DIR", env = "P2P_CA_DIR", default_value = crate::paths::CA_DIR)]
+    pub dir: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]

@@ -5,6 +5,7 @@
 //! `liveness`, `overlay` (the overlay socket) and `mapsync` (the only owner
 //! of the loaded `dataplane`).
 pub mod api;
+pub mod ca_cmd;
 pub mod cli;
 pub mod control;
 pub mod daemon;
@@ -20,5 +21,6 @@ pub mod overlay;
 pub mod paths;
 pub mod reputation;
 pub mod sys;
+pub mod trust;
 pub mod units;
 pub mod userspace;

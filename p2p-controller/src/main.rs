@@ -4,7 +4,7 @@ use clap::Parser;
 use p2p_controller::api::{self, Request};
 use p2p_controller::cli::{Cli, ClientArgs, Command, DhtCommand, MapsWhich, PubsubCommand, RateCommand};
 use p2p_controller::error::{Error, Result};
-use p2p_controller::{control, daemon, dataplane, identity, maps_cmd, paths, sys};
+use p2p_controller::{ca_cmd, control, daemon, dataplane, identity, maps_cmd, paths, sys};
 use serde_json::json;
 
 fn main() -> ExitCode {
@@ -300,6 +300,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Ca(cmd) => ca_cmd::run(cmd),
         Command::XdpPass { netns, ifaces, xdp_mode } => {
             // Blocked from the start: a stop request is taken, not fatal.
             let set = sys::block_signals();

@@ -9,6 +9,15 @@ pub const STATE_ROOT: &str = "/var/lib/p2p-nos";
 pub const RUN_ROOT: &str = "/run/p2p-nos";
 /// ed25519 key, protobuf-encoded (libp2p-identity), mode 0600.
 pub const KEY_FILE: &str = "node.key";
+/// Where `ca sign` and `ca revoke` look for the network's CA by default.
+pub const CA_DIR: &str = "/var/lib/p2p-nos/ca";
+/// The files of a CA directory (docs/TRUST.md): the root key pair
+/// (protobuf-encoded like node.key, mode 0600), the trust anchor to give
+/// every node, the log of issued certificates, the signed revocation list.
+pub const CA_ROOT_KEY: &str = "root.key";
+pub const CA_ROOT_PUB: &str = "root.pub";
+pub const CA_ISSUED: &str = "issued.jsonl";
+pub const CA_REVOCATIONS: &str = "revocations";
 
 pub fn pin_dir(instance: &str) -> PathBuf {
     PathBuf::from(PIN_ROOT).join(instance)

@@ -277,3 +277,81 @@ fn absent_bpffs_is_reported() {
     }
     assert_clean_failure(&o, "bpffs is not mounted");
 }
+
+#[test]
+fn ca_issues_checks_and_revokes_certificates() {
+    let d = tmp("ca");
+    let ca = d.join("ca");
+    let ok = |args: &[&str]| {
+        let o = bin().args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        o
+    };
+    let js = |o: &Output| serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap();
+    let cas = ca.to_str().unwrap();
+    let init = js(&ok(&["ca", "init", "--out", cas, "--json"]));
+    assert_eq!(init["fingerprint"].as_str().unwrap().len(), 16);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(ca.join("root.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    let before = std::fs::read(ca.join("root.key")).unwrap();
+    assert_clean_failure(&bin().args(["ca", "init", "--out", cas]).output().unwrap(), "refusing to overwrite");
+    assert_eq!(std::fs::read(ca.join("root.key")).unwrap(), before, "the root is untouched");
+
+    let state = d.join("state");
+    let id = js(&ok(&["id", "--json", "--state-dir", state.to_str().unwrap()]));
+    let peer = id["peer_id"].as_str().unwrap();
+    // Bad input changes nothing: no serial is used up.
+    for (args, needle) in [
+        (vec!["ca", "sign", "not-a-peer", "--ca", cas], "not a peer ID"),
+        (vec!["ca", "sign", peer, "--ca", cas, "--valid", "0s"], "longer than 0"),
+        (vec!["ca", "sign", peer, "--ca", cas, "--valid", "forever"], "must expire"),
+        (vec!["ca", "sign", peer, "--ca", cas, "--class", "High Capacity"], "--class"),
+        (vec!["ca", "sign", peer, "--ca", d.join("nope").to_str().unwrap()], "ca init --out"),
+        (vec!["ca", "revoke", "1", "--ca", cas], "never issued"),
+    ] {
+        assert_clean_failure(&bin().args(&args).output().unwrap(), needle);
+    }
+    assert_eq!(std::fs::read_to_string(ca.join("issued.jsonl")).unwrap(), "");
+
+    let cert = d.join("node.cert");
+    let certs = cert.to_str().unwrap();
+    let signed =
+        js(&ok(&["ca", "sign", peer, "--ca", cas, "--class", "mobile", "--valid", "1h", "--out", certs, "--json"]));
+    assert_eq!((signed["serial"].as_u64(), signed["class"].as_str()), (Some(1), Some("mobile")));
+    assert_eq!(signed["node_id"], id["node_id"]);
+    let life = signed["not_after"].as_u64().unwrap() - signed["not_before"].as_u64().unwrap();
+    assert_eq!(life, 3600 + 300, "1 h from now, from 5 min ago");
+    let printed = ok(&["ca", "sign", peer, "--ca", cas]);
+    assert!(String::from_utf8_lossy(&printed.stdout).starts_with("-----BEGIN P2P-NOS CERTIFICATE-----\n"));
+
+    let anchor = ca.join("root.pub");
+    let shown = js(&ok(&["ca", "show", certs, "--anchor", anchor.to_str().unwrap(), "--json"]));
+    assert_eq!((shown["accepted"].as_bool(), shown["peer_id"].as_str()), (Some(true), Some(peer)));
+    // Another network's root refuses it, and says so in the JSON too.
+    let other = d.join("other");
+    ok(&["ca", "init", "--out", other.to_str().unwrap()]);
+    let o = bin().args(["ca", "show", certs, "--json", "--anchor"]).arg(other.join("root.pub")).output().unwrap();
+    assert_clean_failure(&o, "a node would refuse it");
+    assert_eq!(js(&o)["accepted"], false);
+
+    let revoked = js(&ok(&["ca", "revoke", "1", "--ca", cas, "--json"]));
+    assert_eq!((revoked["sequence"].as_u64(), revoked["already_revoked"].as_bool()), (Some(1), Some(false)));
+    let crl = ca.join("revocations");
+    let o = bin()
+        .args(["ca", "show", certs, "--anchor", anchor.to_str().unwrap(), "--revocations", crl.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, "serial 1 is revoked");
+    let again = js(&ok(&["ca", "revoke", "1", "--ca", cas, "--json"]));
+    assert_eq!((again["sequence"].as_u64(), again["already_revoked"].as_bool()), (Some(1), Some(true)));
+    let list = js(&ok(&["ca", "show", crl.to_str().unwrap(), "--json"]));
+    assert_eq!(list["revoked"][0]["serial"], 1);
+
+    // A file of the wrong kind, or altered, is named with what is wrong.
+    assert_clean_failure(&bin().args(["ca", "show", certs, "--anchor", certs]).output().unwrap(), "not a root key");
+    let mut text = std::fs::read_to_string(&cert).unwrap();
+    text.insert(text.find('\n').unwrap() + 5, 'A');
+    std::fs::write(&cert, text).unwrap();
+    assert_clean_failure(&bin().args(["ca", "show", certs]).output().unwrap(), "node.cert");
+    let _ = std::fs::remove_dir_all(&d);
+}
