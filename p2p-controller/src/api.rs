@@ -223,6 +223,33 @@ pub struct NetStatus {
     pub bootstrap: Vec<BootstrapStatus>,
     pub mdns: bool,
     pub pubsub: PubsubStatus,
+    /// With `--trust-anchor` only (docs/TRUST.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<TrustStatus>,
+}
+
+/// Membership in an anchored network, as `status` reports it.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct TrustStatus {
+    /// The anchor's fingerprint.
+    pub anchor: String,
+    /// This node's certificate: serial, class, end of validity (unix s),
+    /// "valid" or "expired".
+    pub serial: u64,
+    pub class: String,
+    pub not_after: u64,
+    pub certificate: String,
+    /// Sequence of the newest revocation list held, if any.
+    pub revocations_sequence: Option<u64>,
+    /// Peers known now by membership state.
+    pub members: usize,
+    pub pending: usize,
+    pub refused_now: usize,
+    /// Admissions and refusals since start.
+    pub admitted: u64,
+    pub refused: u64,
+    /// Peers that refused this node's certificate, and why.
+    pub refused_us: std::collections::BTreeMap<String, String>,
 }
 
 /// How long the churn detector took to declare deaths: from a peer's

@@ -376,6 +376,18 @@ pub struct RunArgs {
     /// Emit aya-log lines from the XDP program (off by default: they cost).
     #[arg(long)]
     pub ebpf_log: bool,
+    /// The network's root key (root.pub of `ca init`): only peers with a
+    /// valid certificate under it are admitted to Kademlia, gossipsub and
+    /// the maps (docs/TRUST.md). Needs --cert.
+    #[arg(long, value_name = "ROOT_PUB", requires = "cert")]
+    pub trust_anchor: Option<PathBuf>,
+    /// This node's certificate (`ca sign`), shown to every peer.
+    #[arg(long, value_name = "FILE", requires = "trust_anchor")]
+    pub cert: Option<PathBuf>,
+    /// A revocation list (the CA's `revocations` file). Re-read when it
+    /// changes; a newer list is applied and spread to every member.
+    #[arg(long, value_name = "FILE", requires = "trust_anchor")]
+    pub revocations: Option<PathBuf>,
     /// Control socket [default: /run/p2p-nos/<instance>.sock]
     #[arg(long)]
     pub control_socket: Option<PathBuf>,

@@ -31,7 +31,7 @@ use crate::net::store::SharedStore;
 use crate::net::{self, NetConfig};
 use crate::overlay::OverlayConfig;
 use crate::userspace::Peer;
-use crate::{control, files, liveness, mapsync, overlay, paths, reputation, sys, units};
+use crate::{control, files, liveness, mapsync, overlay, paths, reputation, sys, trust, units};
 
 /// Everything `run` must undo, undone on drop (also on early errors).
 struct Cleanup {
@@ -158,7 +158,21 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         None => Vec::new(),
     };
     let state_dir = args.state_dir.clone().unwrap_or_else(|| paths::state_dir(&instance));
+    net_cfg.trust = trust_config(&args, &state_dir)?;
     let (identity, created) = Identity::load_or_create(&state_dir)?;
+    if let Some(t) = &net_cfg.trust
+        && t.cert.peer != identity.peer_id
+    {
+        return Err(Error::File {
+            path: args.cert.clone().unwrap_or_default(),
+            reason: format!(
+                "certifies {}, but this node is {} (state dir {}); sign one for this node",
+                t.cert.peer,
+                identity.peer_id,
+                state_dir.display()
+            ),
+        });
+    }
     if created {
         log::info!("created a new node key in {}", state_dir.display());
     }
@@ -500,6 +514,7 @@ fn net_config(args: &RunArgs) -> Result<(IpAddr, NetConfig)> {
         overlay_ip: overlay_ip.filter(|ip| !ip.is_unspecified()),
         static_peers: Vec::new(),
         max_per_prefix: args.max_per_prefix as usize,
+        trust: None,
         flap: net::peers::FlapPolicy {
             deaths: args.flap_deaths as usize,
             window: units::parse_duration(&args.flap_window)
@@ -511,6 +526,29 @@ fn net_config(args: &RunArgs) -> Result<(IpAddr, NetConfig)> {
         return Err(Error::Usage(format!("--kad-protocol {:?}: a protocol name starts with '/'", cfg.kad_protocol)));
     }
     Ok((overlay_ip.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)), cfg))
+}
+
+/// `--trust-anchor`, `--cert`, `--revocations`, checked before anything
+/// changes: this node's own certificate must be one its peers accept.
+fn trust_config(args: &RunArgs, state_dir: &std::path::Path) -> Result<Option<net::TrustConfig>> {
+    let (Some(anchor_path), Some(cert_path)) = (&args.trust_anchor, &args.cert) else { return Ok(None) };
+    let anchor = trust::ca::read_root_key(anchor_path)?;
+    let cert = trust::ca::read_certificate(cert_path)?;
+    let revocations = args.revocations.as_deref().map(trust::ca::read_revocations).transpose()?;
+    if let (Some(r), Some(p)) = (&revocations, &args.revocations)
+        && r.issuer != anchor.0
+    {
+        return Err(Error::File { path: p.clone(), reason: "signed by another root than --trust-anchor".into() });
+    }
+    cert.verify(&anchor, trust::ca::unix_now(), revocations.as_ref())
+        .map_err(|e| Error::File { path: cert_path.clone(), reason: format!("peers would refuse it: {e}") })?;
+    if !state_dir.join(paths::KEY_FILE).exists() {
+        return Err(Error::File {
+            path: state_dir.join(paths::KEY_FILE),
+            reason: format!("does not exist, so --cert (for {}) cannot be this node's", cert.peer),
+        });
+    }
+    Ok(Some(net::TrustConfig { anchor, cert, revocations, revocations_file: args.revocations.clone() }))
 }
 
 fn bind_overlay(addr: SocketAddr) -> Result<std::net::UdpSocket> {

@@ -159,6 +159,15 @@ fn dispatch(cli: Cli) -> Result<()> {
                 println!("slow path     {}", v.overlay.slow_path);
                 println!("lookups answ. {}", v.overlay.lookups_answered);
                 println!("map sync      {}", compact(&v.map_sync));
+                if let Some(t) = &v.net.trust {
+                    println!(
+                        "membership    anchor {}, certificate {} ({}, class {}), {} members, {} pending, {} refused",
+                        t.anchor, t.serial, t.certificate, t.class, t.members, t.pending, t.refused_now
+                    );
+                    for (p, why) in &t.refused_us {
+                        println!("refused by    {p}: {why}");
+                    }
+                }
             }
             Ok(())
         }

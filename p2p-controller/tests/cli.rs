@@ -92,6 +92,52 @@ fn bad_run_settings_are_refused_before_anything_changes() {
 }
 
 #[test]
+fn run_refuses_a_certificate_its_peers_would_refuse() {
+    let d = tmp("trust");
+    let ca = d.join("ca");
+    let ok = |args: &[&str]| {
+        let o = bin().args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    };
+    ok(&["ca", "init", "--out", ca.to_str().unwrap()]);
+    let state = d.join("state");
+    let other = d.join("other");
+    let peer_of = |dir: &std::path::Path| {
+        let o = bin().args(["id", "--json", "--state-dir"]).arg(dir).output().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["peer_id"].as_str().unwrap().to_string()
+    };
+    let (me, them) = (peer_of(&state), peer_of(&other));
+    let sign = |peer: &str, valid: &str, out: &str| {
+        let out = d.join(out);
+        ok(&["ca", "sign", peer, "--ca", ca.to_str().unwrap(), "--valid", valid, "--out", out.to_str().unwrap()]);
+        out
+    };
+    let theirs = sign(&them, "1h", "theirs.cert");
+    let short = sign(&me, "1s", "short.cert");
+    let anchor = ca.join("root.pub");
+    let run = |cert: &std::path::Path, state: &std::path::Path| {
+        bin()
+            .args(["--instance", "cli-test-trust", "run", "--datapath", "userspace", "--overlay-port", "59124"])
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--trust-anchor")
+            .arg(&anchor)
+            .arg("--cert")
+            .arg(cert)
+            .output()
+            .unwrap()
+    };
+    assert_clean_failure(&run(&theirs, &state), "certifies");
+    assert_clean_failure(&run(&theirs, &d.join("fresh")), "does not exist");
+    assert!(!d.join("fresh").join("node.key").exists(), "no key is created for a certificate of another node");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_clean_failure(&run(&short, &state), "expired");
+    assert_clean_failure(&run(&anchor, &state), "not a certificate");
+    let o = bin().args(["run", "--datapath", "userspace", "--cert"]).arg(&short).output().unwrap();
+    assert_clean_failure(&o, "--trust-anchor");
+}
+
+#[test]
 fn missing_interface_is_named() {
     let d = tmp("iface");
     let o = bin()

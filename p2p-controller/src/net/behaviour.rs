@@ -25,6 +25,8 @@ pub struct Behaviour {
     pub gossipsub: gossipsub::Behaviour,
     /// Indirect probes for the churn detector.
     pub probe: super::probes::Behaviour,
+    /// Membership certificates (anchored networks only).
+    pub member: Toggle<super::members::Behaviour>,
 }
 
 /// Builds the swarm (no listeners yet).
@@ -71,10 +73,13 @@ pub fn build(keypair: &Keypair, cfg: &NetConfig, store: SharedStore) -> Result<S
             } else {
                 None
             };
-            let gcfg = gossipsub::ConfigBuilder::default()
-                .heartbeat_interval(Duration::from_millis(500))
-                .build()
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let mut gcfg = gossipsub::ConfigBuilder::default();
+            gcfg.heartbeat_interval(Duration::from_millis(500));
+            if cfg.trust.is_some() {
+                // Members only: each message is accepted by net::pubsub.
+                gcfg.validate_messages();
+            }
+            let gcfg = gcfg.build().map_err(|e| std::io::Error::other(e.to_string()))?;
             let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gcfg)
                 .map_err(std::io::Error::other)?;
             // Gossipsub v1.1 peer scoring with libp2p's defaults; our own
@@ -90,6 +95,7 @@ pub fn build(keypair: &Keypair, cfg: &NetConfig, store: SharedStore) -> Result<S
                 mdns: Toggle::from(mdns),
                 gossipsub,
                 probe: super::probes::behaviour(),
+                member: Toggle::from(cfg.trust.is_some().then(super::members::behaviour)),
             })
         })
         .map_err(|e| format!("libp2p behaviour: {e}"))?

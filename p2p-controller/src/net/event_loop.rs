@@ -56,6 +56,8 @@ pub struct EventLoop {
     pub(super) dht: Dht,
     pub(super) pubsub: Pubsub,
     pub(super) probes: Probes,
+    /// Anchored networks only: who has proven membership.
+    pub(super) members: Option<super::members::Members>,
     pub(super) overlay: OverlayHandle,
     pub(super) liveness: LivenessHandle,
     pub(super) reputation: ReputationHandle,
@@ -109,7 +111,8 @@ impl EventLoop {
             swarm,
             kad_protocol,
             store,
-            book: PeerBook::new(cfg.flap),
+            book: PeerBook::new(cfg.flap, cfg.trust.is_some()),
+            members: cfg.trust.clone().map(super::members::Members::new),
             cfg,
             redials: HashMap::new(),
             dead_found: 0,
@@ -217,6 +220,7 @@ impl EventLoop {
     fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>, probe_tx: &mpsc::Sender<Answered>) {
         match ev {
             SwarmEvent::Behaviour(BehaviourEvent::Probe(e)) => self.on_probe(e, probe_tx),
+            SwarmEvent::Behaviour(BehaviourEvent::Member(e)) => self.on_member(e),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.on_identify(e),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(e)) => self.on_mdns(e),
@@ -252,6 +256,11 @@ impl EventLoop {
                 if let Some(old) = old_peer {
                     log::debug!("routing table: - {old} (evicted)");
                 }
+                // Kademlia adds peers that speak its protocol by itself: in
+                // an anchored network only members may stay.
+                if self.membership_required() && !self.book.get(&peer).is_some_and(|s| s.member.admits()) {
+                    self.kad().remove_peer(&peer);
+                }
                 self.touch();
             }
             kad::Event::InboundRequest { request } => {
@@ -275,6 +284,10 @@ impl EventLoop {
         self.tick_bootstrap(now);
         self.tick_membership(now);
         self.tick_pubsub();
+        self.apply_shut_outs(now);
+        if self.ticks.is_multiple_of(10) {
+            self.tick_members(now);
+        }
         if self.ticks.is_multiple_of(100) {
             self.dht.forget_abandoned();
         }
@@ -338,6 +351,7 @@ impl EventLoop {
             bootstrap: self.targets.iter().map(|t| t.status(now)).collect(),
             mdns: self.cfg.mdns,
             pubsub: self.pubsub_status(),
+            trust: self.trust_status(),
         }
     }
 
@@ -382,7 +396,12 @@ impl EventLoop {
             });
         }
         for (pid, st) in self.book.iter().filter(|(p, s)| {
-            !in_table.contains(p) && (s.connected() || s.dead.is_some() || s.banned || s.refused.is_some())
+            !in_table.contains(p)
+                && (s.connected()
+                    || s.dead.is_some()
+                    || s.banned
+                    || s.refused.is_some()
+                    || matches!(s.member, super::peers::Membership::Refused(_)))
         }) {
             out.push(PeerView {
                 peer_id: Some(pid.to_string()),

@@ -220,10 +220,15 @@ impl EventLoop {
             let _ = self.swarm.disconnect_peer_id(peer_id);
         } else if speaks {
             self.book.set_refused(&peer_id, None);
-            // Only now does the peer enter Kademlia's table (DESIGN.md:
-            // add_address alone would let a non-speaker in).
-            self.offer_to_kad(&peer_id);
-            self.bootstrap_through(peer_id);
+            if self.membership_required() {
+                // It enters Kademlia's table once its certificate verifies.
+                self.present_certificate(peer_id);
+            } else {
+                // Only now does the peer enter Kademlia's table (DESIGN.md:
+                // add_address alone would let a non-speaker in).
+                self.offer_to_kad(&peer_id);
+                self.bootstrap_through(peer_id);
+            }
         } else if self.kad().remove_peer(&peer_id).is_some() {
             log::info!("{peer_id} does not speak {}: removed from the routing table", self.kad_protocol);
         }
@@ -281,7 +286,8 @@ impl EventLoop {
                 s.dead.as_ref().is_some_and(|(t, _)| now.duration_since(*t) < Duration::from_secs(600))
             };
             let dead_recently: HashSet<PeerId> = self.book.iter().filter(|(_, s)| recent(s)).map(|(p, _)| *p).collect();
-            self.book.prune(|p| table.contains(p) || dead_recently.contains(p));
+            let shut_out: HashSet<PeerId> = self.book.iter().map(|(p, _)| *p).filter(|p| self.shut_out(p)).collect();
+            self.book.prune(|p| table.contains(p) || dead_recently.contains(p) || shut_out.contains(p));
         }
     }
 

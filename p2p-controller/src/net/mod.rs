@@ -9,6 +9,7 @@
 //! - [`dht`]: record puts and gets; [`pubsub`]: gossipsub topics;
 //! - [`bootstrap`]: `--bootstrap` targets, their back-off, Kademlia bootstraps;
 //! - [`peers`]: what we know of each peer (kad speaker, endpoint, dead);
+//! - [`members`]: membership certificates in an anchored network;
 //! - [`advert`]: the overlay endpoint advertisement (multiaddr codec);
 //! - [`store`]: Kademlia's record store, shared with the LOOKUP answerer.
 //!
@@ -20,6 +21,7 @@ pub mod bootstrap;
 mod defense;
 mod dht;
 mod event_loop;
+mod members;
 mod membership;
 pub mod peers;
 pub mod probes;
@@ -41,6 +43,7 @@ use crate::mapsync::MapSyncHandle;
 use crate::overlay::OverlayHandle;
 use crate::reputation::{self, ReputationHandle};
 use crate::userspace::Peer;
+pub use members::TrustConfig;
 
 /// Default Kademlia protocol name (`--kad-protocol`).
 pub const DEFAULT_KAD_PROTOCOL: &str = "/p2p-nos/kad/1.0.0";
@@ -78,6 +81,8 @@ pub struct NetConfig {
     pub flap: peers::FlapPolicy,
     /// Node IDs accepted from one /24 or /64.
     pub max_per_prefix: usize,
+    /// `--trust-anchor`: only members are admitted (net::members).
+    pub trust: Option<TrustConfig>,
 }
 
 /// The answer to a Kademlia get.

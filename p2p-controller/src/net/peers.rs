@@ -75,6 +75,31 @@ pub struct PeerState {
     pub banned: bool,
     /// Refused (why): too many node IDs from its /24 or /64.
     pub refused: Option<String>,
+    /// In an anchored network: has it proven membership (net::members)?
+    pub member: Membership,
+}
+
+/// A peer's membership of an anchored network (docs/TRUST.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Membership {
+    /// No trust anchor configured: everyone may join.
+    #[default]
+    Open,
+    /// Asked for its certificate (since when), none verified yet.
+    Pending(Option<Instant>),
+    Member {
+        serial: u64,
+        class: String,
+        not_after: u64,
+    },
+    /// Not a member (why); it may come back with a valid certificate.
+    Refused(String),
+}
+
+impl Membership {
+    pub fn admits(&self) -> bool {
+        matches!(self, Membership::Open | Membership::Member { .. })
+    }
 }
 
 impl PeerState {
@@ -84,7 +109,7 @@ impl PeerState {
 
     /// The overlay endpoint to route to, if the peer may be routed to.
     pub fn routable(&self) -> Option<SocketAddr> {
-        if self.speaks_kad && self.dead.is_none() && !self.banned && self.refused.is_none() {
+        if self.speaks_kad && self.dead.is_none() && !self.banned && self.refused.is_none() && self.member.admits() {
             self.endpoint
         } else {
             None
@@ -98,6 +123,13 @@ impl PeerState {
         }
         if let Some(why) = &self.refused {
             return format!("refused: {why}");
+        }
+        match &self.member {
+            Membership::Refused(why) => return format!("not a member: {why}"),
+            Membership::Pending(_) if self.speaks_kad && self.dead.is_none() => {
+                return "membership not yet proven".into();
+            }
+            _ => {}
         }
         match (&self.dead, self.identified, self.speaks_kad, self.endpoint) {
             (Some((_, why)), ..) => format!("dead: {why}"),
@@ -134,15 +166,29 @@ pub struct Identified {
 pub struct PeerBook {
     peers: HashMap<PeerId, PeerState>,
     pub flap: FlapPolicy,
+    /// Anchored network: new peers start `Pending`, not `Open`.
+    membership_required: bool,
 }
 
 impl PeerBook {
-    pub fn new(flap: FlapPolicy) -> PeerBook {
-        PeerBook { peers: HashMap::new(), flap }
+    pub fn new(flap: FlapPolicy, membership_required: bool) -> PeerBook {
+        PeerBook { peers: HashMap::new(), flap, membership_required }
     }
 
     pub fn get(&self, peer: &PeerId) -> Option<&PeerState> {
         self.peers.get(peer)
+    }
+
+    pub fn get_mut(&mut self, peer: &PeerId) -> Option<&mut PeerState> {
+        self.peers.get_mut(peer)
+    }
+
+    fn entry(&mut self, peer: PeerId) -> &mut PeerState {
+        let required = self.membership_required;
+        self.peers.entry(peer).or_insert_with(|| PeerState {
+            member: if required { Membership::Pending(None) } else { Membership::Open },
+            ..PeerState::default()
+        })
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&PeerId, &PeerState)> {
@@ -156,7 +202,7 @@ impl PeerBook {
     /// A connection came up: proof of life for a peer found dead; true if
     /// it is alive again now.
     pub fn on_connected(&mut self, peer: PeerId, conn: ConnectionId, remote_ip: Option<IpAddr>, now: Instant) -> bool {
-        self.peers.entry(peer).or_default().connections.insert(conn, remote_ip);
+        self.entry(peer).connections.insert(conn, remote_ip);
         self.revive(&peer, now)
     }
 
@@ -212,7 +258,7 @@ impl PeerBook {
         agent: &str,
         listen_addrs: &[libp2p::Multiaddr],
     ) -> Identified {
-        let st = self.peers.entry(peer).or_default();
+        let st = self.entry(peer);
         let before = st.routable();
         st.identified = true;
         st.speaks_kad = speaks_kad;
@@ -245,7 +291,7 @@ impl PeerBook {
     }
 
     pub fn set_banned(&mut self, peer: &PeerId, banned: bool) {
-        self.peers.entry(*peer).or_default().banned = banned;
+        self.entry(*peer).banned = banned;
     }
 
     pub fn set_refused(&mut self, peer: &PeerId, why: Option<String>) {
@@ -306,6 +352,26 @@ mod tests {
         let r = book.on_identify(p, c, true, "p2p-nos/0.1.0", &adv);
         assert!(r.endpoint_changed);
         assert_eq!(book.get(&p).unwrap().routable(), Some("10.99.0.2:9470".parse().unwrap()));
+    }
+
+    #[test]
+    fn in_an_anchored_network_only_members_are_routable() {
+        let mut book = PeerBook::new(FlapPolicy::default(), true);
+        let (p, c) = (PeerId::random(), ConnectionId::new_unchecked(1));
+        book.on_connected(p, c, Some("10.99.0.2".parse().unwrap()), Instant::now());
+        book.on_identify(p, c, true, "p2p-nos/0.1.0", &addrs(&["/ip4/10.99.0.2/udp/9470"]));
+        let st = book.get(&p).unwrap();
+        assert_eq!((st.routable(), st.state().as_str()), (None, "membership not yet proven"));
+        book.get_mut(&p).unwrap().member = Membership::Member { serial: 1, class: "default".into(), not_after: 9 };
+        assert_eq!(book.get(&p).unwrap().routable(), Some("10.99.0.2:9470".parse().unwrap()));
+        book.get_mut(&p).unwrap().member = Membership::Refused("certificate 1 revoked".into());
+        let st = book.get(&p).unwrap();
+        assert_eq!((st.routable(), st.state().as_str()), (None, "not a member: certificate 1 revoked"));
+        // Without an anchor, every peer is open.
+        let mut open = PeerBook::new(FlapPolicy::default(), false);
+        open.on_connected(p, c, None, Instant::now());
+        open.on_identify(p, c, true, "", &addrs(&["/ip4/10.99.0.2/udp/9470"]));
+        assert!(open.get(&p).unwrap().routable().is_some());
     }
 
     #[test]

@@ -20,7 +20,23 @@ pub(super) struct Pubsub {
 
 impl EventLoop {
     pub(super) fn on_gossipsub(&mut self, e: gossipsub::Event) {
-        if let gossipsub::Event::Message { message_id, message, .. } = e {
+        if let gossipsub::Event::Message { message_id, message, propagation_source } = e {
+            // Anchored network: gossipsub validates every message, and
+            // one relayed by a non-member is rejected (not delivered, not
+            // forwarded, counted against it by gossipsub's score).
+            if self.membership_required() {
+                let ok = self.gossip_allowed(&propagation_source);
+                let verdict =
+                    if ok { gossipsub::MessageAcceptance::Accept } else { gossipsub::MessageAcceptance::Reject };
+                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    verdict,
+                );
+                if !ok {
+                    return;
+                }
+            }
             let msg = PubsubMessage {
                 topic: message.topic.to_string(),
                 from: message.source.map(|p| p.to_string()),

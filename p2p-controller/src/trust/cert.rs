@@ -48,6 +48,28 @@ const CERT_FIXED: usize = 4 + 1 + 1 + 1 + 1 + 8 + 8 + 8 + 32;
 const CRL_FIXED: usize = 4 + 1 + 3 + 8 + 8 + 32 + 4;
 const CRL_ENTRY: usize = 16;
 
+/// Every encoding starts with its magic and the version, then `zero`
+/// bytes that v1 leaves zero (reserved bytes, or a certificate's flags).
+fn check_head(
+    b: &[u8],
+    magic: &[u8; 4],
+    min_len: usize,
+    expected: &'static str,
+    zero: usize,
+) -> Result<(), TrustError> {
+    let bad = |reason: &str| TrustError::Malformed { expected, reason: reason.into() };
+    if b.len() < min_len.max(5 + zero) || &b[..4] != magic {
+        return Err(bad("wrong magic or too short"));
+    }
+    if b[4] != VERSION {
+        return Err(TrustError::Version(b[4]));
+    }
+    if b[5..5 + zero].iter().any(|x| *x != 0) {
+        return Err(bad("reserved bytes or flags set"));
+    }
+    Ok(())
+}
+
 /// A network root's public key: the trust anchor every member is given.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RootKey(pub [u8; 32]);
@@ -77,14 +99,9 @@ impl RootKey {
 
     fn from_bytes(b: &[u8]) -> Result<RootKey, TrustError> {
         let bad = |reason: &str| TrustError::Malformed { expected: "root key", reason: reason.into() };
-        if b.len() != 40 || &b[..4] != ROOT_MAGIC {
-            return Err(bad("wrong length or magic"));
-        }
-        if b[4] != VERSION {
-            return Err(TrustError::Version(b[4]));
-        }
-        if b[5..8] != [0; 3] {
-            return Err(bad("reserved bytes set"));
+        check_head(b, ROOT_MAGIC, 40, "root key", 3)?;
+        if b.len() != 40 {
+            return Err(bad("wrong length"));
         }
         let key: [u8; 32] = b[8..].try_into().map_err(|_| bad("short key"))?;
         ed25519::PublicKey::try_from_bytes(&key).map_err(|_| bad("not an ed25519 public key"))?;
@@ -179,15 +196,8 @@ impl Certificate {
     /// names; whether that root is *the* anchor is `verify`'s question.
     pub fn from_bytes(b: &[u8]) -> Result<Certificate, TrustError> {
         let bad = |reason: &str| TrustError::Malformed { expected: "certificate", reason: reason.into() };
-        if b.len() < CERT_FIXED + SIG_LEN || &b[..4] != CERT_MAGIC {
-            return Err(bad("wrong magic or too short"));
-        }
-        if b[4] != VERSION {
-            return Err(TrustError::Version(b[4]));
-        }
-        if b[5] != 0 {
-            return Err(bad("unknown flags"));
-        }
+        // Byte 5 holds flags, none defined in v1.
+        check_head(b, CERT_MAGIC, CERT_FIXED + SIG_LEN, "certificate", 1)?;
         let (id_len, class_len) = (b[6] as usize, b[7] as usize);
         if id_len == 0 || id_len > MAX_PEER_ID_LEN || class_len > MAX_CLASS_LEN {
             return Err(bad("peer ID or class length out of range"));
@@ -307,15 +317,7 @@ impl Revocations {
 
     pub fn from_bytes(b: &[u8]) -> Result<Revocations, TrustError> {
         let bad = |reason: &str| TrustError::Malformed { expected: "revocation list", reason: reason.into() };
-        if b.len() < CRL_FIXED + SIG_LEN || &b[..4] != CRL_MAGIC {
-            return Err(bad("wrong magic or too short"));
-        }
-        if b[4] != VERSION {
-            return Err(TrustError::Version(b[4]));
-        }
-        if b[5..8] != [0; 3] {
-            return Err(bad("reserved bytes set"));
-        }
+        check_head(b, CRL_MAGIC, CRL_FIXED + SIG_LEN, "revocation list", 3)?;
         let u64_at = |o: usize| u64::from_be_bytes(b[o..o + 8].try_into().unwrap_or_default());
         let count = u32::from_be_bytes(b[56..60].try_into().unwrap_or_default()) as usize;
         let sig_at = count

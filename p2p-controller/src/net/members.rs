@@ -1,0 +1,393 @@
+//! Membership in an anchored network (`run --trust-anchor --cert`,
+//! docs/TRUST.md). Right after identify each side sends the other its
+//! certificate (and its newest revocation list) over
+//! `/p2p-nos/member/1.0.0`. A peer is routed to, kept in Kademlia's table
+//! and let into gossipsub only once its certificate verifies under the
+//! anchor for its own peer ID; one that presents none within
+//! [`PRESENT_WITHIN`], a bad one, or one that expires or is revoked later
+//! is dropped and disconnected. Revocation lists spread over the same
+//! protocol: a node that takes a newer list (from its `--revocations FILE`,
+//! which it re-reads when it changes, or from a peer) sends it to every
+//! member it is connected to, and so on. Gossip from a peer that is not a
+//! member is rejected (gossipsub validation), so it spreads no further.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use libp2p::request_response;
+use libp2p::{PeerId, StreamProtocol};
+use serde::{Deserialize, Serialize};
+
+use super::event_loop::EventLoop;
+use super::peers::Membership;
+use crate::api::TrustStatus;
+use crate::trust::ca::unix_now;
+use crate::trust::{Armored, Certificate, Revocations, RootKey};
+
+pub const PROTOCOL: &str = "/p2p-nos/member/1.0.0";
+/// A peer that has not presented a valid certificate this long after
+/// identify is refused (its connections are closed).
+pub const PRESENT_WITHIN: Duration = Duration::from_secs(3);
+/// A refused peer's connections are refused this long: else its redials
+/// (it may still think us its peer) would loop through handshakes.
+pub const REFUSED_FOR: Duration = Duration::from_secs(30);
+/// A refused peer is disconnected this long after the verdict, so that the
+/// exchange in the other direction (its request, our answer) completes
+/// and both sides learn why.
+pub const DISCONNECT_AFTER: Duration = Duration::from_millis(300);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberRequest {
+    /// The sender's certificate, armored.
+    pub certificate: String,
+    /// The newest revocation list the sender holds, armored.
+    pub revocations: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberResponse {
+    pub accepted: bool,
+    pub reason: Option<String>,
+    pub revocations: Option<String>,
+}
+
+pub type Behaviour = request_response::json::Behaviour<MemberRequest, MemberResponse>;
+
+pub fn behaviour() -> Behaviour {
+    let cfg = request_response::Config::default().with_request_timeout(Duration::from_secs(2));
+    Behaviour::new([(StreamProtocol::new(PROTOCOL), request_response::ProtocolSupport::Full)], cfg)
+}
+
+/// What `run --trust-anchor --cert [--revocations]` gave, checked.
+#[derive(Debug, Clone)]
+pub struct TrustConfig {
+    pub anchor: RootKey,
+    pub cert: Certificate,
+    pub revocations: Option<Revocations>,
+    /// Re-read when it changes; a newer list there is applied and published.
+    pub revocations_file: Option<PathBuf>,
+}
+
+/// The membership concern's state in the swarm task.
+pub(super) struct Members {
+    cfg: TrustConfig,
+    crl: Option<Revocations>,
+    file_mtime: Option<SystemTime>,
+    /// Peers that refused our certificate, and why.
+    refused_us: HashMap<PeerId, String>,
+    /// Refused peers: when their connections are closed and refused
+    /// (`None` once done), and until when.
+    shut_out: HashMap<PeerId, (Option<Instant>, Instant)>,
+    admitted: u64,
+    refused: u64,
+    own_lapse_logged: bool,
+}
+
+impl Members {
+    pub(super) fn new(cfg: TrustConfig) -> Members {
+        let crl = cfg.revocations.clone();
+        let file_mtime = cfg.revocations_file.as_ref().and_then(|p| std::fs::metadata(p).ok()?.modified().ok());
+        Members {
+            cfg,
+            crl,
+            file_mtime,
+            refused_us: HashMap::new(),
+            shut_out: HashMap::new(),
+            admitted: 0,
+            refused: 0,
+            own_lapse_logged: false,
+        }
+    }
+
+    fn request(&self) -> MemberRequest {
+        MemberRequest { certificate: self.cfg.cert.to_armor(), revocations: self.crl.as_ref().map(|r| r.to_armor()) }
+    }
+
+    fn judge(&self, peer: &PeerId, armored: &str) -> Result<Certificate, String> {
+        match armored.parse::<Armored>().map_err(|e| e.to_string())? {
+            Armored::Certificate(c) => {
+                c.verify_for(peer, &self.cfg.anchor, unix_now(), self.crl.as_ref()).map_err(|e| e.to_string())?;
+                Ok(c)
+            }
+            _ => Err("presented something that is not a certificate".into()),
+        }
+    }
+
+    /// Takes `r` if it is the anchor's and newer than ours.
+    fn take_revocations(&mut self, r: Revocations) -> bool {
+        if r.issuer != self.cfg.anchor.0 || self.crl.as_ref().is_some_and(|c| c.sequence >= r.sequence) {
+            return false;
+        }
+        log::info!("revocation list {} of the trust anchor: {} serial(s) revoked", r.sequence, r.entries.len());
+        self.crl = Some(r);
+        true
+    }
+}
+
+impl EventLoop {
+    pub(super) fn membership_required(&self) -> bool {
+        self.members.is_some()
+    }
+
+    /// identify says `peer` speaks our Kademlia: present our certificate.
+    pub(super) fn present_certificate(&mut self, peer: PeerId) {
+        let Some(m) = &self.members else { return };
+        let req = m.request();
+        // A peer refused before (it may have a new certificate now) gets
+        // the same time to present one as a new peer.
+        if let Some(st) = self.book.get_mut(&peer)
+            && !st.member.admits()
+            && !matches!(st.member, Membership::Pending(Some(_)))
+        {
+            st.member = Membership::Pending(Some(Instant::now()));
+        }
+        if let Some(rr) = self.swarm.behaviour_mut().member.as_mut() {
+            rr.send_request(&peer, req);
+        }
+    }
+
+    pub(super) fn on_member(&mut self, e: request_response::Event<MemberRequest, MemberResponse>) {
+        use request_response::{Event, Message};
+        let Some(m) = self.members.as_mut() else { return };
+        match e {
+            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+                let fresh = request
+                    .revocations
+                    .as_deref()
+                    .and_then(|t| match t.parse::<Armored>() {
+                        Ok(Armored::Revocations(r)) => Some(r),
+                        _ => None,
+                    })
+                    .is_some_and(|r| m.take_revocations(r));
+                let verdict = m.judge(&peer, &request.certificate);
+                let resp = MemberResponse {
+                    accepted: verdict.is_ok(),
+                    reason: verdict.as_ref().err().cloned(),
+                    revocations: m.crl.as_ref().map(|r| r.to_armor()),
+                };
+                if let Some(rr) = self.swarm.behaviour_mut().member.as_mut() {
+                    let _ = rr.send_response(channel, resp);
+                }
+                match verdict {
+                    Ok(cert) => self.admit(peer, &cert),
+                    Err(why) => self.refuse_member(peer, why),
+                }
+                if fresh {
+                    self.rejudge_members();
+                    self.spread_revocations();
+                }
+            }
+            Event::Message { peer, message: Message::Response { response, .. }, .. } => {
+                if let Some(why) = response.reason.filter(|_| !response.accepted) {
+                    log::warn!("{peer} refuses our certificate: {why}");
+                    m.refused_us.insert(peer, why);
+                } else {
+                    m.refused_us.remove(&peer);
+                }
+                let newer = response.revocations.as_deref().and_then(|t| match t.parse::<Armored>() {
+                    Ok(Armored::Revocations(r)) => Some(r),
+                    _ => None,
+                });
+                if newer.is_some_and(|r| m.take_revocations(r)) {
+                    self.rejudge_members();
+                    self.spread_revocations();
+                }
+            }
+            Event::OutboundFailure { peer, error, .. } => {
+                log::debug!("membership exchange with {peer} failed: {error}");
+            }
+            Event::InboundFailure { .. } | Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn admit(&mut self, peer: PeerId, cert: &Certificate) {
+        let Some(st) = self.book.get_mut(&peer) else { return };
+        let was = st.member.admits();
+        st.member = Membership::Member { serial: cert.serial, class: cert.class.clone(), not_after: cert.not_after };
+        if was {
+            return;
+        }
+        log::info!("{peer} is a member (certificate {}, class {})", cert.serial, cert.class);
+        if let Some(m) = self.members.as_mut() {
+            m.admitted += 1;
+        }
+        // Only now may it enter Kademlia's table and the maps.
+        self.offer_to_kad(&peer);
+        self.bootstrap_through(peer);
+        self.touch();
+    }
+
+    /// Not (or no longer) a member: out of Kademlia, gossipsub and the
+    /// maps, disconnected. It may come back with a valid certificate.
+    pub(super) fn refuse_member(&mut self, peer: PeerId, why: String) {
+        if let Some(st) = self.book.get_mut(&peer) {
+            if matches!(&st.member, Membership::Refused(w) if *w == why) {
+                return;
+            }
+            st.member = Membership::Refused(why.clone());
+        }
+        log::warn!("refusing {peer}: not a member of this network ({why})");
+        if let Some(m) = self.members.as_mut() {
+            m.refused += 1;
+            let now = Instant::now();
+            m.shut_out.insert(peer, (Some(now + DISCONNECT_AFTER), now + REFUSED_FOR));
+        }
+        // Not blacklisted in gossipsub: that would also ignore its
+        // subscriptions once it comes back a member; the validation in
+        // net::pubsub rejects its gossip meanwhile. The block list then
+        // closes its connections and refuses new ones for a while.
+        self.kad().remove_peer(&peer);
+        self.touch();
+    }
+
+    /// A newer revocation list goes to every member connected: each that
+    /// takes it passes it on, so it reaches every member in a few round
+    /// trips.
+    fn spread_revocations(&mut self) {
+        let Some(m) = &self.members else { return };
+        let req = m.request();
+        let to: Vec<PeerId> = self
+            .book
+            .iter()
+            .filter(|(_, s)| s.connected() && matches!(s.member, Membership::Member { .. }))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in to {
+            if let Some(rr) = self.swarm.behaviour_mut().member.as_mut() {
+                rr.send_request(&p, req.clone());
+            }
+        }
+    }
+
+    /// Every tick: refused peers are blocked (their connections closed)
+    /// once the exchange had its time, and unblocked when the time is up.
+    pub(super) fn apply_shut_outs(&mut self, now: Instant) {
+        let Some(m) = self.members.as_mut() else { return };
+        let mut block = Vec::new();
+        let mut unblock = Vec::new();
+        m.shut_out.retain(|p, (at, until)| {
+            if at.is_some_and(|t| now >= t) {
+                *at = None;
+                block.push(*p);
+            }
+            let keep = now < *until;
+            if !keep {
+                unblock.push(*p);
+            }
+            keep
+        });
+        for p in block {
+            self.swarm.behaviour_mut().blocked.block_peer(p);
+        }
+        for p in unblock {
+            // A reputation ban keeps its own block.
+            if !self.book.get(&p).is_some_and(|s| s.banned) {
+                self.swarm.behaviour_mut().blocked.unblock_peer(p);
+            }
+        }
+    }
+
+    /// Refused peers kept in the book while shut out (so `peers` says why).
+    pub(super) fn shut_out(&self, peer: &PeerId) -> bool {
+        self.members.as_ref().is_some_and(|m| m.shut_out.contains_key(peer))
+    }
+
+    /// Whether gossip relayed by `peer` may be accepted.
+    pub(super) fn gossip_allowed(&self, peer: &PeerId) -> bool {
+        !self.membership_required()
+            || self.book.get(peer).is_some_and(|s| matches!(s.member, Membership::Member { .. }))
+    }
+
+    /// After a newer revocation list: members it revokes are refused.
+    fn rejudge_members(&mut self) {
+        let Some(m) = &self.members else { return };
+        let revoked: Vec<(PeerId, u64)> = self
+            .book
+            .iter()
+            .filter_map(|(p, s)| match &s.member {
+                Membership::Member { serial, .. } if m.crl.as_ref().is_some_and(|r| r.contains(*serial)) => {
+                    Some((*p, *serial))
+                }
+                _ => None,
+            })
+            .collect();
+        for (p, serial) in revoked {
+            self.refuse_member(p, format!("certificate {serial} revoked"));
+        }
+    }
+
+    /// Every second: certificates that lapsed, peers that never presented
+    /// one, our own certificate, and the revocation file.
+    pub(super) fn tick_members(&mut self, now: Instant) {
+        let Some(m) = self.members.as_mut() else { return };
+        let wall = unix_now();
+        if wall >= m.cfg.cert.not_after && !m.own_lapse_logged {
+            log::error!(
+                "this node's certificate {} expired at {}: members will refuse it; get a new one (ca sign)",
+                m.cfg.cert.serial,
+                m.cfg.cert.not_after
+            );
+            m.own_lapse_logged = true;
+        }
+        let file_change = m.cfg.revocations_file.clone().and_then(|p| {
+            let mtime = std::fs::metadata(&p).ok()?.modified().ok()?;
+            (Some(mtime) != m.file_mtime).then_some((p, mtime))
+        });
+        let mut new_list = false;
+        if let Some((path, mtime)) = file_change {
+            // A file read while it is being written fails to verify: it
+            // is read again next second (its time is kept only once read).
+            match crate::trust::ca::read_revocations(&path) {
+                Ok(r) if r.issuer != m.cfg.anchor.0 => {
+                    m.file_mtime = Some(mtime);
+                    log::warn!("{}: signed by another root than the trust anchor; ignored", path.display());
+                }
+                Ok(r) => {
+                    m.file_mtime = Some(mtime);
+                    new_list = m.take_revocations(r);
+                }
+                Err(e) => log::debug!("--revocations: {e}"),
+            }
+        }
+        if new_list {
+            self.rejudge_members();
+            self.spread_revocations();
+        }
+        let mut lapsed = Vec::new();
+        for (p, s) in self.book.iter() {
+            match &s.member {
+                Membership::Member { serial, not_after, .. } if wall >= *not_after => {
+                    lapsed.push((*p, format!("certificate {serial} expired at {not_after}")));
+                }
+                Membership::Pending(Some(since)) if now.duration_since(*since) >= PRESENT_WITHIN && s.connected() => {
+                    lapsed.push((*p, format!("presented no valid certificate within {} s", PRESENT_WITHIN.as_secs())));
+                }
+                _ => {}
+            }
+        }
+        for (p, why) in lapsed {
+            self.refuse_member(p, why);
+        }
+    }
+
+    pub(super) fn trust_status(&self) -> Option<TrustStatus> {
+        let m = self.members.as_ref()?;
+        let wall = unix_now();
+        let count = |f: fn(&Membership) -> bool| self.book.iter().filter(|(_, s)| f(&s.member)).count();
+        Some(TrustStatus {
+            anchor: m.cfg.anchor.fingerprint(),
+            serial: m.cfg.cert.serial,
+            class: m.cfg.cert.class.clone(),
+            not_after: m.cfg.cert.not_after,
+            certificate: if wall >= m.cfg.cert.not_after { "expired" } else { "valid" }.into(),
+            revocations_sequence: m.crl.as_ref().map(|r| r.sequence),
+            members: count(|s| matches!(s, Membership::Member { .. })),
+            pending: count(|s| matches!(s, Membership::Pending(_))),
+            refused_now: count(|s| matches!(s, Membership::Refused(_))),
+            admitted: m.admitted,
+            refused: m.refused,
+            refused_us: m.refused_us.iter().map(|(p, w)| (p.to_string(), w.clone())).collect(),
+        })
+    }
+}

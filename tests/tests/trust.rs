@@ -1,0 +1,162 @@
+//! Membership in an anchored network end to end (issue 8, first part):
+//! five nodes on a bridge (k = 20), bootstrapping from h1.
+//!
+//! - h1, h2, h3 hold certificates of root A and run with A as anchor; h3's
+//!   certificate lasts only a minute.
+//! - h4 holds a certificate of another root B (anchor B); h5 runs open.
+//! - h1–h3 route to each other and never to h4 or h5, which are not in
+//!   their Kademlia tables either; `peers` and `status` say why.
+//! - `ca revoke` of h2's serial, the new list copied to h1's
+//!   `--revocations` file: h2 is gone from h1's maps and, the list passed
+//!   on by h1, from h3's, within 5 s.
+//! - h3's certificate expires: h1 drops it within 2 s.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use p2p_tests::testbed::Testbed;
+use p2p_tests::util::wait_for;
+use p2p_tests::{Controller, require};
+use serde_json::Value;
+
+#[test]
+fn membership_certificates_admit_expire_and_revoke() -> Result<()> {
+    let Some(env) = require("membership_certificates_admit_expire_and_revoke") else { return Ok(()) };
+    run(&env.ctl)
+}
+
+fn peer_states(v: &Value) -> Vec<(String, String, String)> {
+    v["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["node_id"].as_str().unwrap_or("").to_string(),
+                p["source"].as_str().unwrap_or("").to_string(),
+                p["state"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn run(ctl: &Controller) -> Result<()> {
+    let mut tb = Testbed::prepare(ctl, 5, &["--kbucket-size", "20"], true, false)?;
+    let dir = tb.tmp.path().to_path_buf();
+    let s = |p: &std::path::Path| p.to_str().unwrap_or_default().to_string();
+    let (ca_a, ca_b) = (dir.join("ca-a"), dir.join("ca-b"));
+    ctl.json(&["ca", "init", "--out", &s(&ca_a), "--json"])?;
+    ctl.json(&["ca", "init", "--out", &s(&ca_b), "--json"])?;
+    // h3's certificate runs out 60 s from now: after the network formed.
+    let mut serials = Vec::new();
+    for (i, ca, valid) in [(0, &ca_a, "1h"), (1, &ca_a, "1h"), (2, &ca_a, "60s"), (3, &ca_b, "1h")] {
+        let cert = tb.specs[i].dir.join("node.cert");
+        let v = ctl.json(&[
+            "ca",
+            "sign",
+            &tb.specs[i].peer_id.clone(),
+            "--ca",
+            &s(ca),
+            "--valid",
+            valid,
+            "--out",
+            &s(&cert),
+            "--json",
+        ])?;
+        serials.push(v["serial"].as_u64().context("serial")?);
+        let anchor = ca.join("root.pub");
+        tb.specs[i].extra_args.extend(["--trust-anchor".into(), s(&anchor), "--cert".into(), s(&cert)]);
+    }
+    let h3_expires = ctl.json(&["ca", "show", &s(&tb.specs[2].dir.join("node.cert")), "--json"])?["not_after"]
+        .as_u64()
+        .context("not_after")?;
+    // h1 follows a copy of CA A's revocation list.
+    let h1_crl = tb.specs[0].dir.join("revocations");
+    std::fs::copy(ca_a.join("revocations"), &h1_crl)?;
+    tb.specs[0].extra_args.extend(["--revocations".into(), s(&h1_crl)]);
+    for i in 0..5 {
+        tb.launch(i)?;
+    }
+    let ids = tb.ids();
+
+    // Members route to each other, and only to each other.
+    let members = wait_for(Duration::from_secs(60), || {
+        (0..3)
+            .all(|i| tb.routed(i).is_ok_and(|(r, agree)| agree && r == (0..3).filter(|j| *j != i).collect::<Vec<_>>()))
+            .then_some(())
+    });
+    ensure!(
+        members.is_some(),
+        "h1-h3 must route to each other only: {:?}",
+        (0..5).map(|i| tb.routed(i).map(|r| r.0)).collect::<Vec<_>>()
+    );
+    // h1 (the bootstrap node, reached by both) refuses h4 and h5 and says why.
+    let said = |node: usize, j: usize, why: &str| -> bool {
+        let id = ids[j].to_string();
+        tb.node(node).cli(&["peers"]).is_ok_and(|v| {
+            peer_states(&v).iter().any(|(n, _, st)| *n == id && st.contains("not a member") && st.contains(why))
+        })
+    };
+    let refused = wait_for(Duration::from_secs(10), || {
+        (said(0, 3, "issued by root") && said(0, 4, "no valid certificate")).then_some(())
+    });
+    ensure!(refused.is_some(), "h1's peers must show h4 and h5 refused: {}", tb.node(0).cli(&["peers"])?);
+    for i in 0..3 {
+        let (routed, _) = tb.routed(i)?;
+        ensure!(!routed.contains(&3) && !routed.contains(&4), "h{} routes to a non-member: {routed:?}", i + 1);
+        let peers = peer_states(&tb.node(i).cli(&["peers"])?);
+        for j in [3, 4] {
+            let id = ids[j].to_string();
+            ensure!(
+                !peers.iter().any(|(n, src, _)| *n == id && src == "kad"),
+                "h{} has non-member h{} in its Kademlia table: {peers:?}",
+                i + 1,
+                j + 1
+            );
+        }
+    }
+    let trust = &tb.node(0).status()?["trust"];
+    ensure!(trust["members"].as_u64() == Some(2) && trust["refused"].as_u64() >= Some(2), "h1 status.trust: {trust}");
+    ensure!(tb.routed(3)?.0.is_empty(), "h4 (root B) must route to nobody of root A: {:?}", tb.routed(3)?.0);
+    let refused_h4 = &tb.node(3).status()?["trust"]["refused_us"];
+    ensure!(refused_h4.as_object().is_some_and(|o| !o.is_empty()), "h4 is told that it is refused: {refused_h4}");
+
+    // Revocation of h2: the new list reaches h1 through its file, h3 from h1.
+    let r = ctl.json(&["ca", "revoke", &serials[1].to_string(), "--ca", &s(&ca_a), "--json"])?;
+    ensure!(r["sequence"].as_u64() == Some(1), "{r}");
+    let revoked = Instant::now();
+    std::fs::copy(ca_a.join("revocations"), &h1_crl)?;
+    let gone = wait_for(Duration::from_secs(10), || {
+        (tb.routed(0).is_ok_and(|(r, _)| r == [2]) && tb.routed(2).is_ok_and(|(r, _)| r == [0])).then_some(())
+    });
+    ensure!(gone.is_some(), "h2 revoked but h1 routes to {:?} and h3 to {:?}", tb.routed(0)?.0, tb.routed(2)?.0);
+    let took = revoked.elapsed();
+    eprintln!("revoked certificate dropped within {took:?}");
+    ensure!(took <= Duration::from_secs(5), "h2 dropped {took:?} after the revocation (≤ 5 s)");
+    ensure!(
+        wait_for(Duration::from_secs(5), || said(0, 1, "revoked").then_some(())).is_some(),
+        "h1 says h2 is revoked: {}",
+        tb.node(0).cli(&["peers"])?
+    );
+    for i in [0, 2] {
+        let seq = tb.node(i).status()?["trust"]["revocations_sequence"].as_u64();
+        ensure!(seq == Some(1), "h{} holds revocation list 1: {seq:?}", i + 1);
+    }
+
+    // h3's certificate expires: h1 drops it within 2 s of the moment.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    ensure!(now + 2 < h3_expires, "the network took too long to form; h3 expired before it was checked");
+    std::thread::sleep(Duration::from_secs(h3_expires - now));
+    let gone = wait_for(Duration::from_secs(10), || tb.routed(0).is_ok_and(|(r, _)| r.is_empty()).then_some(()));
+    ensure!(gone.is_some(), "h3 expired but h1 still routes to {:?}", tb.routed(0)?.0);
+    let expiry = std::time::UNIX_EPOCH + Duration::from_secs(h3_expires);
+    let took = std::time::SystemTime::now().duration_since(expiry).unwrap_or_default();
+    eprintln!("expired certificate dropped within {took:?}");
+    ensure!(took <= Duration::from_secs(2), "h3 dropped {took:?} after its certificate expired (≤ 2 s)");
+    ensure!(
+        wait_for(Duration::from_secs(5), || said(0, 2, "expired").then_some(())).is_some(),
+        "h1 says h3 expired: {}",
+        tb.node(0).cli(&["peers"])?
+    );
+    Ok(())
+}
