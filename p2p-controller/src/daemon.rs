@@ -159,6 +159,9 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
     };
     let state_dir = args.state_dir.clone().unwrap_or_else(|| paths::state_dir(&instance));
     net_cfg.trust = trust_config(&args, &state_dir)?;
+    if net_cfg.trust.is_none() {
+        net_cfg.known_peers = Some(net::known::KnownPeers::load(&state_dir.join(paths::KNOWN_PEERS_FILE))?);
+    }
     let (identity, created) = Identity::load_or_create(&state_dir)?;
     if let Some(t) = &net_cfg.trust
         && t.cert.peer != identity.peer_id
@@ -515,6 +518,7 @@ fn net_config(args: &RunArgs) -> Result<(IpAddr, NetConfig)> {
         static_peers: Vec::new(),
         max_per_prefix: args.max_per_prefix as usize,
         trust: None,
+        known_peers: None,
         flap: net::peers::FlapPolicy {
             deaths: args.flap_deaths as usize,
             window: units::parse_duration(&args.flap_window)

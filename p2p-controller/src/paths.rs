@@ -9,6 +9,9 @@ pub const STATE_ROOT: &str = "/var/lib/p2p-nos";
 pub const RUN_ROOT: &str = "/run/p2p-nos";
 /// ed25519 key, protobuf-encoded (libp2p-identity), mode 0600.
 pub const KEY_FILE: &str = "node.key";
+/// Trust on first use: peer IDs first seen at `--bootstrap` addresses, in
+/// the state directory (net::known).
+pub const KNOWN_PEERS_FILE: &str = "known_peers";
 /// Where `ca sign` and `ca revoke` look for the network's CA by default.
 pub const CA_DIR: &str = "/var/lib/p2p-nos/ca";
 /// The files of a CA directory (docs/TRUST.md): the root key pair

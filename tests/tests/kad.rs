@@ -325,6 +325,12 @@ fn unreachable_bootstrap_is_retried_until_it_answers() -> Result<()> {
         return Ok(());
     };
     let mut tb = Testbed::prepare(&env.ctl, 2, &[], true, false)?;
+    // h2 knows h1 by address only: the peer ID is pinned on first contact.
+    let with_id = tb.specs[0].bootstrap_addr();
+    let addr_only = with_id.split("/p2p/").next().unwrap_or_default().to_string();
+    for a in tb.specs[1].extra_args.iter_mut().filter(|a| **a == with_id) {
+        *a = addr_only.clone();
+    }
     tb.launch(1)?;
     let n2 = tb.node(1);
     let st = n2.wait_status(Duration::from_secs(10), |s| json_u64(s, "bootstrap.0.failures") >= 2)?;
@@ -340,6 +346,29 @@ fn unreachable_bootstrap_is_retried_until_it_answers() -> Result<()> {
     let st = tb.node(1).wait_status(Duration::from_secs(30), |s| json_u64(s, "peers") == 1)?;
     ensure!(json_u64(&st, "peers") == 1, "h2 did not join h1: {st}");
     ensure!(st["bootstrap"][0]["connected"] == Value::Bool(true), "{st}");
+
+    // Trust on first use: h2 pinned h1's peer ID. h1 comes back with a new
+    // key at the same address, h2 restarts: it refuses h1 and says why.
+    let known = tb.specs[1].state_dir().join("known_peers");
+    let old_id = tb.specs[0].peer_id.clone();
+    let pinned = std::fs::read_to_string(&known).unwrap_or_default();
+    ensure!(pinned.contains(&format!("{addr_only} {old_id}")), "{} holds {pinned:?}", known.display());
+    tb.nodes[0] = None;
+    tb.nodes[1] = None;
+    std::fs::remove_file(tb.specs[0].state_dir().join("node.key"))?;
+    tb.launch(0)?;
+    let new_id = tb.node(0).status()?["peer_id"].as_str().unwrap_or_default().to_string();
+    ensure!(!new_id.is_empty() && new_id != old_id, "h1 has a new identity: {new_id}");
+    tb.launch(1)?;
+    let st = tb.node(1).wait_status(Duration::from_secs(15), |s| {
+        s["bootstrap"][0]["last_error"].as_str().is_some_and(|e| e.contains("known_peers"))
+    })?;
+    let err = st["bootstrap"][0]["last_error"].as_str().unwrap_or_default();
+    ensure!(
+        err.contains(&old_id) && err.contains(&new_id) && err.contains(&known.display().to_string()),
+        "the refusal names both IDs and the file: {st}"
+    );
+    ensure!(json_u64(&st, "peers") == 0, "h2 must not join the impostor: {st}");
     Ok(())
 }
 

@@ -103,7 +103,12 @@ impl EventLoop {
             log::warn!("libp2p listen: {e}");
         }
         let now = Instant::now();
-        let targets: Vec<Target> = cfg.bootstrap.iter().map(|a| Target::new(a.clone(), now)).collect();
+        let mut targets: Vec<Target> = cfg.bootstrap.iter().map(|a| Target::new(a.clone(), now)).collect();
+        // Pinned addresses are dialled for their pinned peer only: libp2p
+        // then refuses another (DialError::WrongPeerId).
+        for t in targets.iter_mut().filter(|t| t.peer.is_none()) {
+            t.peer = cfg.known_peers.as_ref().and_then(|k| k.pinned(&t.addr)).map(|(p, _)| p);
+        }
         if targets.is_empty() && !cfg.mdns && cfg.static_peers.is_empty() {
             log::info!("no --bootstrap and mDNS is off: this node waits for others to connect to it");
         }

@@ -33,6 +33,17 @@ impl EventLoop {
                 if !t.connected {
                     log::info!("bootstrap {} reached (peer {peer})", t.addr);
                 }
+                if let Some(known) = self.cfg.known_peers.as_mut() {
+                    match known.pin(&t.addr, peer) {
+                        Ok(true) => log::info!(
+                            "pinned {} to peer {peer} in {} (trust on first use)",
+                            t.addr,
+                            known.path().display()
+                        ),
+                        Ok(false) => {}
+                        Err(e) => log::warn!("{e}"),
+                    }
+                }
                 t.on_connected(peer);
             }
         }
@@ -83,8 +94,14 @@ impl EventLoop {
 
     pub(super) fn on_dial_error(&mut self, conn: ConnectionId, peer: Option<PeerId>, error: &DialError) {
         let now = Instant::now();
-        let err = crate::dataplane::error_chain(error);
+        let mut err = crate::dataplane::error_chain(error);
         if let Some(t) = self.targets.iter_mut().find(|t| t.dialing == Some(conn)) {
+            if let DialError::WrongPeerId { obtained, .. } = error
+                && let Some(msg) = self.cfg.known_peers.as_ref().and_then(|k| k.mismatch(&t.addr, obtained))
+            {
+                log::error!("bootstrap {msg}");
+                err = msg;
+            }
             let wait = t.on_dial_failed(now, err.clone());
             log::warn!(
                 "bootstrap {} unreachable ({err}); retrying in {} s (attempt {})",

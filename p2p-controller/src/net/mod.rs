@@ -10,6 +10,7 @@
 //! - [`bootstrap`]: `--bootstrap` targets, their back-off, Kademlia bootstraps;
 //! - [`peers`]: what we know of each peer (kad speaker, endpoint, dead);
 //! - [`members`]: membership certificates in an anchored network;
+//! - [`known`]: trust on first use of bootstrap addresses in open ones;
 //! - [`advert`]: the overlay endpoint advertisement (multiaddr codec);
 //! - [`store`]: Kademlia's record store, shared with the LOOKUP answerer.
 //!
@@ -21,6 +22,7 @@ pub mod bootstrap;
 mod defense;
 mod dht;
 mod event_loop;
+pub mod known;
 mod members;
 mod membership;
 pub mod peers;
@@ -83,6 +85,8 @@ pub struct NetConfig {
     pub max_per_prefix: usize,
     /// `--trust-anchor`: only members are admitted (net::members).
     pub trust: Option<TrustConfig>,
+    /// Open networks: bootstrap addresses pinned to the first peer ID seen.
+    pub known_peers: Option<known::KnownPeers>,
 }
 
 /// The answer to a Kademlia get.
