@@ -239,6 +239,11 @@ pub struct TrustStatus {
     pub class: String,
     pub not_after: u64,
     pub certificate: String,
+    /// When this node asks a signer for a new certificate (unix s), how
+    /// many renewals it got, and whether it signs others' (`--ca-key`).
+    pub renew_at: u64,
+    pub renewals: u64,
+    pub signer: bool,
     /// Sequence of the newest revocation list held, if any.
     pub revocations_sequence: Option<u64>,
     /// Peers known now by membership state.

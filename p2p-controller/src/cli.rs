@@ -388,6 +388,11 @@ pub struct RunArgs {
     /// changes; a newer list is applied and spread to every member.
     #[arg(long, value_name = "FILE", requires = "trust_anchor")]
     pub revocations: Option<PathBuf>,
+    /// Sign other members' certificate renewals with this CA directory
+    /// (`ca init --out DIR`; its root must be the --trust-anchor). Members
+    /// renew at 2/3 of their certificate's life from any such node.
+    #[arg(long, value_name = "DIR", requires = "trust_anchor")]
+    pub ca_key: Option<PathBuf>,
     /// Control socket [default: /run/p2p-nos/<instance>.sock]
     #[arg(long)]
     pub control_socket: Option<PathBuf>,

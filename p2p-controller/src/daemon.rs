@@ -552,7 +552,23 @@ fn trust_config(args: &RunArgs, state_dir: &std::path::Path) -> Result<Option<ne
             reason: format!("does not exist, so --cert (for {}) cannot be this node's", cert.peer),
         });
     }
-    Ok(Some(net::TrustConfig { anchor, cert, revocations, revocations_file: args.revocations.clone() }))
+    if let Some(dir) = &args.ca_key {
+        let ca = trust::ca::Ca::open(dir)?;
+        if ca.anchor() != anchor {
+            return Err(Error::File {
+                path: dir.clone(),
+                reason: format!("--ca-key: root {} is not the --trust-anchor {}", ca.anchor(), anchor),
+            });
+        }
+    }
+    Ok(Some(net::TrustConfig {
+        anchor,
+        cert,
+        revocations,
+        revocations_file: args.revocations.clone(),
+        cert_file: cert_path.clone(),
+        ca_dir: args.ca_key.clone(),
+    }))
 }
 
 fn bind_overlay(addr: SocketAddr) -> Result<std::net::UdpSocket> {

@@ -10,6 +10,10 @@
 //!   `--revocations` file: h2 is gone from h1's maps and, the list passed
 //!   on by h1, from h3's, within 5 s.
 //! - h3's certificate expires: h1 drops it within 2 s.
+//!
+//! A second testbed checks renewal: h1 signs (`--ca-key`), h2's
+//! certificate lasts 20 s and is renewed before it expires, again and again:
+//! h2 stays in h1's maps well past its first certificate's end.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +22,45 @@ use p2p_tests::testbed::Testbed;
 use p2p_tests::util::wait_for;
 use p2p_tests::{Controller, require};
 use serde_json::Value;
+
+#[test]
+fn certificates_are_renewed_before_they_expire() -> Result<()> {
+    let Some(env) = require("certificates_are_renewed_before_they_expire") else { return Ok(()) };
+    let ctl = &env.ctl;
+    let mut tb = Testbed::prepare(ctl, 2, &["--kbucket-size", "20"], true, false)?;
+    let s = |p: &std::path::Path| p.to_str().unwrap_or_default().to_string();
+    let ca = tb.tmp.path().join("ca");
+    ctl.json(&["ca", "init", "--out", &s(&ca), "--json"])?;
+    let mut first = Vec::new();
+    for (i, valid) in [(0, "1h"), (1, "20s")] {
+        let cert = tb.specs[i].dir.join("node.cert");
+        let peer = tb.specs[i].peer_id.clone();
+        let v = ctl.json(&["ca", "sign", &peer, "--ca", &s(&ca), "--valid", valid, "--out", &s(&cert), "--json"])?;
+        first.push(v);
+        let anchor = s(&ca.join("root.pub"));
+        tb.specs[i].extra_args.extend(["--trust-anchor".into(), anchor, "--cert".into(), s(&cert)]);
+    }
+    tb.specs[0].extra_args.extend(["--ca-key".into(), s(&ca)]);
+    tb.launch(0)?;
+    tb.launch(1)?;
+    let joined = wait_for(Duration::from_secs(30), || (tb.routed(0).ok()?.0 == [1]).then_some(()));
+    ensure!(joined.is_some(), "h1 does not route to h2: {:?}", tb.routed(0)?.0);
+    // Past the first certificate's end, h2 is still routed.
+    let end = first[1]["not_after"].as_u64().context("not_after")?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    std::thread::sleep(Duration::from_secs(end.saturating_sub(now) + 3));
+    ensure!(tb.routed(0)?.0 == [1], "h2 fell out when its first certificate ended: {:?}", tb.routed(0)?.0);
+    let trust = &tb.node(1).status()?["trust"];
+    ensure!(trust["renewals"].as_u64() >= Some(1) && trust["not_after"].as_u64() > Some(end), "h2: {trust}");
+    ensure!(tb.node(0).status()?["trust"]["signer"] == true, "h1 signs");
+    // The renewed certificate is on disk, for the next start.
+    let cert = s(&tb.specs[1].dir.join("node.cert"));
+    let shown = ctl.json(&["ca", "show", &cert, "--anchor", &s(&ca.join("root.pub")), "--json"])?;
+    ensure!(shown["accepted"] == true && shown["serial"].as_u64() > first[1]["serial"].as_u64(), "{shown}");
+    let peers = peer_states(&tb.node(0).cli(&["peers"])?);
+    ensure!(peers.iter().any(|(_, _, st)| st == "routable"), "h1's view of h2: {peers:?}");
+    Ok(())
+}
 
 #[test]
 fn membership_certificates_admit_expire_and_revoke() -> Result<()> {

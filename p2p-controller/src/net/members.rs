@@ -43,6 +43,9 @@ pub struct MemberRequest {
     pub certificate: String,
     /// The newest revocation list the sender holds, armored.
     pub revocations: Option<String>,
+    /// Asks a signer for a new certificate (same class and lifetime).
+    #[serde(default)]
+    pub renew: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,7 +53,16 @@ pub struct MemberResponse {
     pub accepted: bool,
     pub reason: Option<String>,
     pub revocations: Option<String>,
+    /// This node signs renewals (`run --ca-key`).
+    #[serde(default)]
+    pub signer: bool,
+    /// The renewed certificate, armored, when asked and given.
+    #[serde(default)]
+    pub renewed: Option<String>,
 }
+
+/// A renewal is asked again after this long without an answer.
+const RENEW_RETRY: Duration = Duration::from_secs(5);
 
 pub type Behaviour = request_response::json::Behaviour<MemberRequest, MemberResponse>;
 
@@ -65,13 +77,36 @@ pub struct TrustConfig {
     pub anchor: RootKey,
     pub cert: Certificate,
     pub revocations: Option<Revocations>,
-    /// Re-read when it changes; a newer list there is applied and published.
+    /// Re-read when it changes; a newer list there is applied and spread.
     pub revocations_file: Option<PathBuf>,
+    /// `--cert`: where a renewed certificate is written.
+    pub cert_file: PathBuf,
+    /// `--ca-key DIR`: this node signs other members' renewals.
+    pub ca_dir: Option<PathBuf>,
+}
+
+/// When a certificate is renewed: at 2/3 of its life, counted from its
+/// signing (`ca sign` backdates `not_before` by the clock-skew allowance).
+pub fn renew_at(c: &Certificate) -> u64 {
+    let signed = c.not_before.saturating_add(crate::trust::ca::CLOCK_SKEW.as_secs()).min(c.not_after);
+    c.not_after - (c.not_after - signed) / 3
+}
+
+/// The lifetime a renewal gets: the old certificate's, from signing.
+fn lifetime(c: &Certificate) -> Duration {
+    let signed = c.not_before.saturating_add(crate::trust::ca::CLOCK_SKEW.as_secs()).min(c.not_after);
+    Duration::from_secs((c.not_after - signed).max(1))
 }
 
 /// The membership concern's state in the swarm task.
 pub(super) struct Members {
     cfg: TrustConfig,
+    signer: Option<crate::trust::ca::Ca>,
+    /// Members that sign renewals, as their answers say.
+    signers: Vec<PeerId>,
+    /// When this node last asked for a renewal.
+    renew_asked: Option<Instant>,
+    pub(super) renewals: u64,
     crl: Option<Revocations>,
     file_mtime: Option<SystemTime>,
     /// Peers that refused our certificate, and why.
@@ -88,8 +123,15 @@ impl Members {
     pub(super) fn new(cfg: TrustConfig) -> Members {
         let crl = cfg.revocations.clone();
         let file_mtime = cfg.revocations_file.as_ref().and_then(|p| std::fs::metadata(p).ok()?.modified().ok());
+        let signer = cfg.ca_dir.as_deref().and_then(|d| {
+            crate::trust::ca::Ca::open(d).map_err(|e| log::error!("--ca-key: {e}; not signing renewals")).ok()
+        });
         Members {
             cfg,
+            signer,
+            signers: Vec::new(),
+            renew_asked: None,
+            renewals: 0,
             crl,
             file_mtime,
             refused_us: HashMap::new(),
@@ -101,7 +143,57 @@ impl Members {
     }
 
     fn request(&self) -> MemberRequest {
-        MemberRequest { certificate: self.cfg.cert.to_armor(), revocations: self.crl.as_ref().map(|r| r.to_armor()) }
+        MemberRequest {
+            certificate: self.cfg.cert.to_armor(),
+            revocations: self.crl.as_ref().map(|r| r.to_armor()),
+            renew: false,
+        }
+    }
+
+    /// A signer's renewal for `old` (already judged valid).
+    fn renew_for(&self, old: &Certificate) -> Option<String> {
+        let ca = self.signer.as_ref()?;
+        match ca.sign(old.peer, &old.class, lifetime(old)) {
+            Ok(c) => {
+                log::info!("renewed the certificate of {} (serial {} → {})", old.peer, old.serial, c.serial);
+                Some(c.to_armor())
+            }
+            Err(e) => {
+                log::warn!("renewing the certificate of {}: {e}", old.peer);
+                None
+            }
+        }
+    }
+
+    /// A renewal of our own certificate arrived: checked, then used and
+    /// written to `--cert`.
+    fn take_renewal(&mut self, me: &PeerId, armored: &str) -> bool {
+        let cert = match armored.parse::<Armored>() {
+            Ok(Armored::Certificate(c)) => c,
+            _ => return false,
+        };
+        if cert.verify_for(me, &self.cfg.anchor, unix_now(), self.crl.as_ref()).is_err()
+            || cert.not_after <= self.cfg.cert.not_after
+        {
+            return false;
+        }
+        let path = &self.cfg.cert_file;
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        let written = std::fs::write(&tmp, cert.to_armor()).and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            log::warn!("{}: cannot write the renewed certificate ({e}); using it until the next start", path.display());
+        }
+        log::info!(
+            "certificate renewed: serial {} → {}, valid until {}",
+            self.cfg.cert.serial,
+            cert.serial,
+            cert.not_after
+        );
+        self.cfg.cert = cert;
+        self.renew_asked = None;
+        self.renewals += 1;
+        true
     }
 
     fn judge(&self, peer: &PeerId, armored: &str) -> Result<Certificate, String> {
@@ -161,10 +253,16 @@ impl EventLoop {
                     })
                     .is_some_and(|r| m.take_revocations(r));
                 let verdict = m.judge(&peer, &request.certificate);
+                let renewed = match &verdict {
+                    Ok(old) if request.renew => m.renew_for(old),
+                    _ => None,
+                };
                 let resp = MemberResponse {
                     accepted: verdict.is_ok(),
                     reason: verdict.as_ref().err().cloned(),
                     revocations: m.crl.as_ref().map(|r| r.to_armor()),
+                    signer: m.signer.is_some(),
+                    renewed,
                 };
                 if let Some(rr) = self.swarm.behaviour_mut().member.as_mut() {
                     let _ = rr.send_response(channel, resp);
@@ -179,6 +277,11 @@ impl EventLoop {
                 }
             }
             Event::Message { peer, message: Message::Response { response, .. }, .. } => {
+                if response.signer && !m.signers.contains(&peer) {
+                    m.signers.push(peer);
+                }
+                let me = *self.swarm.local_peer_id();
+                let renewed = response.renewed.as_deref().is_some_and(|t| m.take_renewal(&me, t));
                 if let Some(why) = response.reason.filter(|_| !response.accepted) {
                     log::warn!("{peer} refuses our certificate: {why}");
                     m.refused_us.insert(peer, why);
@@ -191,6 +294,9 @@ impl EventLoop {
                 });
                 if newer.is_some_and(|r| m.take_revocations(r)) {
                     self.rejudge_members();
+                    self.spread_revocations();
+                } else if renewed {
+                    // The same message carries the new certificate to all.
                     self.spread_revocations();
                 }
             }
@@ -241,9 +347,9 @@ impl EventLoop {
         self.touch();
     }
 
-    /// A newer revocation list goes to every member connected: each that
-    /// takes it passes it on, so it reaches every member in a few round
-    /// trips.
+    /// A newer revocation list (or our renewed certificate) goes to every
+    /// member connected: each that takes a newer list passes it on, so it
+    /// reaches every member in a few round trips.
     fn spread_revocations(&mut self) {
         let Some(m) = &self.members else { return };
         let req = m.request();
@@ -334,6 +440,30 @@ impl EventLoop {
             let mtime = std::fs::metadata(&p).ok()?.modified().ok()?;
             (Some(mtime) != m.file_mtime).then_some((p, mtime))
         });
+        let due = wall >= renew_at(&m.cfg.cert) && m.renew_asked.is_none_or(|t| now.duration_since(t) >= RENEW_RETRY);
+        let signer =
+            m.signers.iter().copied().find(|p| {
+                self.book.get(p).is_some_and(|s| s.connected() && matches!(s.member, Membership::Member { .. }))
+            });
+        let mut renewed_own = false;
+        if due && m.signer.is_some() {
+            // A signer renews its own.
+            m.renew_asked = Some(now);
+            let me = *self.swarm.local_peer_id();
+            let own = m.cfg.cert.clone();
+            renewed_own = m.renew_for(&own).is_some_and(|c| m.take_renewal(&me, &c));
+        } else if due && let Some(signer) = signer {
+            m.renew_asked = Some(now);
+            log::info!(
+                "asking {signer} to renew certificate {} (expires at {})",
+                m.cfg.cert.serial,
+                m.cfg.cert.not_after
+            );
+            let req = MemberRequest { renew: true, ..m.request() };
+            if let Some(rr) = self.swarm.behaviour_mut().member.as_mut() {
+                rr.send_request(&signer, req);
+            }
+        }
         let mut new_list = false;
         if let Some((path, mtime)) = file_change {
             // A file read while it is being written fails to verify: it
@@ -352,6 +482,8 @@ impl EventLoop {
         }
         if new_list {
             self.rejudge_members();
+        }
+        if new_list || renewed_own {
             self.spread_revocations();
         }
         let mut lapsed = Vec::new();
@@ -381,6 +513,9 @@ impl EventLoop {
             class: m.cfg.cert.class.clone(),
             not_after: m.cfg.cert.not_after,
             certificate: if wall >= m.cfg.cert.not_after { "expired" } else { "valid" }.into(),
+            renew_at: renew_at(&m.cfg.cert),
+            renewals: m.renewals,
+            signer: m.signer.is_some(),
             revocations_sequence: m.crl.as_ref().map(|r| r.sequence),
             members: count(|s| matches!(s, Membership::Member { .. })),
             pending: count(|s| matches!(s, Membership::Pending(_))),
