@@ -128,6 +128,22 @@ fn run_refuses_a_certificate_its_peers_would_refuse() {
             .unwrap()
     };
     assert_clean_failure(&run(&theirs, &state), "certifies");
+    let mine = sign(&me, "1h", "mine.cert");
+    let other_ca = d.join("other-ca");
+    ok(&["ca", "init", "--out", other_ca.to_str().unwrap()]);
+    let o = bin()
+        .args(["--instance", "cli-test-trust", "run", "--datapath", "userspace", "--overlay-port", "59124"])
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--trust-anchor")
+        .arg(&anchor)
+        .arg("--cert")
+        .arg(&mine)
+        .arg("--ca-key")
+        .arg(&other_ca)
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, "is not the --trust-anchor");
     assert_clean_failure(&run(&theirs, &d.join("fresh")), "does not exist");
     assert!(!d.join("fresh").join("node.key").exists(), "no key is created for a certificate of another node");
     std::thread::sleep(std::time::Duration::from_millis(2100));
