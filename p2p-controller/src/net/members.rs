@@ -85,6 +85,17 @@ pub struct TrustConfig {
     pub ca_dir: Option<PathBuf>,
 }
 
+/// Whether a refused certificate was forged, altered or someone else's
+/// (rather than expired, revoked or of another network).
+fn forged(armored: &str, peer: &PeerId) -> bool {
+    use crate::trust::TrustError;
+    match armored.parse::<Armored>() {
+        Ok(Armored::Certificate(c)) => c.peer != *peer,
+        Ok(_) => true,
+        Err(e) => matches!(e, TrustError::BadSignature | TrustError::Malformed { .. }),
+    }
+}
+
 /// When a certificate is renewed: at 2/3 of its life, counted from its
 /// signing (`ca sign` backdates `not_before` by the clock-skew allowance).
 pub fn renew_at(c: &Certificate) -> u64 {
@@ -269,7 +280,18 @@ impl EventLoop {
                 }
                 match verdict {
                     Ok(cert) => self.admit(peer, &cert),
-                    Err(why) => self.refuse_member(peer, why),
+                    Err(why) => {
+                        // A forged or altered certificate, or another
+                        // node's, is an attack, not a lapse: evidence.
+                        if forged(&request.certificate, &peer) {
+                            self.reputation.report(
+                                crate::reputation::Subject::Node(crate::identity::node_id_of(&peer)),
+                                crate::reputation::Evidence::Auth,
+                                1,
+                            );
+                        }
+                        self.refuse_member(peer, why)
+                    }
                 }
                 if fresh {
                     self.rejudge_members();
@@ -524,5 +546,34 @@ impl EventLoop {
             refused: m.refused,
             refused_us: m.refused_us.iter().map(|(p, w)| (p.to_string(), w.clone())).collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::identity::ed25519;
+
+    #[test]
+    fn renewal_is_due_at_two_thirds_of_the_life_from_signing() {
+        let root = ed25519::Keypair::generate();
+        let signed = 1_000_000;
+        let skew = crate::trust::ca::CLOCK_SKEW.as_secs();
+        let c = Certificate::issue(&root, 1, PeerId::random(), "default", signed - skew, signed + 30 * 86_400).unwrap();
+        assert_eq!(renew_at(&c), signed + 20 * 86_400);
+        assert_eq!(lifetime(&c), Duration::from_secs(30 * 86_400));
+    }
+
+    #[test]
+    fn only_forged_or_borrowed_certificates_count_as_evidence() {
+        let root = ed25519::Keypair::generate();
+        let (me, other) = (PeerId::random(), PeerId::random());
+        let expired = Certificate::issue(&root, 1, me, "default", 0, 1).unwrap().to_armor();
+        assert!(!forged(&expired, &me), "a lapse is no attack");
+        assert!(forged(&expired, &other), "someone else's certificate");
+        let mut altered = expired.clone().into_bytes();
+        altered[40] ^= 1;
+        assert!(forged(&String::from_utf8(altered).unwrap(), &me));
+        assert!(forged(&RootKey::of(&root).to_armor(), &me), "not a certificate at all");
     }
 }
