@@ -30,7 +30,9 @@ pub fn run(cmd: CaCommand) -> Result<()> {
                 println!("{v}");
             } else {
                 println!("network root {} created in {}", anchor.fingerprint(), out.display());
-                println!("  {CA_ROOT_KEY}     private key (mode 0600): keep it off the nodes, back it up");
+                println!(
+                    "  {CA_ROOT_KEY}     private key (mode 0600): back it up; keep it offline or on the one --ca-key node"
+                );
                 println!("  {CA_ROOT_PUB}     the trust anchor: give it to every node");
                 println!("  {CA_ISSUED} what this CA signed; {CA_REVOCATIONS}: its signed revocation list");
                 println!("next: p2p-controller ca sign PEER_ID --ca {} --out node.cert", out.display());
@@ -137,7 +139,7 @@ pub fn run(cmd: CaCommand) -> Result<()> {
                 println!("serial {serial} ({}) was already revoked; nothing changed", who.peer_id);
             } else {
                 println!(
-                    "revoked serial {serial} ({}, class {}); {} now lists {} serial(s), sequence {}",
+                    "revoked serial {serial} and every other unexpired one of {} (class {}); {} now lists {} serial(s), sequence {}",
                     who.peer_id,
                     who.class,
                     ca.revocations_path().display(),

@@ -166,7 +166,7 @@ pub enum Command {
     /// `ca init`, whose root.pub is the trust anchor every node is given;
     /// `ca sign` issues a member's certificate, `ca revoke` takes one back.
     ///
-    /// Nodes do not yet check certificates (the rest of issue 8).
+    /// Nodes check them with `run --trust-anchor ROOT.pub --cert FILE`.
     ///
     /// Example:
     ///   p2p-controller ca init --out /var/lib/p2p-nos/ca
@@ -242,7 +242,8 @@ pub enum CaCommand {
     /// Revoke a certificate by its serial.
     ///
     /// The serials are in issued.jsonl. The CA's revocation list is signed
-    /// again with the serial in it, its sequence number one higher;
+    /// again with the serial in it, and every other unexpired serial issued
+    /// to the same peer (its renewals), its sequence number one higher;
     /// revoking a revoked serial changes nothing.
     Revoke {
         serial: u64,

@@ -48,6 +48,10 @@ impl EventLoop {
     /// is evidence against the sender.
     pub(super) fn on_inbound_record(&mut self, request: InboundRequest) {
         match request {
+            // An anchored network stores records from members only.
+            InboundRequest::PutRecord { source, .. } if !self.trusted(&source) => {
+                log::info!("refused a DHT record from {source}: not a member");
+            }
             InboundRequest::PutRecord { source, record: Some(r), .. } => match invalid_record(&r) {
                 None => {
                     if let Err(e) = self.kad().store_mut().put(r) {

@@ -164,6 +164,17 @@ impl Members {
     /// A signer's renewal for `old` (already judged valid).
     fn renew_for(&self, old: &Certificate) -> Option<String> {
         let ca = self.signer.as_ref()?;
+        // Not early (each renewal is a new serial the member could keep),
+        // and not for a member the CA revoked, even if the revocation has
+        // not reached this node's list yet.
+        let slack = lifetime(old).as_secs() / 10;
+        if unix_now() + slack < renew_at(old) {
+            log::info!("{} asked to renew certificate {} early: refused", old.peer, old.serial);
+            return None;
+        }
+        if crate::trust::ca::read_revocations(&ca.revocations_path()).is_ok_and(|r| r.contains(old.serial)) {
+            return None;
+        }
         match ca.sign(old.peer, &old.class, lifetime(old)) {
             Ok(c) => {
                 log::info!("renewed the certificate of {} (serial {} → {})", old.peer, old.serial, c.serial);
@@ -233,17 +244,28 @@ impl EventLoop {
         self.members.is_some()
     }
 
+    /// A connection came up: a peer not (yet) a member has
+    /// [`PRESENT_WITHIN`] from now to prove it, whatever it speaks.
+    pub(super) fn start_membership_clock(&mut self, peer: PeerId) {
+        if !self.membership_required() {
+            return;
+        }
+        if let Some(st) = self.book.get_mut(&peer)
+            && !st.member.admits()
+        {
+            st.member = Membership::Pending(Some(Instant::now()));
+        }
+    }
+
     /// identify says `peer` speaks our Kademlia: present our certificate.
     pub(super) fn present_certificate(&mut self, peer: PeerId) {
         let Some(m) = &self.members else { return };
         let req = m.request();
-        // A peer refused before (it may have a new certificate now) gets
-        // the same time to present one as a new peer.
-        if let Some(st) = self.book.get_mut(&peer)
-            && !st.member.admits()
-            && !matches!(st.member, Membership::Pending(Some(_)))
-        {
-            st.member = Membership::Pending(Some(Instant::now()));
+        // Admitted already (a new connection of a member): back into
+        // Kademlia's table now that identify gave its addresses.
+        if self.book.get(&peer).is_some_and(|s| matches!(s.member, Membership::Member { .. })) {
+            self.offer_to_kad(&peer);
+            self.bootstrap_through(peer);
         }
         if let Some(rr) = self.swarm.behaviour_mut().member.as_mut() {
             rr.send_request(&peer, req);
@@ -301,6 +323,8 @@ impl EventLoop {
             Event::Message { peer, message: Message::Response { response, .. }, .. } => {
                 if response.signer && !m.signers.contains(&peer) {
                     m.signers.push(peer);
+                } else if !response.signer {
+                    m.signers.retain(|p| *p != peer);
                 }
                 let me = *self.swarm.local_peer_id();
                 let renewed = response.renewed.as_deref().is_some_and(|t| m.take_renewal(&me, t));
@@ -332,15 +356,22 @@ impl EventLoop {
     fn admit(&mut self, peer: PeerId, cert: &Certificate) {
         let Some(st) = self.book.get_mut(&peer) else { return };
         let was = st.member.admits();
+        let banned = st.banned;
         st.member = Membership::Member { serial: cert.serial, class: cert.class.clone(), not_after: cert.not_after };
-        if was {
-            return;
+        if !was {
+            log::info!("{peer} is a member (certificate {}, class {})", cert.serial, cert.class);
         }
-        log::info!("{peer} is a member (certificate {}, class {})", cert.serial, cert.class);
         if let Some(m) = self.members.as_mut() {
-            m.admitted += 1;
+            m.admitted += u64::from(!was);
+            // A verdict of "late" whose certificate arrived within the
+            // disconnect delay is taken back.
+            if m.shut_out.remove(&peer).is_some() && !banned {
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            }
         }
-        // Only now may it enter Kademlia's table and the maps.
+        // Only now may it enter Kademlia's table and the maps; a member
+        // that reconnected (inbound: Kademlia does not insert it by
+        // itself) is offered again.
         self.offer_to_kad(&peer);
         self.bootstrap_through(peer);
         self.touch();
@@ -349,17 +380,17 @@ impl EventLoop {
     /// Not (or no longer) a member: out of Kademlia, gossipsub and the
     /// maps, disconnected. It may come back with a valid certificate.
     pub(super) fn refuse_member(&mut self, peer: PeerId, why: String) {
+        let again = self.book.get(&peer).is_some_and(|st| matches!(&st.member, Membership::Refused(w) if *w == why));
         if let Some(st) = self.book.get_mut(&peer) {
-            if matches!(&st.member, Membership::Refused(w) if *w == why) {
-                return;
-            }
             st.member = Membership::Refused(why.clone());
         }
-        log::warn!("refusing {peer}: not a member of this network ({why})");
+        if !again {
+            log::warn!("refusing {peer}: not a member of this network ({why})");
+        }
         if let Some(m) = self.members.as_mut() {
-            m.refused += 1;
+            m.refused += u64::from(!again);
             let now = Instant::now();
-            m.shut_out.insert(peer, (Some(now + DISCONNECT_AFTER), now + REFUSED_FOR));
+            m.shut_out.entry(peer).or_insert((Some(now + DISCONNECT_AFTER), now + REFUSED_FOR));
         }
         // Not blacklisted in gossipsub: that would also ignore its
         // subscriptions once it comes back a member; the validation in
@@ -421,8 +452,9 @@ impl EventLoop {
         self.members.as_ref().is_some_and(|m| m.shut_out.contains_key(peer))
     }
 
-    /// Whether gossip relayed by `peer` may be accepted.
-    pub(super) fn gossip_allowed(&self, peer: &PeerId) -> bool {
+    /// An open network, or a proven member: whose gossip and DHT records
+    /// are accepted.
+    pub(super) fn trusted(&self, peer: &PeerId) -> bool {
         !self.membership_required()
             || self.book.get(peer).is_some_and(|s| matches!(s.member, Membership::Member { .. }))
     }
@@ -475,6 +507,12 @@ impl EventLoop {
             let own = m.cfg.cert.clone();
             renewed_own = m.renew_for(&own).is_some_and(|c| m.take_renewal(&me, &c));
         } else if due && let Some(signer) = signer {
+            // The next ask goes to another signer, should this one not
+            // answer with a renewal.
+            if let Some(i) = m.signers.iter().position(|p| *p == signer) {
+                let s = m.signers.remove(i);
+                m.signers.push(s);
+            }
             m.renew_asked = Some(now);
             log::info!(
                 "asking {signer} to renew certificate {} (expires at {})",

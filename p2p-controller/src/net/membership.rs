@@ -27,6 +27,7 @@ impl EventLoop {
         if self.book.on_connected(peer, conn, advert::ip_of(remote), Instant::now()) {
             self.liveness.revived(node_id_of(&peer));
         }
+        self.start_membership_clock(peer);
         self.redials.remove(&conn);
         for t in self.targets.iter_mut() {
             if t.dialing == Some(conn) || (t.peer == Some(peer) && !t.connected) {

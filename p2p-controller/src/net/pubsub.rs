@@ -25,7 +25,7 @@ impl EventLoop {
             // one relayed by a non-member is rejected (not delivered, not
             // forwarded, counted against it by gossipsub's score).
             if self.membership_required() {
-                let ok = self.gossip_allowed(&propagation_source);
+                let ok = self.trusted(&propagation_source);
                 let verdict =
                     if ok { gossipsub::MessageAcceptance::Accept } else { gossipsub::MessageAcceptance::Reject };
                 self.swarm.behaviour_mut().gossipsub.report_message_validation_result(

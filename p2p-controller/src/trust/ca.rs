@@ -203,9 +203,11 @@ impl Ca {
         })
     }
 
-    /// `ca revoke SERIAL`: a new revocation list (sequence + 1) with it.
-    /// Returns the list, what the serial was issued to, and whether it was
-    /// already revoked (then nothing changes).
+    /// `ca revoke SERIAL`: a new revocation list (sequence + 1) with it and
+    /// every other unexpired serial issued to the same peer (a member could
+    /// otherwise keep using an older or a renewed certificate). Returns the
+    /// list, what the serial was issued to, and whether it was already
+    /// revoked with all its peer's serials (then nothing changes).
     pub fn revoke(&self, serial: u64) -> Result<(Revocations, Issued, bool)> {
         self.locked(|_, issued| {
             let Some(cert) = issued.iter().find(|i| i.serial == serial).cloned() else {
@@ -224,12 +226,18 @@ impl Ca {
             if current.issuer != self.anchor().0 {
                 return Err(file_err(&path, "is signed by another root"));
             }
-            if current.contains(serial) {
+            let now = unix_now();
+            let fresh: Vec<u64> = issued
+                .iter()
+                .filter(|i| i.serial == serial || (i.peer_id == cert.peer_id && i.not_after > now))
+                .map(|i| i.serial)
+                .filter(|s| !current.contains(*s))
+                .collect();
+            if fresh.is_empty() {
                 return Ok((current, cert, true));
             }
             let mut entries = current.entries.clone();
-            let now = unix_now();
-            entries.push((serial, now));
+            entries.extend(fresh.iter().map(|s| (*s, now)));
             let next = Revocations::issue(&self.root, current.sequence + 1, now, entries);
             write_atomic(&path, next.to_armor().as_bytes(), 0o644)?;
             Ok((next, cert, false))
@@ -274,7 +282,11 @@ mod tests {
         assert_eq!(a.verify(&anchor, now, Some(&crl)), Ok(()));
         let (again, _, already) = ca.revoke(2).unwrap();
         assert!(already && again.sequence == 1, "a second revoke changes nothing");
-        assert!(ca.revoke(9).unwrap_err().to_string().contains("serials 1..=2"));
+        // A peer's other unexpired certificates go with the one named.
+        let renewed = ca.sign(p, "default", Duration::from_secs(3600)).unwrap();
+        let (crl, _, _) = ca.revoke(renewed.serial).unwrap();
+        assert!(crl.contains(a.serial) && crl.contains(renewed.serial) && crl.sequence == 2);
+        assert!(ca.revoke(9).unwrap_err().to_string().contains("serials 1..=3"));
         fs::set_permissions(d.join(CA_ROOT_KEY), fs::Permissions::from_mode(0o644)).unwrap();
         assert!(Ca::open(&d).err().unwrap().to_string().contains("chmod 600"));
         fs::remove_dir_all(&d).unwrap();
