@@ -1,7 +1,6 @@
 //! `p2p-controller ca …`: the certificate authority's commands and what
 //! they print (human text, or one JSON object with `--json`).
 
-use std::path::Path;
 use std::str::FromStr;
 
 use libp2p::identity::PeerId;
@@ -57,7 +56,7 @@ pub fn run(cmd: CaCommand) -> Result<()> {
             let cert = ca.sign(peer, &class, valid)?;
             let armor = cert.to_armor();
             if let Some(out) = &out {
-                write_cert(out, &armor)?;
+                ca::write_atomic(out, armor.as_bytes(), 0o644)?;
             }
             if json {
                 let mut v = cert_json(&cert);
@@ -150,14 +149,6 @@ pub fn run(cmd: CaCommand) -> Result<()> {
             Ok(())
         }
     }
-}
-
-fn write_cert(out: &Path, armor: &str) -> Result<()> {
-    let tmp = out.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&tmp, armor).and_then(|()| std::fs::rename(&tmp, out)).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::File { path: out.into(), reason: format!("cannot write: {e}") }
-    })
 }
 
 /// Unix seconds as an operator reads them (UTC, RFC 3339).

@@ -11,7 +11,7 @@
 //! member it is connected to, and so on. Gossip from a peer that is not a
 //! member is rejected (gossipsub validation), so it spreads no further.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -96,11 +96,18 @@ fn forged(armored: &str, peer: &PeerId) -> bool {
     }
 }
 
+/// The revocation list a message carries, if it is one.
+fn carried_revocations(armored: Option<&str>) -> Option<Revocations> {
+    match armored?.parse::<Armored>() {
+        Ok(Armored::Revocations(r)) => Some(r),
+        _ => None,
+    }
+}
+
 /// When a certificate is renewed: at 2/3 of its life, counted from its
 /// signing (`ca sign` backdates `not_before` by the clock-skew allowance).
 pub fn renew_at(c: &Certificate) -> u64 {
-    let signed = c.not_before.saturating_add(crate::trust::ca::CLOCK_SKEW.as_secs()).min(c.not_after);
-    c.not_after - (c.not_after - signed) / 3
+    c.not_after.saturating_sub(lifetime(c).as_secs() / 3)
 }
 
 /// The lifetime a renewal gets: the old certificate's, from signing.
@@ -199,12 +206,8 @@ impl Members {
         {
             return false;
         }
-        let path = &self.cfg.cert_file;
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        let written = std::fs::write(&tmp, cert.to_armor()).and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            log::warn!("{}: cannot write the renewed certificate ({e}); using it until the next start", path.display());
+        if let Err(e) = crate::trust::ca::write_atomic(&self.cfg.cert_file, cert.to_armor().as_bytes(), 0o644) {
+            log::warn!("{e}: the renewed certificate is used until the next start");
         }
         log::info!(
             "certificate renewed: serial {} → {}, valid until {}",
@@ -253,7 +256,7 @@ impl EventLoop {
         if let Some(st) = self.book.get_mut(&peer)
             && !st.member.admits()
         {
-            st.member = Membership::Pending(Some(Instant::now()));
+            st.member = Membership::Pending(Instant::now());
         }
     }
 
@@ -277,14 +280,7 @@ impl EventLoop {
         let Some(m) = self.members.as_mut() else { return };
         match e {
             Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
-                let fresh = request
-                    .revocations
-                    .as_deref()
-                    .and_then(|t| match t.parse::<Armored>() {
-                        Ok(Armored::Revocations(r)) => Some(r),
-                        _ => None,
-                    })
-                    .is_some_and(|r| m.take_revocations(r));
+                let fresh = carried_revocations(request.revocations.as_deref()).is_some_and(|r| m.take_revocations(r));
                 let verdict = m.judge(&peer, &request.certificate);
                 let renewed = match &verdict {
                     Ok(old) if request.renew => m.renew_for(old),
@@ -334,10 +330,7 @@ impl EventLoop {
                 } else {
                     m.refused_us.remove(&peer);
                 }
-                let newer = response.revocations.as_deref().and_then(|t| match t.parse::<Armored>() {
-                    Ok(Armored::Revocations(r)) => Some(r),
-                    _ => None,
-                });
+                let newer = carried_revocations(response.revocations.as_deref());
                 if newer.is_some_and(|r| m.take_revocations(r)) {
                     self.rejudge_members();
                     self.spread_revocations();
@@ -448,8 +441,8 @@ impl EventLoop {
     }
 
     /// Refused peers kept in the book while shut out (so `peers` says why).
-    pub(super) fn shut_out(&self, peer: &PeerId) -> bool {
-        self.members.as_ref().is_some_and(|m| m.shut_out.contains_key(peer))
+    pub(super) fn shut_out(&self) -> HashSet<PeerId> {
+        self.members.as_ref().map(|m| m.shut_out.keys().copied().collect()).unwrap_or_default()
     }
 
     /// An open network, or a proven member: whose gossip and DHT records
@@ -552,7 +545,7 @@ impl EventLoop {
                 Membership::Member { serial, not_after, .. } if wall >= *not_after => {
                     lapsed.push((*p, format!("certificate {serial} expired at {not_after}")));
                 }
-                Membership::Pending(Some(since)) if now.duration_since(*since) >= PRESENT_WITHIN && s.connected() => {
+                Membership::Pending(since) if now.duration_since(*since) >= PRESENT_WITHIN && s.connected() => {
                     lapsed.push((*p, format!("presented no valid certificate within {} s", PRESENT_WITHIN.as_secs())));
                 }
                 _ => {}

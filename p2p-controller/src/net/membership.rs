@@ -100,7 +100,6 @@ impl EventLoop {
             if let DialError::WrongPeerId { obtained, .. } = error
                 && let Some(msg) = self.cfg.known_peers.as_ref().and_then(|k| k.mismatch(&t.addr, obtained))
             {
-                log::error!("bootstrap {msg}");
                 err = msg;
             }
             let wait = t.on_dial_failed(now, err.clone());
@@ -304,7 +303,7 @@ impl EventLoop {
                 s.dead.as_ref().is_some_and(|(t, _)| now.duration_since(*t) < Duration::from_secs(600))
             };
             let dead_recently: HashSet<PeerId> = self.book.iter().filter(|(_, s)| recent(s)).map(|(p, _)| *p).collect();
-            let shut_out: HashSet<PeerId> = self.book.iter().map(|(p, _)| *p).filter(|p| self.shut_out(p)).collect();
+            let shut_out = self.shut_out();
             self.book.prune(|p| table.contains(p) || dead_recently.contains(p) || shut_out.contains(p));
         }
     }

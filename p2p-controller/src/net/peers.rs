@@ -85,8 +85,8 @@ pub enum Membership {
     /// No trust anchor configured: everyone may join.
     #[default]
     Open,
-    /// Asked for its certificate (since when), none verified yet.
-    Pending(Option<Instant>),
+    /// Connected since when, no certificate verified yet.
+    Pending(Instant),
     Member {
         serial: u64,
         class: String,
@@ -186,7 +186,7 @@ impl PeerBook {
     fn entry(&mut self, peer: PeerId) -> &mut PeerState {
         let required = self.membership_required;
         self.peers.entry(peer).or_insert_with(|| PeerState {
-            member: if required { Membership::Pending(None) } else { Membership::Open },
+            member: if required { Membership::Pending(Instant::now()) } else { Membership::Open },
             ..PeerState::default()
         })
     }

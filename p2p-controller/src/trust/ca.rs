@@ -46,7 +46,7 @@ fn file_err(path: &Path, reason: impl Into<String>) -> Error {
 
 /// Writes under a temporary name, then renames: a reader sees the old file
 /// or the new one, never half of one.
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let written = (|| {
         let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;

@@ -48,6 +48,11 @@ const CERT_FIXED: usize = 4 + 1 + 1 + 1 + 1 + 8 + 8 + 8 + 32;
 const CRL_FIXED: usize = 4 + 1 + 3 + 8 + 8 + 32 + 4;
 const CRL_ENTRY: usize = 16;
 
+/// The big-endian u64 at `o` (the caller checked the length).
+fn be_u64(b: &[u8], o: usize) -> u64 {
+    u64::from_be_bytes(b[o..o + 8].try_into().unwrap_or_default())
+}
+
 /// Every encoding starts with its magic and the version, then `zero`
 /// bytes that v1 leaves zero (reserved bytes, or a certificate's flags).
 fn check_head(
@@ -205,7 +210,7 @@ impl Certificate {
         if b.len() != CERT_FIXED + id_len + class_len + SIG_LEN {
             return Err(bad("length does not match the lengths it declares"));
         }
-        let u64_at = |o: usize| u64::from_be_bytes(b[o..o + 8].try_into().unwrap_or_default());
+        let u64_at = |o: usize| be_u64(b, o);
         let id_at = CERT_FIXED;
         let class_at = id_at + id_len;
         let sig_at = class_at + class_len;
@@ -318,7 +323,7 @@ impl Revocations {
     pub fn from_bytes(b: &[u8]) -> Result<Revocations, TrustError> {
         let bad = |reason: &str| TrustError::Malformed { expected: "revocation list", reason: reason.into() };
         check_head(b, CRL_MAGIC, CRL_FIXED + SIG_LEN, "revocation list", 3)?;
-        let u64_at = |o: usize| u64::from_be_bytes(b[o..o + 8].try_into().unwrap_or_default());
+        let u64_at = |o: usize| be_u64(b, o);
         let count = u32::from_be_bytes(b[56..60].try_into().unwrap_or_default()) as usize;
         let sig_at = count
             .checked_mul(CRL_ENTRY)
