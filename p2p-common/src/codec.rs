@@ -114,7 +114,7 @@ pub fn validate(buf: &[u8]) -> Result<(), Malformed> {
     if buf[0..2] != MAGIC {
         return Err(Malformed::BadMagic);
     }
-    if buf[2] != VERSION {
+    if !version_known(buf[2]) {
         return Err(Malformed::BadVersion(buf[2]));
     }
     if !kind_known(buf[3]) {
@@ -226,8 +226,10 @@ mod tests {
         b[1] = b'X';
         assert_eq!(Packet::decode(&b), Err(Malformed::BadMagic));
         let mut b = good.clone();
+        b[2] = 3;
+        assert_eq!(Packet::decode(&b), Err(Malformed::BadVersion(3)));
         b[2] = 2;
-        assert_eq!(Packet::decode(&b), Err(Malformed::BadVersion(2)));
+        assert!(Packet::decode(&b).is_ok(), "version 2 (tagged) is read too");
         for k in [0u8, 6, 255] {
             let mut b = good.clone();
             b[3] = k;

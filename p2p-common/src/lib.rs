@@ -4,6 +4,7 @@
 //! `user` adds `aya::Pod` impls, a codec and the routing-table builder.
 #![cfg_attr(not(feature = "user"), no_std)]
 
+pub mod auth;
 pub mod counters;
 pub mod maps;
 pub mod net;
@@ -31,6 +32,9 @@ mod pod {
     unsafe impl aya::Pod for crate::maps::SourceStats {}
     unsafe impl aya::Pod for crate::maps::LinkKey {}
     unsafe impl aya::Pod for crate::maps::LinkSecret {}
+    unsafe impl aya::Pod for crate::maps::ReplayKey {}
+    unsafe impl aya::Pod for crate::maps::ReplayWindow {}
+    unsafe impl aya::Pod for crate::maps::TxSeq {}
     unsafe impl aya::Pod for crate::maps::Counter {}
     unsafe impl aya::Pod for crate::maps::Event {}
     unsafe impl aya::Pod for crate::maps::NextHopCache {}

@@ -16,6 +16,8 @@ pub const RATE: &str = "RATE";
 pub const RATE_SOURCES: &str = "RATE_SOURCES";
 pub const SOURCE_STATS: &str = "SOURCE_STATS";
 pub const LINK_KEYS: &str = "LINK_KEYS";
+pub const REPLAY: &str = "REPLAY";
+pub const TX_SEQ: &str = "TX_SEQ";
 pub const LAST_SEEN: &str = "LAST_SEEN";
 pub const STATS: &str = "STATS";
 pub const EVENTS: &str = "EVENTS";
@@ -24,7 +26,7 @@ pub const NEXT_HOPS: &str = "NEXT_HOPS";
 
 /// Every map the object declares that is pinned, in the order the README
 /// lists them (NEXT_HOPS, a per-CPU cache, is not pinned).
-pub const ALL_MAPS: [&str; 16] = [
+pub const ALL_MAPS: [&str; 18] = [
     CONFIG,
     ROUTES,
     ROUTE_TRIE,
@@ -37,6 +39,8 @@ pub const ALL_MAPS: [&str; 16] = [
     RATE_SOURCES,
     SOURCE_STATS,
     LINK_KEYS,
+    REPLAY,
+    TX_SEQ,
     LAST_SEEN,
     STATS,
     EVENTS,
@@ -77,7 +81,12 @@ pub const MAX_BLOCKED: u32 = 65_536;
 /// Sources that are not peers tracked at once (RATE_SOURCES, SOURCE_STATS:
 /// LRU, the least recently seen source is forgotten first).
 pub const DEFAULT_MAX_SOURCES: u32 = 16_384;
-pub const MAX_LINK_KEYS: u32 = 4_096;
+/// LINK_KEYS holds one entry per peer endpoint (`max_peers * ADDRS_PER_PEER`
+/// at load time); this is the default.
+pub const MAX_LINK_KEYS: u32 = DEFAULT_MAX_PEERS * ADDRS_PER_PEER;
+/// REPLAY windows per peer slot (LRU): a link has one per key in use and
+/// sending stream (CPU); `max_peers * REPLAY_PER_PEER` at load time.
+pub const REPLAY_PER_PEER: u32 = 4;
 pub const MAX_IFACES: u32 = 64;
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
@@ -102,7 +111,11 @@ pub const SELF_SLOT: u32 = REF_LEAF - 1;
 pub const SELF_REF: u32 = REF_LEAF | SELF_SLOT;
 
 /// CONFIG policy bits.
+/// Untagged packets are dropped (`--auth required`); LOOKUP_REPLY, which
+/// comes from a node that need not be a neighbour, is exempt.
 pub const POLICY_AUTH_REQUIRED: u16 = 1;
+/// Tags are verified where present (`--auth optional`, and `required`).
+pub const POLICY_AUTH_VERIFY: u16 = 4;
 /// aya-log lines are emitted only with this bit (`run --ebpf-log`).
 pub const POLICY_LOG: u16 = 2;
 
@@ -296,12 +309,57 @@ pub struct LinkKey {
 }
 const _: () = assert!(size_of::<LinkKey>() == 20);
 
+/// LINK_KEYS[endpoint]: the hop-by-hop keys of the link with the
+/// neighbour at that endpoint (docs/WIRE.md v2). Packets from it verify
+/// under `rx[0]` (the newest key) or `rx[1]` (the previous one, kept so
+/// that packets in flight across a rotation still verify), chosen by
+/// their key ID; packets to it are tagged with `tx`. Key ID 0: no key.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LinkSecret {
-    pub key: [u8; 32],
+    pub rx: [[u8; 16]; 2],
+    pub tx: [u8; 16],
+    pub rx_id: [u8; 2],
+    pub tx_id: u8,
+    pub _pad: [u8; 5],
 }
-const _: () = assert!(size_of::<LinkSecret>() == 32);
+const _: () = assert!(size_of::<LinkSecret>() == 56);
+
+/// REPLAY key: one sender stream under one key of one link.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ReplayKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub key_id: u8,
+    pub stream: u8,
+}
+const _: () = assert!(size_of::<ReplayKey>() == 20);
+
+/// REPLAY value: the sequence numbers seen (see `auth::replay_check`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplayWindow {
+    pub blocks: [u64; crate::auth::REPLAY_BLOCKS],
+}
+const _: () = assert!(size_of::<ReplayWindow>() == 8 * crate::auth::REPLAY_BLOCKS);
+
+impl Default for ReplayWindow {
+    fn default() -> Self {
+        ReplayWindow { blocks: [0; crate::auth::REPLAY_BLOCKS] }
+    }
+}
+
+/// TX_SEQ[slot], per CPU: the next sequence number this CPU tags packets
+/// to that peer with, under key `key_id` (a new key starts again at 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxSeq {
+    pub next: u32,
+    pub key_id: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<TxSeq>() == 8);
 
 /// STATS[counter]: per CPU.
 #[repr(C)]
@@ -367,7 +425,10 @@ pub const fn memory_estimate(max_peers: u32, max_sources: u32, ncpu: u32) -> u64
     let last_seen = (p * 8).div_ceil(PAGE) * PAGE + PAGE;
     let arrays = p * r8(size_of::<PeerEntry>()) + p * r8(size_of::<RateBucket>()) + r8(size_of::<Config>());
     // Per-CPU arrays: one value per entry and CPU.
-    let per_cpu = c * (p * r8(size_of::<NextHopCache>()) + 11 * r8(size_of::<Counter>()));
+    let per_cpu = c
+        * (p * r8(size_of::<NextHopCache>())
+            + p * r8(size_of::<TxSeq>())
+            + crate::counters::COUNTER_COUNT as u64 * r8(size_of::<Counter>()));
     // Hash maps (preallocated): an element header, key and value per entry,
     // and a bucket per entry (rounded up to a power of two).
     const fn hash(entries: u64, key: usize, value: usize) -> u64 {
@@ -376,7 +437,8 @@ pub const fn memory_estimate(max_peers: u32, max_sources: u32, ncpu: u32) -> u64
     let hashes = hash(p * ADDRS_PER_PEER as u64, size_of::<LinkKey>(), 4)
         + hash(s, 16, size_of::<RateBucket>())
         + hash(s, 16, size_of::<SourceStats>())
-        + hash(MAX_LINK_KEYS as u64, size_of::<LinkKey>(), size_of::<LinkSecret>())
+        + hash(p * ADDRS_PER_PEER as u64, size_of::<LinkKey>(), size_of::<LinkSecret>())
+        + hash(p * REPLAY_PER_PEER as u64, size_of::<ReplayKey>(), size_of::<ReplayWindow>())
         + hash(MAX_IFACES as u64, 4, size_of::<IfaceAddrs>());
     // BLOCKED and BLOCKED_NETS allocate on use: only BLOCKED's buckets.
     let blocked = (MAX_BLOCKED as u64).next_power_of_two() * 16;

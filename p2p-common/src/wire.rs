@@ -1,11 +1,16 @@
-//! The overlay wire format of docs/WIRE.md, version 1. All multi-byte fields are
+//! The overlay wire format of docs/WIRE.md, versions 1 and 2 (2: the
+//! reserved bytes carry the hop-by-hop tag's key ID, stream and sequence
+//! number, see [`crate::auth`]). All multi-byte fields are
 //! stored as big-endian byte arrays so that the structs have alignment 1 and
 //! can be read straight out of a packet.
 
 use core::mem::size_of;
 
 pub const MAGIC: [u8; 2] = [0x50, 0x4E];
+/// The version of an untagged packet (v1 layout, reserved bytes zero).
 pub const VERSION: u8 = 1;
+/// The version of a packet with a hop-by-hop tag (docs/WIRE.md v2).
+pub const VERSION_AUTH: u8 = 2;
 pub const HEADER_LEN: usize = 96;
 pub const DEFAULT_OVERLAY_PORT: u16 = 9470;
 pub const DEFAULT_TTL: u8 = 32;
@@ -67,6 +72,12 @@ pub mod offset {
     pub const DST_KEY: usize = 48;
     pub const PAYLOAD_LEN: usize = 80;
     pub const RESERVED: usize = 82;
+    /// Version 2: the link key the tag was made with (0: none).
+    pub const KEY_ID: usize = 82;
+    /// Version 2: the sender's sequence stream (a CPU, or the controller).
+    pub const STREAM: usize = 83;
+    /// Version 2: the stream's sequence number (u32, big-endian).
+    pub const SEQ: usize = 84;
     pub const TAG: usize = 88;
 }
 
@@ -77,6 +88,12 @@ impl OverlayHeader {
     pub fn msg_id(&self) -> u64 {
         u64::from_be_bytes(self.msg_id)
     }
+}
+
+/// True for the versions this node reads.
+#[inline(always)]
+pub fn version_known(version: u8) -> bool {
+    version == VERSION || version == VERSION_AUTH
 }
 
 /// True for the kinds version 1 knows.

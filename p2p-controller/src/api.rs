@@ -136,6 +136,24 @@ pub struct OverlayStatus {
     /// forwarding in userspace mode).
     pub slow_path: u64,
     pub lookups_answered: u64,
+    /// LOOKUPs that arrived without a verified tag and would have been
+    /// answered with more bytes than they had (refused, or not answered).
+    #[serde(default)]
+    pub lookups_refused_unauthenticated: u64,
+}
+
+/// Hop-by-hop authentication (`run --auth`, docs/WIRE.md v2).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct AuthStatus {
+    /// "off", "optional" or "required".
+    pub policy: String,
+    /// Seconds between link-key renewals.
+    pub rotate_s: u64,
+    /// Peers with link keys in both directions now.
+    pub linked: usize,
+    /// Key exchanges completed, and refused by peers, since start.
+    pub exchanges: u64,
+    pub refused: u64,
 }
 
 /// What map sync reports.
@@ -226,6 +244,9 @@ pub struct NetStatus {
     /// With `--trust-anchor` only (docs/TRUST.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust: Option<TrustStatus>,
+    /// Link keys and the tag policy.
+    #[serde(default)]
+    pub auth: AuthStatus,
 }
 
 /// Membership in an anchored network, as `status` reports it.

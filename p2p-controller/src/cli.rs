@@ -394,6 +394,18 @@ pub struct RunArgs {
     /// renew at 2/3 of their certificate's life from any such node.
     #[arg(long, value_name = "DIR", requires = "trust_anchor")]
     pub ca_key: Option<PathBuf>,
+    /// Hop-by-hop authentication of overlay packets (docs/WIRE.md v2):
+    /// `required` drops every untagged packet (LOOKUP_REPLY excepted) and
+    /// routes only to peers with link keys; `optional` tags where a link
+    /// has keys and verifies tags where present; `off` makes no link keys
+    /// and sends version-1 packets. [default: required with
+    /// --trust-anchor, else optional]
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub auth: Option<crate::userspace::AuthPolicy>,
+    /// How often neighbours renew their link keys (1s to 2m; the previous
+    /// key stays valid until the next renewal).
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub link_rotate: String,
     /// Control socket [default: /run/p2p-nos/<instance>.sock]
     #[arg(long)]
     pub control_socket: Option<PathBuf>,

@@ -224,6 +224,7 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         userspace: !xdp,
         records,
         store: store.clone(),
+        auth: net_cfg.auth,
     };
     let (overlay, relay, pongs) = overlay::spawn(overlay_cfg, socket, routing.clone(), sync.clone())?;
     let (bans_tx, bans_rx) = tokio::sync::mpsc::channel(256);
@@ -338,7 +339,7 @@ fn setup_dataplane(
             return Ok((None, None));
         }
     };
-    dp.set_config(identity.node_id.0, args.overlay_port, 0)?;
+    dp.set_config(identity.node_id.0, args.overlay_port, auth_policy(args).bits())?;
     for iface in &args.ifaces {
         let (v4, v6) = sys::iface_addrs(iface);
         let mut a = IfaceAddrs::default();
@@ -519,6 +520,17 @@ fn net_config(args: &RunArgs) -> Result<(IpAddr, NetConfig)> {
         max_per_prefix: args.max_per_prefix as usize,
         trust: None,
         known_peers: None,
+        auth: auth_policy(args),
+        link_rotate: match units::parse_duration(&args.link_rotate) {
+            Ok(Some(d)) if d >= Duration::from_secs(1) && d <= net::links::MAX_ROTATE => d,
+            Ok(_) => {
+                return Err(Error::Usage(format!(
+                    "--link-rotate {}: must be between 1s and 2m (keys are renewed at least every 2 minutes)",
+                    args.link_rotate
+                )));
+            }
+            Err(e) => return Err(Error::Usage(format!("--link-rotate {e}"))),
+        },
         flap: net::peers::FlapPolicy {
             deaths: args.flap_deaths as usize,
             window: units::parse_duration(&args.flap_window)
@@ -530,6 +542,12 @@ fn net_config(args: &RunArgs) -> Result<(IpAddr, NetConfig)> {
         return Err(Error::Usage(format!("--kad-protocol {:?}: a protocol name starts with '/'", cfg.kad_protocol)));
     }
     Ok((overlay_ip.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)), cfg))
+}
+
+/// `--auth`, or its default: required in an anchored network.
+fn auth_policy(args: &RunArgs) -> crate::userspace::AuthPolicy {
+    use crate::userspace::AuthPolicy;
+    args.auth.unwrap_or(if args.trust_anchor.is_some() { AuthPolicy::Required } else { AuthPolicy::Optional })
 }
 
 /// `--trust-anchor`, `--cert`, `--revocations`, checked before anything

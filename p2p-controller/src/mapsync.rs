@@ -245,6 +245,8 @@ enum Command {
     Unblock(BlockTarget, Reply<()>),
     Rate(RatePolicy, Reply<()>),
     GetRate(oneshot::Sender<RatePolicy>),
+    /// The link keys of every neighbour endpoint (LINK_KEYS).
+    LinkKeys(std::sync::Arc<crate::userspace::LinkTable>),
     /// Detach XDP and remove the pins; the thread ends.
     Stop(oneshot::Sender<()>),
 }
@@ -403,6 +405,11 @@ impl MapSyncHandle {
         let _ = self.tx.send(Command::MirrorStats(counters));
     }
 
+    /// Writes the link keys into LINK_KEYS (XDP mode; nothing otherwise).
+    pub fn set_link_keys(&self, table: std::sync::Arc<crate::userspace::LinkTable>) {
+        let _ = self.tx.send(Command::LinkKeys(table));
+    }
+
     pub fn heartbeat(&self, now_ns: u64) {
         let _ = self.tx.send(Command::Heartbeat(now_ns));
     }
@@ -483,6 +490,24 @@ fn worker(mut w: Worker, rx: Receiver<Command>) {
                         && let Err(e) = dp.mirror_stats(&c)
                     {
                         log::debug!("mirroring stats: {e}");
+                    }
+                }
+                Command::LinkKeys(table) => {
+                    if let Some(dp) = w.dp.as_mut() {
+                        let keys = table
+                            .iter()
+                            .map(|(ep, s)| {
+                                let k = p2p_common::maps::LinkKey {
+                                    addr: p2p_common::codec::addr_to_mapped(ep.ip()),
+                                    port: ep.port(),
+                                    _pad: 0,
+                                };
+                                (k, *s)
+                            })
+                            .collect();
+                        if let Err(e) = dp.set_link_keys(&keys) {
+                            log::warn!("writing LINK_KEYS: {e}");
+                        }
                     }
                 }
                 Command::Heartbeat(now) => {

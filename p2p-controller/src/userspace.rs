@@ -6,10 +6,11 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
+use p2p_common::auth;
 use p2p_common::codec::{self, Packet, addr_to_mapped};
 use p2p_common::counters::{self as c, COUNTER_COUNT};
 use p2p_common::id::NodeId;
-use p2p_common::maps::{Counter, RateBudget, SELF_REF};
+use p2p_common::maps::{Counter, LinkSecret, RateBudget, SELF_REF};
 use p2p_common::route_build::{self, RouteError, RouteTable};
 use p2p_common::wire::*;
 
@@ -57,6 +58,93 @@ impl Verdict {
             Verdict::Pong { .. } => c::PONG,
             Verdict::Forward { .. } => c::FWD,
         }
+    }
+}
+
+/// `run --auth`: what step 5 demands of packets (docs/WIRE.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthPolicy {
+    /// No link keys, no tags: every packet goes out untagged (version 1).
+    Off,
+    /// Tags are made where a link has keys and verified where present;
+    /// untagged packets are accepted.
+    #[default]
+    Optional,
+    /// Untagged packets are dropped (LOOKUP_REPLY excepted); only peers
+    /// with link keys are routed to.
+    Required,
+}
+
+impl AuthPolicy {
+    /// CONFIG's policy bits.
+    pub fn bits(self) -> u16 {
+        use p2p_common::maps::{POLICY_AUTH_REQUIRED, POLICY_AUTH_VERIFY};
+        match self {
+            AuthPolicy::Off => 0,
+            AuthPolicy::Optional => POLICY_AUTH_VERIFY,
+            AuthPolicy::Required => POLICY_AUTH_VERIFY | POLICY_AUTH_REQUIRED,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthPolicy::Off => "off",
+            AuthPolicy::Optional => "optional",
+            AuthPolicy::Required => "required",
+        }
+    }
+}
+
+/// The link keys of every neighbour endpoint (what LINK_KEYS holds).
+pub type LinkTable = HashMap<SocketAddr, LinkSecret>;
+
+/// Replay windows of the userspace datapath (REPLAY's content), by sender
+/// endpoint, key ID and stream.
+#[derive(Debug, Default)]
+pub struct ReplayState(HashMap<(SocketAddr, u8, u8), [u64; auth::REPLAY_BLOCKS]>);
+
+/// Windows kept before they are all forgotten (REPLAY is an LRU).
+const MAX_REPLAY_WINDOWS: usize = 16_384;
+
+/// Step 5 in userspace: whether the datagram from `from` passes `policy`
+/// under `links`, marking its sequence number seen.
+pub fn auth_passes(
+    datagram: &[u8],
+    from: SocketAddr,
+    policy: AuthPolicy,
+    links: &LinkTable,
+    replay: &mut ReplayState,
+) -> bool {
+    if policy == AuthPolicy::Off {
+        return true;
+    }
+    if !auth::tagged(datagram[offset::VERSION], datagram[offset::FLAGS]) {
+        return policy != AuthPolicy::Required || datagram[offset::KIND] == KIND_LOOKUP_REPLY;
+    }
+    let Some(secret) = links.get(&from) else { return false };
+    let (key_id, stream, seq) = auth::v2_fields(datagram);
+    let key = match key_id {
+        0 => return false,
+        k if k == secret.rx_id[0] => &secret.rx[0],
+        k if k == secret.rx_id[1] => &secret.rx[1],
+        _ => return false,
+    };
+    let tag = u64::from_be_bytes(datagram[offset::TAG..offset::TAG + 8].try_into().expect("validated length"));
+    if auth::tag_of(key, datagram) != Some(tag) {
+        return false;
+    }
+    if replay.0.len() >= MAX_REPLAY_WINDOWS && !replay.0.contains_key(&(from, key_id, stream)) {
+        replay.0.clear();
+    }
+    let w = replay.0.entry((from, key_id, stream)).or_insert([0; auth::REPLAY_BLOCKS]);
+    let slot = auth::replay_slot(seq);
+    match auth::replay_check(w[slot], seq) {
+        Some(next) => {
+            w[slot] = next;
+            true
+        }
+        None => false,
     }
 }
 
@@ -186,15 +274,18 @@ impl Router {
     /// docs/WIRE.md steps 2–8 without rate budgets and at time 0 (expiring
     /// blocks count as in force): routing decisions alone.
     pub fn process(&self, datagram: &[u8], from: SocketAddr) -> Verdict {
-        self.process_at(datagram, from, 0, &mut SourceState::default(), None)
+        self.process_at(datagram, from, 0, &mut SourceState::default(), None, None)
     }
 
     /// docs/WIRE.md "What a node does with a packet to its overlay port",
     /// steps 2–8, at CLOCK_MONOTONIC `now` ns; `frame_bytes`, when given,
     /// is charged to the source's rate budget (`None`: no budgets, as for
-    /// the packets XDP hands up, which it already charged). Reads the
-    /// header in place: only packets for this node are decoded, and a
-    /// forwarded one is the datagram with its ttl and hops patched.
+    /// the packets XDP hands up, which it already charged); `auth`, when
+    /// given, is step 5's policy and state (`None`: XDP verified already).
+    /// Reads the header in place: only packets for this node are decoded,
+    /// and a forwarded one (or a PONG) is the datagram with its ttl and
+    /// hops patched and its tag stripped: the sender tags it for the link
+    /// it takes.
     pub fn process_at(
         &self,
         datagram: &[u8],
@@ -202,6 +293,7 @@ impl Router {
         now: u64,
         sources: &mut SourceState,
         frame_bytes: Option<u64>,
+        auth: Option<(AuthPolicy, &LinkTable, &mut ReplayState)>,
     ) -> Verdict {
         if codec::validate(datagram).is_err() {
             return Verdict::Drop(c::DROP_MALFORMED);
@@ -227,7 +319,11 @@ impl Router {
                 return Verdict::Drop(c::DROP_RATE);
             }
         }
-        // Step 5 (auth) arrives with its issue.
+        if let Some((policy, links, replay)) = auth
+            && !auth_passes(datagram, from, policy, links, replay)
+        {
+            return Verdict::Drop(c::DROP_AUTH);
+        }
         let for_me = dst_key == self.self_id;
         let local = || Verdict::Local(Packet::decode(datagram).expect("validated"));
         match kind {
@@ -256,6 +352,7 @@ impl Router {
                     let mut bytes = datagram.to_vec();
                     bytes[offset::TTL] = ttl - 1;
                     bytes[offset::HOPS] = bytes[offset::HOPS].saturating_add(1);
+                    auth::strip(&mut bytes);
                     Verdict::Forward { to: peer.addr, bytes, slot }
                 }
             },
@@ -373,8 +470,8 @@ mod tests {
         b.nodes.insert(id(9), 1_000);
         let r = blocked_router(b);
         let mut st = SourceState::default();
-        assert_eq!(r.process_at(&p, from(), 999, &mut st, None), Verdict::Drop(c::DROP_BLOCKED));
-        assert!(matches!(r.process_at(&p, from(), 1_000, &mut st, None), Verdict::Forward { .. }), "expired");
+        assert_eq!(r.process_at(&p, from(), 999, &mut st, None, None), Verdict::Drop(c::DROP_BLOCKED));
+        assert!(matches!(r.process_at(&p, from(), 1_000, &mut st, None, None), Verdict::Forward { .. }), "expired");
     }
 
     #[test]
@@ -396,16 +493,19 @@ mod tests {
         let t0 = 5_000_000_000u64;
         // 1 ms per packet, 10 ms of burst: 10 packets at one instant, then
         // one per ms.
-        let at_once =
-            (0..50).filter(|_| !matches!(r.process_at(&p, from(), t0, &mut st, Some(100)), Verdict::Drop(_))).count();
+        let at_once = (0..50)
+            .filter(|_| !matches!(r.process_at(&p, from(), t0, &mut st, Some(100), None), Verdict::Drop(_)))
+            .count();
         assert_eq!(at_once, 10);
         let spread = (1..=100u64)
-            .filter(|i| !matches!(r.process_at(&p, from(), t0 + i * 1_000_000, &mut st, Some(100)), Verdict::Drop(_)))
+            .filter(|i| {
+                !matches!(r.process_at(&p, from(), t0 + i * 1_000_000, &mut st, Some(100), None), Verdict::Drop(_))
+            })
             .count();
         assert_eq!(spread, 100);
         // A non-peer source is unlimited here (non-peer budget unlimited).
         assert!(matches!(
-            r.process_at(&p, "10.9.9.9:1".parse().unwrap(), t0, &mut st, Some(100)),
+            r.process_at(&p, "10.9.9.9:1".parse().unwrap(), t0, &mut st, Some(100), None),
             Verdict::Forward { .. }
         ));
     }

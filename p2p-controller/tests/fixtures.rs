@@ -511,7 +511,7 @@ fn step2_drop_malformed() {
             b[1] = b'X';
             cases.push(("bad magic", b));
             let mut b = good.clone();
-            b[offset::VERSION] = 2;
+            b[offset::VERSION] = 3;
             cases.push(("bad version", b));
             for k in [0u8, 6, 255] {
                 let mut b = good.clone();
@@ -1243,7 +1243,7 @@ fn differential_fuzz_xdp_against_userspace() {
                 }
                 RefFrame::Malformed => assert_eq!((vx, got), ("XDP_DROP", counters::DROP_MALFORMED), "{}", ctx()),
                 RefFrame::Datagram { from, data, v6, ihl5 } => {
-                    match router.process_at(&data, from, monotonic_ns(), &mut sources, None) {
+                    match router.process_at(&data, from, monotonic_ns(), &mut sources, None, None) {
                         Verdict::Drop(c) => {
                             assert_eq!(
                                 (vx, got),
@@ -1296,5 +1296,116 @@ fn differential_fuzz_xdp_against_userspace() {
         ] {
             assert!(tally.get(c).copied().unwrap_or(0) > 0 || frames < 10_000, "no frame ended as {c}: {tally:?}");
         }
+    });
+}
+
+// ---------------------------------------------------------------- step 5
+
+/// Step 5 (docs/WIRE.md v2): tags verified under the sender's link keys
+/// (the newest and the previous), every rejection counted as drop_auth
+/// and as evidence against the source, replays dropped at the window's
+/// edges, and a forwarded packet re-tagged for the next link (or stripped
+/// when that link has no keys), for IPv4 and IPv6.
+#[test]
+fn step5_link_tags() {
+    use p2p_common::auth::{self, REPLAY_BLOCKS, REPLAY_WINDOW};
+    use p2p_common::maps::{LinkSecret, POLICY_AUTH_REQUIRED, POLICY_AUTH_VERIFY};
+    fixture("step5_link_tags", |rig| {
+        let (k_new, k_old, k_tx) = ([0x5a; 16], [0x4b; 16], [0x3c; 16]);
+        let sender = |v6: bool| {
+            let ip: IpAddr = if v6 { sender_v6().into() } else { SENDER_V4.into() };
+            LinkKey { addr: addr_to_mapped(ip), port: 40000, _pad: 0 }
+        };
+        let from_sender = LinkSecret { rx: [k_new, k_old], tx: [0; 16], rx_id: [5, 4], tx_id: 0, _pad: [0; 5] };
+        let to_peer = LinkSecret { rx: [[0; 16]; 2], tx: k_tx, rx_id: [0, 0], tx_id: 9, _pad: [0; 5] };
+        let mut keys = std::collections::HashMap::new();
+        keys.insert(sender(false), from_sender);
+        keys.insert(sender(true), from_sender);
+        keys.insert(LinkKey { addr: addr_to_mapped(NB1_V4.into()), port: PEER_PORT, _pad: 0 }, to_peer);
+        keys.insert(LinkKey { addr: addr_to_mapped(nb1_v6().into()), port: PEER_PORT, _pad: 0 }, to_peer);
+        rig.dp.set_link_keys(&keys).unwrap();
+        rig.dp.set_config(id(SELF_ID), PORT, POLICY_AUTH_VERIFY | POLICY_AUTH_REQUIRED).unwrap();
+        let mut auth_drops = 0u64;
+        for v6 in [false, true] {
+            let target = if v6 { P_TX6 } else { P_TX4 };
+            let sealed = |p: &Packet, key: &[u8; 16], id: u8, stream: u8, seq: u32| {
+                let mut b = p.encode();
+                assert!(auth::seal(&mut b, key, id, stream, seq));
+                b
+            };
+            let frame = |b: Vec<u8>| Frame { payload: b, ..Frame::overlay(v6, &pkt(KIND_DATA, ORIGIN, id(0), vec![])) };
+            let mut data = pkt(KIND_DATA, ORIGIN, id(target), b"tagged".to_vec());
+            data.ttl = 9;
+            // Verified under the newest key, forwarded re-tagged for the next link.
+            let out = rig.run(&frame(sealed(&data, &k_new, 5, 0, 1)).bytes(), XDP_TX, counters::FWD);
+            let o = parse_out(&out);
+            let raw = &o.raw_overlay;
+            assert!(auth::tagged(raw[offset::VERSION], raw[offset::FLAGS]), "forwarded packets are tagged");
+            let (kid, _stream, seq) = auth::v2_fields(raw);
+            assert_eq!((kid, seq), (9, 0), "the next link's key, the first sequence number under it");
+            let tag = u64::from_be_bytes(raw[offset::TAG..offset::TAG + 8].try_into().unwrap());
+            assert_eq!(auth::tag_of(&k_tx, raw), Some(tag), "the new tag verifies under the next link's key");
+            assert_eq!((o.overlay.ttl, o.overlay.hops), (8, 1));
+            // The same packet again: a replay.
+            rig.run(&frame(sealed(&data, &k_new, 5, 0, 1)).bytes(), XDP_DROP, counters::DROP_AUTH);
+            // The previous key still verifies (packets in flight across a rotation).
+            let out = rig.run(&frame(sealed(&data, &k_old, 4, 0, 1)).bytes(), XDP_TX, counters::FWD);
+            assert_eq!(auth::v2_fields(&parse_out(&out).raw_overlay).2, 1, "the next sequence number");
+            // Forged tag, altered header, unknown key ID, key of another
+            // link, stripped tag (version 1), AUTH cleared: all dropped.
+            let mut b = sealed(&data, &k_new, 5, 0, 2);
+            b[offset::TAG] ^= 1;
+            let mut altered = sealed(&data, &k_new, 5, 0, 3);
+            altered[offset::TTL] = 30;
+            let mut cleared = sealed(&data, &k_new, 5, 0, 4);
+            cleared[offset::FLAGS] = 0;
+            for bad in
+                [b, altered, sealed(&data, &k_new, 7, 0, 5), sealed(&data, &k_tx, 5, 0, 6), data.encode(), cleared]
+            {
+                rig.run(&frame(bad).bytes(), XDP_DROP, counters::DROP_AUTH);
+            }
+            auth_drops += 7;
+            // The LOOKUP's reply address is covered.
+            let mut lookup = pkt(KIND_LOOKUP, ORIGIN, id(K_SELF), vec![0; 20]);
+            lookup.payload[15] = 9;
+            let good = sealed(&lookup, &k_new, 5, 1, 0);
+            let mut redirected = good.clone();
+            redirected[HEADER_LEN + 15] = 10;
+            rig.run(&frame(redirected).bytes(), XDP_DROP, counters::DROP_AUTH);
+            rig.run(&frame(good).bytes(), XDP_PASS, counters::LOCAL);
+            auth_drops += 1;
+            // An untagged LOOKUP_REPLY (from an owner, not a neighbour) is exempt.
+            let reply = pkt(KIND_LOOKUP_REPLY, ORIGIN, id(SELF_ID), vec![0; 24]);
+            rig.run(&Frame::overlay(v6, &reply).bytes(), XDP_PASS, counters::LOCAL);
+            // Window edges, on stream 2: the newest N; N - (W - 1) is
+            // inside (once); a number a whole window of slots older is not.
+            let n = 100_000u32;
+            let stream = 2;
+            rig.run(&frame(sealed(&data, &k_new, 5, stream, n)).bytes(), XDP_TX, counters::FWD);
+            let oldest = n - (REPLAY_WINDOW - 1);
+            rig.run(&frame(sealed(&data, &k_new, 5, stream, oldest)).bytes(), XDP_TX, counters::FWD);
+            rig.run(&frame(sealed(&data, &k_new, 5, stream, oldest)).bytes(), XDP_DROP, counters::DROP_AUTH);
+            let stale = n - 32 * REPLAY_BLOCKS as u32;
+            rig.run(&frame(sealed(&data, &k_new, 5, stream, stale)).bytes(), XDP_DROP, counters::DROP_AUTH);
+            auth_drops += 2;
+        }
+        let ev: u64 = rig.dp.source_stats().unwrap().iter().map(|(_, s)| s.auth).sum();
+        assert_eq!(ev, auth_drops, "every drop_auth is evidence against its source");
+        // Optional: untagged packets pass; a link without keys gets them stripped.
+        rig.dp.set_config(id(SELF_ID), PORT, POLICY_AUTH_VERIFY).unwrap();
+        for v6 in [false, true] {
+            let target = if v6 { P_RD6 } else { P_RD4 };
+            let data = pkt(KIND_DATA, ORIGIN, id(target), b"plain".to_vec());
+            let mut b = data.encode();
+            assert!(auth::seal(&mut b, &k_new, 5, 3, 0));
+            let f = Frame { payload: b, ..Frame::overlay(v6, &data) };
+            let out = rig.run(&f.bytes(), XDP_REDIRECT, counters::FWD);
+            let raw = parse_out(&out).raw_overlay;
+            assert_eq!(raw[offset::VERSION], 1, "no keys for that link: sent as version 1");
+            assert!(raw[offset::RESERVED..offset::TAG + 8].iter().all(|b| *b == 0));
+            let out = rig.run(&Frame::overlay(v6, &data).bytes(), XDP_REDIRECT, counters::FWD);
+            assert_eq!(parse_out(&out).overlay, Packet { ttl: DEFAULT_TTL - 1, hops: 1, ..data.clone() });
+        }
+        rig.check_stats();
     });
 }

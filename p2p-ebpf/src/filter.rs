@@ -1,4 +1,4 @@
-//! docs/WIRE.md steps 3-5 (block list, rate budget, authentication) and the
+//! docs/WIRE.md steps 3 and 4 (block list, rate budget) and the
 //! per-source evidence the controller reads: LAST_SEEN (liveness) and
 //! SOURCE_STATS (reputation).
 
@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use p2p_common::{
-    counters::{DROP_AUTH, DROP_BLOCKED, DROP_RATE},
+    counters::{DROP_BLOCKED, DROP_RATE},
     maps::{BlockEntry, Config, LAST_SEEN_RESOLUTION_NS, LinkKey, NET_KEY_BITS, RateBucket, SourceStats},
     net::{ETH_LEN, UdpHdr},
     wire::OverlayHeader,
@@ -22,30 +22,20 @@ use crate::{
     stats::Verdict,
 };
 
-/// Steps 3 to 5 for a packet `parse` admitted, whose UDP header is at
+/// Steps 3 and 4 for a packet `parse` admitted, whose UDP header is at
 /// `l4_off` (bit 15 of `l4_v6`: IPv6), at CLOCK_MONOTONIC `now`. A BPF subprogram that re-reads what
 /// it needs at fixed offsets: its stack is its own, not added to the
 /// caller's (the forward path's subprogram needs most of the 512 bytes).
 /// Returns 0 to go on, else a packed [`Verdict`].
 #[inline(never)]
-pub fn steps_3_to_5(raw: *mut xdp_md, cfg: &Config, bytes: u64, l4_v6: u32, now: u64) -> u32 {
+pub fn steps_3_and_4(raw: *mut xdp_md, cfg: &Config, bytes: u64, l4_v6: u32, now: u64) -> u32 {
     // The verifier wants `data`/`data_end` loaded from the context here;
     // an opaque copy keeps LLVM from loading them in the caller instead.
     let raw = unsafe { core::ptr::read_volatile(&raw) };
     let ctx = XdpContext::new(raw);
     let v6 = l4_v6 & 0x8000 != 0;
     let l4_off = (l4_v6 & 0x7f) as usize;
-    let src_ip = if v6 {
-        match ptr_at::<[u8; 16]>(&ctx, ETH_LEN + 8) {
-            Ok(p) => unsafe { *p },
-            Err(()) => return 0,
-        }
-    } else {
-        match ptr_at::<[u8; 4]>(&ctx, ETH_LEN + 12) {
-            Ok(p) => mapped_v4(unsafe { &*p }),
-            Err(()) => return 0,
-        }
-    };
+    let Some(src_ip) = src_ip(&ctx, v6) else { return 0 };
     let (Ok(udp), Ok(ov)) = (ptr_at::<UdpHdr>(&ctx, l4_off), ptr_at::<OverlayHeader>(&ctx, l4_off + 8)) else {
         return 0;
     };
@@ -65,12 +55,17 @@ pub fn steps_3_to_5(raw: *mut xdp_md, cfg: &Config, bytes: u64, l4_v6: u32, now:
         evidence(&src_ip, Evidence::Rate);
         return Verdict::new(XDP_DROP, DROP_RATE).pack();
     }
-    // Step 5.
-    if auth_fails(cfg.policy) {
-        evidence(&src_ip, Evidence::Auth);
-        return Verdict::new(XDP_DROP, DROP_AUTH).pack();
-    }
     0
+}
+
+/// The packet's source address, IPv4 as IPv4-mapped (as the maps key it).
+#[inline(always)]
+pub fn src_ip(ctx: &XdpContext, v6: bool) -> Option<[u8; 16]> {
+    if v6 {
+        ptr_at::<[u8; 16]>(ctx, ETH_LEN + 8).ok().map(|p| unsafe { *p })
+    } else {
+        ptr_at::<[u8; 4]>(ctx, ETH_LEN + 12).ok().map(|p| mapped_v4(unsafe { &*p }))
+    }
 }
 
 #[inline(always)]
@@ -233,11 +228,4 @@ pub fn evidence(src_ip: &[u8; 16], what: Evidence) {
         }
     };
     atomic::add(counter, 1);
-}
-
-/// Step 5: hop-by-hop authentication (LINK_KEYS). Placeholder: nothing is
-/// required yet, so nothing fails.
-#[inline(always)]
-pub fn auth_fails(_policy: u16) -> bool {
-    false
 }

@@ -8,6 +8,7 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 mod atomic;
+mod auth;
 mod filter;
 mod maps;
 mod parse;
@@ -25,7 +26,7 @@ use aya_ebpf::{
 use aya_log_ebpf::info;
 use p2p_common::{
     counters::{DROP_MALFORMED, DROP_NO_ROUTE, LOCAL, PASS_OTHER},
-    maps::{Config, HEARTBEAT_FRESH_NS, POLICY_LOG},
+    maps::{Config, HEARTBEAT_FRESH_NS, POLICY_AUTH_REQUIRED, POLICY_AUTH_VERIFY, POLICY_LOG},
     wire::{HEADER_LEN, KIND_DATA, KIND_LOOKUP, KIND_PING},
 };
 
@@ -84,11 +85,18 @@ fn process(ctx: &XdpContext, cfg: &Config, bytes: u64) -> Verdict {
     };
     // One clock read per packet, for every step that needs the time.
     let now = unsafe { bpf_ktime_get_ns() };
-    // Steps 3 to 5.
+    // Steps 3 and 4.
     let l4_v6 = p.l4_off as u32 | if p.v6 { 0x8000 } else { 0 };
-    let v = filter::steps_3_to_5(ctx.ctx, cfg, bytes, l4_v6, now);
+    let v = filter::steps_3_and_4(ctx.ctx, cfg, bytes, l4_v6, now);
     if v != 0 {
         return Verdict::unpack(v);
+    }
+    // Step 5.
+    if cfg.policy & (POLICY_AUTH_REQUIRED | POLICY_AUTH_VERIFY) != 0 {
+        let v = auth::verify(ctx.ctx, cfg.policy as u32, l4_v6);
+        if v != 0 {
+            return Verdict::unpack(v);
+        }
     }
     let (kind, key) = unsafe { ((*p.ov).kind, (*p.ov).dst_key) };
     let to_self = eq32(&key, &cfg.node_id);

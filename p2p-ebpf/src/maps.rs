@@ -14,7 +14,8 @@ use p2p_common::{
     maps::{
         ADDRS_PER_PEER, BlockEntry, Config, Counter, DEFAULT_MAX_PEERS, DEFAULT_MAX_SOURCES, EVENTS_BYTES, Event,
         IfaceAddrs, LinkKey, LinkSecret, MAX_BLOCKED, MAX_IFACES, MAX_LINK_KEYS, MMAPABLE_FLAGS, NextHopCache,
-        PeerEntry, ROUTE_BUCKETS, ROUTE_GENERATIONS, RateBucket, SourceStats, TrieNode, trie_capacity,
+        PeerEntry, REPLAY_PER_PEER, ROUTE_BUCKETS, ROUTE_GENERATIONS, RateBucket, ReplayKey, ReplayWindow, SourceStats,
+        TrieNode, TxSeq, trie_capacity,
     },
 };
 
@@ -75,9 +76,26 @@ pub static RATE_SOURCES: LruHashMap<[u8; 16], RateBucket, SOURCES_N> = LruHashMa
 #[btf_map]
 pub static SOURCE_STATS: LruHashMap<[u8; 16], SourceStats, SOURCES_N> = LruHashMap::new();
 
-/// Neighbour endpoint -> hop-by-hop tag key (docs/WIRE.md step 5; declared, not used yet).
+/// Neighbour endpoint -> the link's tag keys: two to verify with (newest,
+/// previous), one to tag with (docs/WIRE.md step 5). Written by the controller only.
 #[btf_map]
 pub static LINK_KEYS: HashMap<LinkKey, LinkSecret, { MAX_LINK_KEYS as usize }> = HashMap::new();
+
+/// (neighbour endpoint, key ID, sender stream) -> sequence numbers seen
+/// (step 5's replay window), created on the first packet that verifies;
+/// the least recently used window is forgotten first.
+#[btf_map]
+pub static REPLAY: LruHashMap<ReplayKey, ReplayWindow, { PEERS_N * REPLAY_PER_PEER as usize }> = LruHashMap::new();
+
+/// One all-zero window, never written: what a new REPLAY entry is copied
+/// from (a 512-byte value does not fit on the BPF stack).
+#[btf_map]
+pub static REPLAY_ZERO: Array<ReplayWindow, 1> = Array::new();
+
+/// Peer slot -> next sequence number and key ID this CPU tags packets to
+/// that peer with, per CPU (each CPU is its own sequence stream).
+#[btf_map]
+pub static TX_SEQ: PerCpuArray<TxSeq, PEERS_N> = PerCpuArray::new();
 
 /// Peer slot -> CLOCK_MONOTONIC ns of the last packet that peer itself sent
 /// (its `src_id`): the churn detector's passive evidence. Mmapable: the

@@ -1,7 +1,7 @@
 //! Ethernet / IPv4 / IPv6 / UDP parsing and the docs/WIRE.md step 1 and 2 checks.
 
 use aya_ebpf::programs::XdpContext;
-use p2p_common::wire::{HEADER_LEN, MAGIC, OverlayHeader, VERSION, kind_known};
+use p2p_common::wire::{HEADER_LEN, MAGIC, OverlayHeader, kind_known, version_known};
 
 use crate::ptr::ptr_at_mut;
 
@@ -132,7 +132,7 @@ fn udp_overlay(
         return malformed();
     }
     let h = unsafe { &*ov };
-    if h.magic[0] != MAGIC[0] || h.magic[1] != MAGIC[1] || h.version != VERSION || !kind_known(h.kind) {
+    if h.magic[0] != MAGIC[0] || h.magic[1] != MAGIC[1] || !version_known(h.version) || !kind_known(h.kind) {
         return malformed();
     }
     if u16::from_be_bytes(h.payload_len) as usize + HEADER_LEN + UDP_LEN != ulen {

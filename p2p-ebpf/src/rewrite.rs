@@ -77,13 +77,14 @@ fn pong_in_place<const V6: bool>(raw: *mut xdp_md, cfg: &Config) -> u32 {
         copy_bytes::<32>(&mut ov.dst_key, &ov.src_id);
         copy_bytes::<32>(&mut ov.src_id, &cfg.node_id);
         ov.kind = KIND_PONG;
-        // A new packet from this node: no flags, reserved bytes and tag
-        // zero (docs/WIRE.md), whatever the PING carried.
+        // A new packet from this node: no flags, whatever the PING carried;
+        // tagged for the link back, or reserved bytes and tag zero.
         ov.flags = 0;
-        ov.reserved = [0; 6];
-        ov.tag = [0; 8];
         ov.ttl = DEFAULT_TTL;
         ov.hops = 0;
+    }
+    if crate::auth::seal_reply::<V6>(raw) > 1 {
+        return Verdict::new(XDP_DROP, DROP_MALFORMED).pack();
     }
     if udp_csum(ctx, p).is_err() {
         return Verdict::new(XDP_DROP, DROP_MALFORMED).pack();
@@ -172,6 +173,9 @@ fn forward_to<const V6: bool>(raw: *mut xdp_md, cfg: &Config, peer: &PeerEntry, 
         let ov = &mut *p.ov;
         ov.ttl -= 1;
         ov.hops = ov.hops.saturating_add(1);
+    }
+    if crate::auth::seal_to_peer::<V6>(raw, peer, slot) > 1 {
+        return Verdict::new(XDP_DROP, DROP_MALFORMED).pack();
     }
     if udp_csum(ctx, p).is_err() {
         return Verdict::new(XDP_DROP, DROP_MALFORMED).pack();

@@ -24,8 +24,8 @@ use aya::{Ebpf, EbpfLoader};
 use p2p_common::counters::COUNTER_COUNT;
 use p2p_common::maps::{
     self as names, ADDRS_PER_PEER, BlockEntry, Config, Counter, DEFAULT_MAX_PEERS, DEFAULT_MAX_SOURCES, IfaceAddrs,
-    LinkKey, MAX_PEERS_LIMIT, PEER_LIVE, PeerEntry, ROUTE_BUCKETS, ROUTE_GENERATIONS, RateBucket, RateBudget,
-    SourceStats, TrieNode, trie_capacity,
+    LinkKey, LinkSecret, MAX_PEERS_LIMIT, PEER_LIVE, PeerEntry, ROUTE_BUCKETS, ROUTE_GENERATIONS, RateBucket,
+    RateBudget, ReplayKey, ReplayWindow, SourceStats, TrieNode, trie_capacity,
 };
 use p2p_common::route_build::{self, RouteError, RouteTable};
 
@@ -185,6 +185,8 @@ pub struct Dataplane {
     barrier: rcu::RcuBarrier,
     /// BLOCKED / BLOCKED_NETS entries written here (CONFIG counts them).
     blocked: HashMap<BlockTarget, BlockEntry>,
+    /// LINK_KEYS as written here, by neighbour endpoint.
+    link_keys: HashMap<LinkKey, LinkSecret>,
     links: Vec<(String, XdpLinkId, &'static str)>,
 }
 
@@ -208,10 +210,13 @@ impl Dataplane {
             max_sources: opts.max_sources,
         };
         let mut loader = EbpfLoader::new();
-        for name in [names::PEERS, names::RATE, names::LAST_SEEN, names::NEXT_HOPS] {
+        for name in [names::PEERS, names::RATE, names::LAST_SEEN, names::NEXT_HOPS, names::TX_SEQ] {
             loader.map_max_entries(name, sizes.max_peers);
         }
-        loader.map_max_entries(names::PEER_ADDRS, sizes.max_peers.saturating_mul(ADDRS_PER_PEER));
+        for name in [names::PEER_ADDRS, names::LINK_KEYS] {
+            loader.map_max_entries(name, sizes.max_peers.saturating_mul(ADDRS_PER_PEER));
+        }
+        loader.map_max_entries(names::REPLAY, sizes.max_peers.saturating_mul(names::REPLAY_PER_PEER));
         loader.map_max_entries(names::ROUTE_TRIE, sizes.trie_capacity * ROUTE_GENERATIONS);
         loader.map_max_entries(names::RATE_SOURCES, sizes.max_sources);
         loader.map_max_entries(names::SOURCE_STATS, sizes.max_sources);
@@ -254,6 +259,7 @@ impl Dataplane {
             barrier: rcu::RcuBarrier::new()
                 .map_err(|e| DataplaneError::Io(std::io::Error::other(format!("RCU barrier map: {e}"))))?,
             blocked: HashMap::new(),
+            link_keys: HashMap::new(),
             links: Vec::new(),
         };
         dp.route_maps = match (dp.map_fd(names::ROUTES), dp.map_fd(names::ROUTE_TRIE)) {
@@ -521,6 +527,46 @@ impl Dataplane {
         }
         self.blocked.insert(target, entry);
         self.write_block_counts()
+    }
+
+    /// Makes LINK_KEYS hold `keys` (neighbour endpoint → link keys), writing
+    /// only what changed. A receive key new to an endpoint starts with empty
+    /// replay windows: windows left from an earlier key with the same ID
+    /// (IDs wrap) are removed first.
+    pub fn set_link_keys(&mut self, keys: &HashMap<LinkKey, LinkSecret>) -> Result<()> {
+        let ncpu = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io(e))? as u32;
+        let gone: Vec<LinkKey> = self.link_keys.keys().filter(|k| !keys.contains_key(k)).copied().collect();
+        {
+            let mut m: BpfHashMap<_, LinkKey, LinkSecret> = self.map_mut(names::LINK_KEYS)?;
+            for k in &gone {
+                let _ = m.remove(k);
+            }
+        }
+        let mut fresh_ids = Vec::new();
+        for (k, v) in keys {
+            let old = self.link_keys.get(k);
+            if old == Some(v) {
+                continue;
+            }
+            if v.rx_id[0] != 0 && old.is_none_or(|o| !o.rx_id.contains(&v.rx_id[0])) {
+                fresh_ids.push((*k, v.rx_id[0]));
+            }
+        }
+        let mut replay: BpfHashMap<_, ReplayKey, ReplayWindow> = self.map_mut(names::REPLAY)?;
+        for (k, id) in &fresh_ids {
+            let streams = (0..ncpu.min(p2p_common::auth::KERNEL_STREAMS)).map(|c| c as u8);
+            for stream in streams.chain([p2p_common::auth::STREAM_CONTROLLER]) {
+                let _ = replay.remove(&ReplayKey { addr: k.addr, port: k.port, key_id: *id, stream });
+            }
+        }
+        let changed: Vec<(&LinkKey, &LinkSecret)> =
+            keys.iter().filter(|(k, v)| self.link_keys.get(k) != Some(*v)).collect();
+        let mut m: BpfHashMap<_, LinkKey, LinkSecret> = self.map_mut(names::LINK_KEYS)?;
+        for (k, v) in changed {
+            m.insert(k, v, 0).map_err(map_err(names::LINK_KEYS))?;
+        }
+        self.link_keys = keys.clone();
+        Ok(())
     }
 
     /// Removes a block-list entry (absent: nothing to do).

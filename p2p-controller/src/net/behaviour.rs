@@ -27,6 +27,8 @@ pub struct Behaviour {
     pub probe: super::probes::Behaviour,
     /// Membership certificates (anchored networks only).
     pub member: Toggle<super::members::Behaviour>,
+    /// Link keys for the overlay's hop-by-hop tags.
+    pub link: super::links::Behaviour,
 }
 
 /// Builds the swarm (no listeners yet).
@@ -96,6 +98,7 @@ pub fn build(keypair: &Keypair, cfg: &NetConfig, store: SharedStore) -> Result<S
                 gossipsub,
                 probe: super::probes::behaviour(),
                 member: Toggle::from(cfg.trust.is_some().then(super::members::behaviour)),
+                link: super::links::behaviour(),
             })
         })
         .map_err(|e| format!("libp2p behaviour: {e}"))?

@@ -58,11 +58,13 @@ pub struct EventLoop {
     pub(super) probes: Probes,
     /// Anchored networks only: who has proven membership.
     pub(super) members: Option<super::members::Members>,
+    /// Link keys with every routable peer.
+    pub(super) links: super::links::LinkKeys,
     pub(super) overlay: OverlayHandle,
     pub(super) liveness: LivenessHandle,
     pub(super) reputation: ReputationHandle,
     // Map sync.
-    sync: MapSyncHandle,
+    pub(super) sync: MapSyncHandle,
     /// When the first change not yet handed to map sync was seen.
     changed: Option<Instant>,
     last_desired: Option<Vec<Peer>>,
@@ -116,8 +118,9 @@ impl EventLoop {
             swarm,
             kad_protocol,
             store,
-            book: PeerBook::new(cfg.flap, cfg.trust.is_some()),
+            book: PeerBook::new(cfg.flap, cfg.trust.is_some(), cfg.auth == crate::userspace::AuthPolicy::Required),
             members: cfg.trust.clone().map(super::members::Members::new),
+            links: super::links::LinkKeys::new(cfg.auth, cfg.link_rotate),
             cfg,
             redials: HashMap::new(),
             dead_found: 0,
@@ -226,6 +229,7 @@ impl EventLoop {
         match ev {
             SwarmEvent::Behaviour(BehaviourEvent::Probe(e)) => self.on_probe(e, probe_tx),
             SwarmEvent::Behaviour(BehaviourEvent::Member(e)) => self.on_member(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Link(e)) => self.on_link(e),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.on_identify(e),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(e)) => self.on_mdns(e),
@@ -289,6 +293,7 @@ impl EventLoop {
         self.tick_bootstrap(now);
         self.tick_membership(now);
         self.tick_pubsub();
+        self.tick_links(now);
         self.apply_shut_outs(now);
         if self.ticks.is_multiple_of(10) {
             self.tick_members(now);
@@ -357,6 +362,13 @@ impl EventLoop {
             mdns: self.cfg.mdns,
             pubsub: self.pubsub_status(),
             trust: self.trust_status(),
+            auth: crate::api::AuthStatus {
+                policy: self.links.policy.name().into(),
+                rotate_s: self.cfg.link_rotate.as_secs(),
+                linked: self.links.linked(),
+                exchanges: self.links.exchanges,
+                refused: self.links.refused,
+            },
         }
     }
 

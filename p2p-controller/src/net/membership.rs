@@ -60,6 +60,10 @@ impl EventLoop {
         remote: &Multiaddr,
     ) {
         let last = self.book.on_closed(&peer, conn);
+        if last {
+            // A reconnecting peer may be a restarted one without our keys.
+            self.forget_link(&peer);
+        }
         if num_established == 0 {
             let now = Instant::now();
             for t in self.targets.iter_mut().filter(|t| t.peer == Some(peer) && t.connected) {

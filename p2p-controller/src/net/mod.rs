@@ -11,6 +11,7 @@
 //! - [`peers`]: what we know of each peer (kad speaker, endpoint, dead);
 //! - [`members`]: membership certificates in an anchored network;
 //! - [`known`]: trust on first use of bootstrap addresses in open ones;
+//! - [`links`]: link keys for the overlay's hop-by-hop tags;
 //! - [`advert`]: the overlay endpoint advertisement (multiaddr codec);
 //! - [`store`]: Kademlia's record store, shared with the LOOKUP answerer.
 //!
@@ -23,6 +24,7 @@ mod defense;
 mod dht;
 mod event_loop;
 pub mod known;
+pub mod links;
 mod members;
 mod membership;
 pub mod peers;
@@ -87,6 +89,11 @@ pub struct NetConfig {
     pub trust: Option<TrustConfig>,
     /// Open networks: bootstrap addresses pinned to the first peer ID seen.
     pub known_peers: Option<known::KnownPeers>,
+    /// `--auth`: link keys are made unless off; required routes only to
+    /// peers that have them.
+    pub auth: crate::userspace::AuthPolicy,
+    /// `--link-rotate`: how often link keys are renewed.
+    pub link_rotate: Duration,
 }
 
 /// The answer to a Kademlia get.

@@ -77,6 +77,10 @@ pub struct PeerState {
     pub refused: Option<String>,
     /// In an anchored network: has it proven membership (net::members)?
     pub member: Membership,
+    /// Link keys in both directions (net::links).
+    pub linked: bool,
+    /// `--auth required`: routed to only once `linked`.
+    pub link_required: bool,
 }
 
 /// A peer's membership of an anchored network (docs/TRUST.md).
@@ -109,7 +113,13 @@ impl PeerState {
 
     /// The overlay endpoint to route to, if the peer may be routed to.
     pub fn routable(&self) -> Option<SocketAddr> {
-        if self.speaks_kad && self.dead.is_none() && !self.banned && self.refused.is_none() && self.member.admits() {
+        if self.speaks_kad
+            && self.dead.is_none()
+            && !self.banned
+            && self.refused.is_none()
+            && self.member.admits()
+            && (self.linked || !self.link_required)
+        {
             self.endpoint
         } else {
             None
@@ -136,6 +146,7 @@ impl PeerState {
             (None, false, ..) => "not identified".into(),
             (None, true, false, _) => "does not speak our Kademlia protocol".into(),
             (None, true, true, None) => "no overlay endpoint advertised".into(),
+            (None, true, true, Some(_)) if self.link_required && !self.linked => "no link keys yet".into(),
             (None, true, true, Some(_)) => "routable".into(),
         }
     }
@@ -168,11 +179,13 @@ pub struct PeerBook {
     pub flap: FlapPolicy,
     /// Anchored network: new peers start `Pending`, not `Open`.
     membership_required: bool,
+    /// `--auth required`: peers are routed to only with link keys.
+    links_required: bool,
 }
 
 impl PeerBook {
-    pub fn new(flap: FlapPolicy, membership_required: bool) -> PeerBook {
-        PeerBook { peers: HashMap::new(), flap, membership_required }
+    pub fn new(flap: FlapPolicy, membership_required: bool, links_required: bool) -> PeerBook {
+        PeerBook { peers: HashMap::new(), flap, membership_required, links_required }
     }
 
     pub fn get(&self, peer: &PeerId) -> Option<&PeerState> {
@@ -184,9 +197,10 @@ impl PeerBook {
     }
 
     fn entry(&mut self, peer: PeerId) -> &mut PeerState {
-        let required = self.membership_required;
+        let (required, link_required) = (self.membership_required, self.links_required);
         self.peers.entry(peer).or_insert_with(|| PeerState {
             member: if required { Membership::Pending(Instant::now()) } else { Membership::Open },
+            link_required,
             ..PeerState::default()
         })
     }
@@ -356,7 +370,7 @@ mod tests {
 
     #[test]
     fn in_an_anchored_network_only_members_are_routable() {
-        let mut book = PeerBook::new(FlapPolicy::default(), true);
+        let mut book = PeerBook::new(FlapPolicy::default(), true, false);
         let (p, c) = (PeerId::random(), ConnectionId::new_unchecked(1));
         book.on_connected(p, c, Some("10.99.0.2".parse().unwrap()), Instant::now());
         book.on_identify(p, c, true, "p2p-nos/0.1.0", &addrs(&["/ip4/10.99.0.2/udp/9470"]));
@@ -368,7 +382,7 @@ mod tests {
         let st = book.get(&p).unwrap();
         assert_eq!((st.routable(), st.state().as_str()), (None, "not a member: certificate 1 revoked"));
         // Without an anchor, every peer is open.
-        let mut open = PeerBook::new(FlapPolicy::default(), false);
+        let mut open = PeerBook::new(FlapPolicy::default(), false, false);
         open.on_connected(p, c, None, Instant::now());
         open.on_identify(p, c, true, "", &addrs(&["/ip4/10.99.0.2/udp/9470"]));
         assert!(open.get(&p).unwrap().routable().is_some());

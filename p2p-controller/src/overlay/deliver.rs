@@ -12,7 +12,7 @@ use p2p_common::wire::*;
 
 use super::{MAX_EVIDENCE, MAX_REPLY_VALUE, OverlayConfig, OverlayHandle, Pong, Shared, State};
 use crate::mapsync::Routing;
-use crate::userspace::{Counters, Router, Verdict};
+use crate::userspace::{AuthPolicy, Counters, Router, Verdict};
 use p2p_common::counters;
 
 /// The value served for record key `key` at point `key_id`: the records
@@ -42,21 +42,30 @@ pub(super) fn on_datagram(
     // before it passed the packet up.
     let userspace = shared.cfg.userspace;
     let frame_bytes = userspace.then(|| Counters::frame_bytes(buf.len(), from));
-    let verdict = router.process_at(buf, from, now, &mut st.sources, frame_bytes);
+    let links = shared.links();
+    let auth = userspace.then_some((shared.cfg.auth, &*links, &mut st.replay));
+    let verdict = router.process_at(buf, from, now, &mut st.sources, frame_bytes, auth);
     if userspace {
         st.counters.count(verdict.counter(), buf.len(), from);
         record_evidence(st, &router, buf, from, &verdict, now);
     }
-    match verdict {
+    // Authenticated: the previous hop's tag verified (here or in XDP).
+    let authenticated =
+        shared.cfg.auth != AuthPolicy::Off && p2p_common::auth::tagged(buf[offset::VERSION], buf[offset::FLAGS]);
+    let out = match verdict {
         Verdict::Drop(_) => None,
-        Verdict::Local(pkt) => deliver(shared, st, pkt, from),
+        Verdict::Local(pkt) => deliver(shared, st, pkt, from, authenticated, buf.len()),
         Verdict::Pong { to, bytes } => Some((to, bytes)),
         Verdict::Forward { to, bytes, .. } => {
             // In XDP mode this is the slow path (XDP counted fwd_slow).
             st.status.slow_path += 1;
             Some((to, bytes))
         }
-    }
+    };
+    out.map(|(to, mut bytes)| {
+        shared.seal_for(st, &links, &mut bytes, to);
+        (to, bytes)
+    })
 }
 
 /// Userspace datapath: what XDP records in LAST_SEEN and SOURCE_STATS.
@@ -86,7 +95,14 @@ fn record_evidence(st: &mut State, router: &Router, buf: &[u8], from: SocketAddr
 }
 
 /// Handles a packet delivered to this node's controller.
-fn deliver(shared: &Shared, st: &mut State, pkt: Packet, from: SocketAddr) -> Option<(SocketAddr, Vec<u8>)> {
+fn deliver(
+    shared: &Shared,
+    st: &mut State,
+    pkt: Packet,
+    from: SocketAddr,
+    authenticated: bool,
+    received: usize,
+) -> Option<(SocketAddr, Vec<u8>)> {
     let status = &mut st.status;
     match pkt.kind {
         KIND_DATA | KIND_LOOKUP => {
@@ -97,7 +113,14 @@ fn deliver(shared: &Shared, st: &mut State, pkt: Packet, from: SocketAddr) -> Op
                 None
             } else {
                 status.delivered.lookup += 1;
-                let reply = answer_lookup(shared, &pkt);
+                let mut reply = answer_lookup(shared, &pkt, STATUS_FOUND);
+                // No amplification: a LOOKUP no neighbour vouched for gets
+                // no reply larger than itself (the value is refused, or
+                // nothing is sent).
+                if !authenticated && reply.as_ref().is_some_and(|(_, r)| r.len() > received) {
+                    st.status.lookups_refused_unauthenticated += 1;
+                    reply = answer_lookup(shared, &pkt, STATUS_REFUSED).filter(|(_, r)| r.len() <= received);
+                }
                 if reply.is_some() {
                     st.status.lookups_answered += 1;
                 }
@@ -137,10 +160,12 @@ fn deliver(shared: &Shared, st: &mut State, pkt: Packet, from: SocketAddr) -> Op
     }
 }
 
-/// Answers a LOOKUP this node owns from its record store.
-fn answer_lookup(shared: &Shared, pkt: &Packet) -> Option<(SocketAddr, Vec<u8>)> {
+/// Answers a LOOKUP this node owns from its record store (`at_most`
+/// STATUS_REFUSED: refuses whatever the store holds).
+fn answer_lookup(shared: &Shared, pkt: &Packet, at_most: u8) -> Option<(SocketAddr, Vec<u8>)> {
     let (reply_to, key) = codec::parse_lookup_payload(&pkt.payload)?;
     let (status, value) = match value_at(&shared.cfg, &pkt.dst_key, key) {
+        _ if at_most == STATUS_REFUSED => (STATUS_REFUSED, Vec::new()),
         // A reply goes to an address the packet names: keep it to one
         // datagram that fits any path (no fragments to bounce at a
         // victim). The asker falls back to Kademlia for larger values.

@@ -25,7 +25,7 @@ use crate::api::OverlayStatus;
 use crate::error::{Error, Result};
 use crate::mapsync::{MapSyncHandle, Routing};
 use crate::net::store::SharedStore;
-use crate::userspace::{Counters, SourceState};
+use crate::userspace::{AuthPolicy, Counters, LinkTable, ReplayState, SourceState};
 use p2p_common::maps::SourceStats;
 
 /// Largest record value a LOOKUP_REPLY carries: the reply then fits the
@@ -64,6 +64,10 @@ struct State {
     evidence: HashMap<std::net::IpAddr, SourceStats>,
     /// LOOKUP_REPLYs nobody asked for, per source IP.
     unsolicited: HashMap<std::net::IpAddr, u64>,
+    /// Userspace datapath: replay windows (REPLAY).
+    replay: ReplayState,
+    /// The controller's own sequence stream per link and key.
+    tx_seq: HashMap<(SocketAddr, u8), u32>,
 }
 
 /// Sources whose evidence the userspace datapath keeps (forgotten all at
@@ -79,6 +83,8 @@ pub struct OverlayConfig {
     pub records: HashMap<NodeId, (String, String)>,
     /// Kademlia's records (the LOOKUP answerer's second source).
     pub store: SharedStore,
+    /// `--auth`.
+    pub auth: AuthPolicy,
 }
 
 struct Shared {
@@ -88,6 +94,8 @@ struct Shared {
     state: Mutex<State>,
     pongs: mpsc::Sender<Pong>,
     stopping: AtomicBool,
+    /// The link keys of every neighbour endpoint (net::links publishes them).
+    links: Mutex<Arc<LinkTable>>,
 }
 
 /// Talks to the overlay socket's owner; clones share it.
@@ -127,6 +135,7 @@ pub fn spawn(
         state: Mutex::new(State::default()),
         pongs,
         stopping: AtomicBool::new(false),
+        links: Mutex::new(Arc::new(LinkTable::new())),
     });
     let rx = shared.clone();
     let thread = std::thread::Builder::new().name("overlay-rx".into()).spawn(move || {
@@ -156,8 +165,32 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends on the overlay socket (IPv4 destinations as mapped addresses).
+    pub(super) fn links(&self) -> Arc<LinkTable> {
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Tags a packet this node sends for the link to `to` (the
+    /// controller's sequence stream), or strips its tag when that link
+    /// has no keys (docs/WIRE.md v2).
+    pub(super) fn seal_for(&self, st: &mut State, links: &LinkTable, bytes: &mut [u8], to: SocketAddr) {
+        let secret = links.get(&canonical(to)).filter(|s| s.tx_id != 0);
+        match secret {
+            Some(s) if self.cfg.auth != AuthPolicy::Off => {
+                let seq = st.tx_seq.entry((canonical(to), s.tx_id)).or_insert(0);
+                p2p_common::auth::seal(bytes, &s.tx, s.tx_id, p2p_common::auth::STREAM_CONTROLLER, *seq);
+                *seq = seq.wrapping_add(1);
+            }
+            _ => p2p_common::auth::strip(bytes),
+        }
+    }
+
+    /// Sends on the overlay socket (IPv4 destinations as mapped addresses),
+    /// tagged for the link it takes.
     fn send_to(&self, bytes: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+        let mut bytes = bytes.to_vec();
+        let links = self.links();
+        self.seal_for(&mut self.state(), &links, &mut bytes, to);
+        let bytes = &bytes[..];
         let to = match to {
             SocketAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
             v6 => v6,
@@ -166,9 +199,30 @@ impl Shared {
     }
 }
 
+/// IPv4 as IPv4 (not mapped): how endpoints are keyed.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    match a.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
+            None => a,
+        },
+        IpAddr::V4(_) => a,
+    }
+}
+
 impl OverlayHandle {
     fn state(&self) -> MutexGuard<'_, State> {
         self.0.state()
+    }
+
+    /// New link keys from net::links: the controller's packets are tagged
+    /// with them (and, in userspace mode, verified).
+    pub fn set_link_keys(&self, table: Arc<LinkTable>) {
+        let mut st = self.state();
+        // Sequence numbers of keys no longer in use are forgotten.
+        st.tx_seq.retain(|(ep, id), _| table.get(ep).is_some_and(|s| s.tx_id == *id));
+        drop(st);
+        *self.0.links.lock().unwrap_or_else(|p| p.into_inner()) = table;
     }
 
     pub fn node_id(&self) -> NodeId {
