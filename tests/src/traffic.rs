@@ -63,7 +63,7 @@ pub fn malformed(src: NodeId, dst: NodeId) -> Vec<(&'static str, Vec<u8>)> {
     let mut b = good.clone();
     b[offset::MAGIC + 1] = 0;
     out.push(("bad magic byte 1", b));
-    for (label, v) in [("version 0", 0u8), ("version 2", 2), ("version 255", 255)] {
+    for (label, v) in [("version 0", 0u8), ("version 3", 3), ("version 255", 255)] {
         let mut b = good.clone();
         b[offset::VERSION] = v;
         out.push((label, b));
