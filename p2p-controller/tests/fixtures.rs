@@ -1391,6 +1391,19 @@ fn step5_link_tags() {
         }
         let ev: u64 = rig.dp.source_stats().unwrap().iter().map(|(_, s)| s.auth).sum();
         assert_eq!(ev, auth_drops, "every drop_auth is evidence against its source");
+        // A PING from a link with a send key but no peer slot (not routed
+        // to yet): XDP has no sequence stream for it; the controller answers.
+        for v6 in [false, true] {
+            let ping = pkt(KIND_PING, ORIGIN, id(SELF_ID), vec![0; 8]);
+            let mut b = ping.encode();
+            assert!(auth::seal(&mut b, &k_new, 5, 4, 0));
+            let f = Frame { payload: b, ..Frame::overlay(v6, &ping) };
+            let mut with_tx = keys.clone();
+            with_tx.insert(sender(v6), LinkSecret { tx: k_tx, tx_id: 9, ..from_sender });
+            rig.dp.set_link_keys(&with_tx).unwrap();
+            rig.run_same(&f.bytes(), XDP_PASS, counters::LOCAL);
+            rig.dp.set_link_keys(&keys).unwrap();
+        }
         // Optional: untagged packets pass; a link without keys gets them stripped.
         rig.dp.set_config(id(SELF_ID), PORT, POLICY_AUTH_VERIFY).unwrap();
         for v6 in [false, true] {

@@ -136,6 +136,29 @@ pub fn seal_to_peer<const V6: bool>(raw: *mut xdp_md, peer: &PeerEntry, slot: u3
     opaque(seal::<V6>(&ctx, &ep, slot))
 }
 
+/// Whether a PING's sender has link keys but no peer slot here (it is not
+/// routed to yet, e.g. while its first keys are being installed): the
+/// datapath then has no sequence stream for that link, and the controller
+/// answers instead, tagged from its own stream. A BPF subprogram.
+#[inline(never)]
+pub fn reply_needs_controller(raw: *mut xdp_md, l4_v6: u32) -> u32 {
+    let raw = unsafe { core::ptr::read_volatile(&raw) };
+    let ctx = XdpContext::new(raw);
+    let l4_off = (l4_v6 & 0x7f) as usize;
+    let Some(src) = src_ip(&ctx, l4_v6 & 0x8000 != 0) else { return 0 };
+    let Ok(udp) = ptr_at::<UdpHdr>(&ctx, l4_off) else { return 0 };
+    let port = u16::from_be_bytes(unsafe { (*udp).sport });
+    if sender_slot(&src, port).is_some() {
+        return 0;
+    }
+    let ep = LinkKey { addr: src, port, _pad: 0 };
+    // SAFETY: read at once.
+    match unsafe { LINK_KEYS.get(&ep) } {
+        Some(s) if s.tx_id != 0 => 1,
+        _ => 0,
+    }
+}
+
 /// Tags a PONG for the link back to the PING's sender (the packet's
 /// destination once rewritten), or strips the tag. A BPF subprogram,
 /// returning as [`seal_to_peer`].

@@ -104,7 +104,11 @@ fn process(ctx: &XdpContext, cfg: &Config, bytes: u64) -> Verdict {
         // Step 6, while the controller's heartbeat is fresh (a PONG must
         // prove the controller alive); else the controller answers, or
         // nobody does.
-        KIND_PING if to_self && now.wrapping_sub(cfg.heartbeat_ns) <= HEARTBEAT_FRESH_NS => {
+        KIND_PING
+            if to_self
+                && now.wrapping_sub(cfg.heartbeat_ns) <= HEARTBEAT_FRESH_NS
+                && auth::reply_needs_controller(ctx.ctx, l4_v6) == 0 =>
+        {
             return rewrite::pong(ctx, &p, cfg);
         }
         KIND_PING if to_self => return local,
