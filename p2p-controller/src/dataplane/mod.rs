@@ -569,6 +569,16 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Forgets every replay window (REPLAY): the sequence numbers seen.
+    pub fn forget_replay_windows(&mut self) -> Result<()> {
+        let mut replay: BpfHashMap<_, ReplayKey, ReplayWindow> = self.map_mut(names::REPLAY)?;
+        let keys: Vec<ReplayKey> = replay.keys().filter_map(|k| k.ok()).collect();
+        for k in keys {
+            let _ = replay.remove(&k);
+        }
+        Ok(())
+    }
+
     /// Removes a block-list entry (absent: nothing to do).
     pub fn unblock(&mut self, target: BlockTarget) -> Result<()> {
         match target {

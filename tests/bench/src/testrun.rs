@@ -3,11 +3,13 @@
 //! 1k, 10k and 100k peers in its routing maps, beside the harness cost (a
 //! program that returns at once), the minimal forwarder and one
 //! `bpf_fib_lookup`, all on the same frame. Each table size is measured
-//! twice: `bare`, a sender that is not a peer, with no block list and no
-//! budget (steps 3-5 cost one PEER_ADDRS miss); and `filtered`, the
-//! product's usual case: a peer forwarding its own packets under a rate
-//! budget (GCRA on RATE, LAST_SEEN refreshed) while the block lists hold a
-//! node ID and a prefix (both looked up).
+//! three times: `bare`, a sender that is not a peer, with no block list and
+//! no budget (steps 3-5 cost one PEER_ADDRS miss); `filtered`, the
+//! product's usual case before issue 8: a peer forwarding its own packets
+//! under a rate budget (GCRA on RATE, LAST_SEEN refreshed) while the block
+//! lists hold a node ID and a prefix (both looked up); and `auth`, as
+//! `filtered` under `--auth required` with every link keyed (tag verified,
+//! replay window checked, new tag for the next hop).
 //!
 //! Independent check: every measured run must be a forward, so the
 //! datapath's own `fwd` counter must grow by exactly the number of runs;
@@ -23,7 +25,10 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use p2p_common::codec::addr_to_mapped;
 use p2p_common::counters::FWD;
-use p2p_common::maps::{BlockEntry, IFACE_HAS_V4, IfaceAddrs, LinkKey, PEER_LIVE, PEER_V4, PeerEntry, RateBudget};
+use p2p_common::maps::{
+    BlockEntry, IFACE_HAS_V4, IfaceAddrs, LinkKey, LinkSecret, PEER_LIVE, PEER_V4, POLICY_AUTH_REQUIRED,
+    POLICY_AUTH_VERIFY, PeerEntry, RateBudget,
+};
 use p2p_common::route_build;
 use p2p_common::wire::DEFAULT_OVERLAY_PORT;
 use p2p_controller::dataplane::{AttachMode, BlockTarget, Dataplane, LoadOptions, SlotEntry};
@@ -232,22 +237,56 @@ fn measure_table(
     dp.set_peers_routed(&slots, &table)?;
     let install_ms = t.elapsed().as_secs_f64() * 1e3;
 
-    let bare = measure_variant(&mut dp, a, n, idx, repeat, |k| frame_to(Variant::Bare, k))?;
+    let bare = measure_variant(&mut dp, a, n, idx, repeat, |k| frame_to(Variant::Bare, k), &mut no_hook)?;
     dp.block(BlockTarget::Node([0xbb; 32]), BlockEntry { expires_ns: 0, ..Default::default() })?;
     let net = BlockTarget::Net { addr: addr_to_mapped(Ipv4Addr::new(192, 0, 2, 0).into()), prefix_len: 96 + 24 };
     dp.block(net, BlockEntry { expires_ns: 0, ..Default::default() })?;
-    let filtered = measure_variant(&mut dp, a, n, idx, repeat, |k| frame_to(Variant::Filtered, k))?;
+    let filtered = measure_variant(&mut dp, a, n, idx, repeat, |k| frame_to(Variant::Filtered, k), &mut no_hook)?;
+    // `auth`: as `filtered`, with every link keyed and `--auth required`:
+    // each run verifies the tag (SipHash-2-4), checks and marks the
+    // sequence number, and tags the packet anew for the next hop. One key
+    // for every link, since repeated runs verify what the run before sent.
+    let key = [0x6b; 16];
+    let secret = LinkSecret { rx: [key, [0; 16]], tx: key, rx_id: [9, 0], tx_id: 9, _pad: [0; 5] };
+    let keys = slots.iter().flat_map(|e| e.endpoints.iter().map(|ep| (*ep, secret))).collect();
+    dp.set_link_keys(&keys)?;
+    dp.set_config(self_id, DEFAULT_OVERLAY_PORT, POLICY_AUTH_VERIFY | POLICY_AUTH_REQUIRED)?;
+    // Each call starts again from the frame as built: it gets a fresh
+    // sequence number (stream 254); each key starts with empty windows
+    // (the next hop's own sequence stream starts where it stood).
+    let mut seq = 0u32;
+    let mut reseal = |dp: &mut Dataplane, frame: &mut Vec<u8>, new_key: bool| -> Result<()> {
+        if new_key {
+            dp.forget_replay_windows()?;
+        }
+        seq += 1;
+        p2p_common::auth::seal(&mut frame[OVERLAY_AT..], &key, 9, 254, seq);
+        Ok(())
+    };
+    let auth = measure_variant(&mut dp, a, n, idx, repeat, |k| frame_to(Variant::Filtered, k), &mut reseal)?;
     let row = |variant: &str, mut v: Value| {
         v["peers"] = json!(n);
         v["variant"] = json!(variant);
         v["install_ms"] = json!(install_ms);
         v
     };
-    Ok(vec![row("bare", bare), row("filtered", filtered)])
+    Ok(vec![row("bare", bare), row("filtered", filtered), row("auth", auth)])
+}
+
+/// Where the overlay header starts in the IPv4 frames measured.
+const OVERLAY_AT: usize = 14 + 20 + 8;
+
+/// A variant's preparation of the frame before each BPF_PROG_TEST_RUN
+/// call (`true`: the first call for a new key).
+type Hook<'a> = dyn FnMut(&mut Dataplane, &mut Vec<u8>, bool) -> Result<()> + 'a;
+
+fn no_hook(_: &mut Dataplane, _: &mut Vec<u8>, _: bool) -> Result<()> {
+    Ok(())
 }
 
 /// `keys` random destination keys, `repeat` runs each, in frames from
-/// `frame_to`; every run must be counted as a forward.
+/// `frame_to` (prepared by `hook` before each call); every run must be
+/// counted as a forward.
 fn measure_variant(
     dp: &mut Dataplane,
     a: &TestrunArgs,
@@ -255,6 +294,7 @@ fn measure_variant(
     idx: u32,
     repeat: u32,
     frame_to: impl Fn([u8; 32]) -> Vec<u8>,
+    hook: &mut Hook<'_>,
 ) -> Result<Value> {
     let fwd_before = dp.stats()?[FWD as usize].packets;
     let mut samples = Vec::new();
@@ -264,13 +304,15 @@ fn measure_variant(
         if signals::stopped() {
             bail!("interrupted");
         }
-        let frame = frame_to(random_id());
+        let mut frame = frame_to(random_id());
+        hook(dp, &mut frame, true)?;
         let verdict = dp.test_run(&frame, idx)?.verdict;
         runs_total += 1;
         *verdicts.entry(verdict).or_default() += 1;
         let mut total_ns = 0f64;
         let mut runs = 0u32;
         while runs < repeat {
+            hook(dp, &mut frame, false)?;
             let d = dp.test_run_repeat(&frame, idx, RUNS_PER_CALL)?;
             total_ns += d.as_nanos() as f64 * RUNS_PER_CALL as f64;
             runs += RUNS_PER_CALL;
