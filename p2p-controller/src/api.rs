@@ -62,11 +62,18 @@ pub enum Request {
     PubsubSubscribe {
         topic: String,
     },
+    /// DATA to `node_id` (a node ID, or a peer ID): end-to-end encrypted
+    /// unless `plaintext`.
     Send {
         node_id: String,
         #[serde(default)]
         data: String,
+        #[serde(default)]
+        plaintext: bool,
     },
+    /// Streams every DATA delivered to this node from now on (first
+    /// request on a connection, like `pubsub_subscribe`).
+    Recv,
     Ping {
         node_id: String,
         #[serde(default = "ping_timeout")]
@@ -104,7 +111,7 @@ pub enum Request {
 
 impl Request {
     /// Every `cmd` name, for error messages.
-    pub const NAMES: &'static str = "status, peers, lookup, dht_put, dht_get, pubsub_publish, pubsub_subscribe, send, ping, block, unblock, reputation, rate, rate_set, rate_assign";
+    pub const NAMES: &'static str = "status, peers, lookup, dht_put, dht_get, pubsub_publish, pubsub_subscribe, send, recv, ping, block, unblock, reputation, rate, rate_set, rate_assign";
 }
 
 /// `{"ok": false, "error": …}`.
@@ -348,6 +355,9 @@ pub struct Status {
     pub overlay_endpoint: Option<String>,
     /// Peers in Kademlia's routing table.
     pub kad_peers: usize,
+    /// End-to-end DATA sessions and envelopes.
+    #[serde(default)]
+    pub e2e: crate::e2e::E2eStatus,
 }
 
 /// One peer as the control plane sees it (`peers`, `maps … --json`).
@@ -467,6 +477,9 @@ pub struct Sent {
     pub msg_id: Option<u64>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delivered_locally: bool,
+    /// End-to-end encrypted (the envelope only the destination opens).
+    #[serde(default)]
+    pub encrypted: bool,
 }
 
 /// `ping`.

@@ -101,10 +101,32 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Send DATA to a node ID (64 hex digits) through the overlay.
+    /// Send DATA to a node through the overlay, encrypted end to end.
+    ///
+    /// DEST is a peer ID or a node ID (64 hex digits; then this node must
+    /// know that node, to learn its identity). The data is encrypted end to
+    /// end (ChaCha20-Poly1305, keys agreed with DEST over libp2p): transit
+    /// nodes see only ciphertext, and DEST's `recv` shows who sent it.
+    #[command(verbatim_doc_comment)]
     Send {
+        #[arg(value_name = "DEST")]
         node_id: String,
         data: String,
+        /// Send the data as is: readable and forgeable on the way.
+        #[arg(long)]
+        plaintext: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print DATA delivered to this node as it arrives: the sender (its
+    /// peer ID when the data came encrypted end to end: authenticated) and
+    /// the data. --json: one object per line.
+    Recv {
+        /// Stop after this many.
+        #[arg(long)]
+        count: Option<u64>,
         #[command(flatten)]
         client: ClientArgs,
         #[arg(long)]

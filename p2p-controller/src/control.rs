@@ -99,6 +99,9 @@ async fn handle(ctx: Ctx, stream: UnixStream) -> std::io::Result<()> {
         if let Request::PubsubSubscribe { topic } = req {
             return subscribe(&ctx, topic, lines, w).await;
         }
+        if let Request::Recv = req {
+            return recv(&ctx, lines, w).await;
+        }
         let resp = match dispatch(&ctx, req).await {
             Ok(line) => line,
             Err(e) => err_line(e),
@@ -150,6 +153,42 @@ async fn subscribe(
     }
 }
 
+/// Streams DATA deliveries until the client goes away; one that falls
+/// behind is told how many it missed.
+async fn recv(ctx: &Ctx, mut lines: Lines<BufReader<OwnedReadHalf>>, mut w: OwnedWriteHalf) -> std::io::Result<()> {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut rx = ctx.overlay.deliveries();
+    write_line(&mut w, ok_line(&api::Subscribed { subscribed: "data".into() })).await?;
+    loop {
+        tokio::select! {
+            d = rx.recv() => match d {
+                Ok(d) => write_line(&mut w, serde_json::to_string(&d).unwrap_or_default()).await?,
+                Err(RecvError::Lagged(n)) => log::warn!("a recv client fell {n} deliveries behind"),
+                Err(RecvError::Closed) => return Ok(()),
+            },
+            l = lines.next_line() => if !matches!(l, Ok(Some(_))) { return Ok(()) },
+        }
+    }
+}
+
+/// Where `send` goes: a node ID, or a peer ID (whose node ID is its hash).
+async fn send_target(ctx: &Ctx, dest: &str, plaintext: bool) -> Result<(NodeId, Option<libp2p::PeerId>)> {
+    if let Ok(peer) = dest.parse::<libp2p::PeerId>() {
+        return Ok((crate::identity::node_id_of(&peer), Some(peer)));
+    }
+    let node = node_id_arg(dest)?;
+    if plaintext || node == ctx.node_id {
+        return Ok((node, None));
+    }
+    match ctx.net.peer_of(node).await? {
+        Some(p) => Ok((node, Some(p))),
+        None => Err(Error::Usage(format!(
+            "{node} is not a node this one knows, so its identity (and key) is unknown: give its peer ID \
+             instead, or send with --plaintext"
+        ))),
+    }
+}
+
 fn node_id_arg(s: &str) -> Result<NodeId> {
     s.parse().map_err(|e| Error::Usage(format!("node_id: {e}")))
 }
@@ -198,21 +237,40 @@ async fn dispatch(ctx: &Ctx, req: Request) -> Result<String> {
         Request::PubsubSubscribe { .. } => {
             return Err(Error::Usage("pubsub_subscribe must be the first request on a connection".into()));
         }
-        Request::Send { node_id, data } => {
-            let dst = node_id_arg(&node_id)?;
-            if data.len() > 1400 {
-                return Err(Error::Usage(format!("DATA of {} bytes does not fit one packet (max 1400)", data.len())));
+        Request::Recv => {
+            return Err(Error::Usage("recv must be the first request on a connection".into()));
+        }
+        Request::Send { node_id, data, plaintext } => {
+            let (dst, peer) = send_target(ctx, &node_id, plaintext).await?;
+            let max = if plaintext { 1400 } else { 1400 - crate::e2e::envelope::OVERHEAD };
+            if data.len() > max {
+                return Err(Error::Usage(format!("DATA of {} bytes does not fit one packet (max {max})", data.len())));
             }
-            let pkt = Packet::new(KIND_DATA, ctx.node_id, dst, rand::random(), data.into_bytes());
+            let mut pkt = Packet::new(KIND_DATA, ctx.node_id, dst, rand::random(), data.clone().into_bytes());
+            let encrypted = match peer {
+                Some(peer) if !plaintext => {
+                    let sessions = ctx.overlay.sessions();
+                    if sessions.needs_session(&peer) {
+                        ctx.net.open_session(peer, Duration::from_secs(10)).await?;
+                    }
+                    let aad = crate::e2e::envelope::aad(&pkt.encode());
+                    pkt.payload = sessions
+                        .seal(&peer, &aad, data.as_bytes())
+                        .ok_or_else(|| Error::Remote(format!("no end-to-end session with {peer}")))?;
+                    true
+                }
+                _ => false,
+            };
             let sent = match ctx.overlay.originate(&pkt)? {
                 Some(via) => api::Sent {
                     sent: true,
                     via: Some(via.to_string()),
                     msg_id: Some(pkt.msg_id),
                     delivered_locally: false,
+                    encrypted,
                 },
                 None if dst == ctx.node_id => {
-                    api::Sent { sent: true, via: None, msg_id: None, delivered_locally: true }
+                    api::Sent { sent: true, via: None, msg_id: None, delivered_locally: true, encrypted: false }
                 }
                 None => {
                     return Err(Error::Remote(format!(
@@ -334,6 +392,7 @@ async fn status(ctx: &Ctx) -> Result<api::Status> {
         overlay_endpoint: net.overlay_endpoints.first().cloned(),
         kad_peers: net.kad.peers,
         net,
+        e2e: ctx.overlay.sessions().status(),
     })
 }
 
@@ -472,26 +531,25 @@ pub fn call<T: DeserializeOwned>(path: &Path, instance: &str, req: &Request) -> 
     read_response(&line, path, instance)
 }
 
-/// Client side of `pubsub_subscribe`: calls `on_message` for each message
-/// until it returns false or the daemon goes away.
-pub fn stream(
+/// Client side of `pubsub_subscribe` and `recv`: sends `req`, then calls
+/// `on_message` for each message until it returns false or the daemon
+/// goes away.
+pub fn stream<M: serde::de::DeserializeOwned>(
     path: &Path,
     instance: &str,
-    topic: &str,
-    mut on_message: impl FnMut(&api::PubsubMessage) -> bool,
+    req: &Request,
+    mut on_message: impl FnMut(&M) -> bool,
 ) -> Result<()> {
     use std::io::{BufRead, Write};
     let daemon_err = |reason: String| Error::Daemon { path: path.into(), instance: instance.into(), reason };
     let mut s = connect(path, instance)?;
-    let req = serde_json::to_string(&Request::PubsubSubscribe { topic: topic.into() })
-        .map_err(|e| Error::Usage(e.to_string()))?;
+    let req = serde_json::to_string(req).map_err(|e| Error::Usage(e.to_string()))?;
     s.write_all(format!("{req}\n").as_bytes()).map_err(|e| daemon_err(e.to_string()))?;
     let mut lines = std::io::BufReader::new(&s).lines();
     let first = lines.next().ok_or_else(|| daemon_err("closed the connection".into()))??;
     let _: api::Subscribed = read_response(&first, path, instance)?;
     for line in lines {
-        let m: api::PubsubMessage =
-            serde_json::from_str(&line?).map_err(|e| daemon_err(format!("bad message: {e}")))?;
+        let m: M = serde_json::from_str(&line?).map_err(|e| daemon_err(format!("bad message: {e}")))?;
         if !on_message(&m) {
             break;
         }

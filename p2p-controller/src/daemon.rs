@@ -218,6 +218,7 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         records.into_iter().map(|r| (NodeId::from_record_key(r.key.as_bytes()), (r.key, r.value))).collect();
     let nrecords = records.len();
     let store = SharedStore::new(identity.peer_id);
+    let sessions = crate::e2e::Sessions::default();
     let overlay_cfg = OverlayConfig {
         node_id: identity.node_id,
         port: args.overlay_port,
@@ -225,6 +226,7 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         records,
         store: store.clone(),
         auth: net_cfg.auth,
+        sessions: sessions.clone(),
     };
     let (overlay, relay, pongs) = overlay::spawn(overlay_cfg, socket, routing.clone(), sync.clone())?;
     let (bans_tx, bans_rx) = tokio::sync::mpsc::channel(256);
@@ -258,6 +260,7 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         overlay: overlay.clone(),
         reputation: reputation.clone(),
         bans: bans_rx,
+        sessions,
     };
     let net = net::spawn(&identity.keypair, net_cfg, links)?;
 

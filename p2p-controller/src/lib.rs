@@ -10,6 +10,7 @@ pub mod cli;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod e2e;
 pub mod error;
 pub mod files;
 pub mod identity;

@@ -123,7 +123,8 @@ fn dispatch(cli: Cli) -> Result<()> {
             let path = socket_path(&client, &instance);
             let mut seen = 0u64;
             eprintln!("subscribed to {topic}; Ctrl-C to stop");
-            control::stream(&path, &instance, &topic, |m| {
+            let req = Request::PubsubSubscribe { topic: topic.clone() };
+            control::stream(&path, &instance, &req, |m: &api::PubsubMessage| {
                 use std::io::Write;
                 let line = if json { serde_json::to_string(m).unwrap_or_default() } else { m.data.clone() };
                 let mut out = std::io::stdout().lock();
@@ -210,16 +211,44 @@ fn dispatch(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Send { node_id, data, client, json } => {
-            node_id.parse::<p2p_common::id::NodeId>().map_err(|e| Error::Usage(format!("NODE_ID: {e}")))?;
+        Command::Send { node_id, data, plaintext, client, json } => {
+            if node_id.parse::<libp2p::PeerId>().is_err() {
+                node_id
+                    .parse::<p2p_common::id::NodeId>()
+                    .map_err(|e| Error::Usage(format!("DEST is neither a peer ID nor a node ID: {e}")))?;
+            }
             let len = data.len();
-            let v: api::Sent = ask(&client, &instance, Request::Send { node_id: node_id.clone(), data })?;
+            let v: api::Sent = ask(&client, &instance, Request::Send { node_id: node_id.clone(), data, plaintext })?;
             if json {
                 print_json(&v);
             } else {
-                println!("sent {len} byte(s) to {node_id} via {}", v.via.as_deref().unwrap_or("this node"));
+                let how = if v.encrypted { "encrypted end to end" } else { "in plaintext" };
+                println!("sent {len} byte(s) to {node_id} via {}, {how}", v.via.as_deref().unwrap_or("this node"));
             }
             Ok(())
+        }
+        Command::Recv { count, client, json } => {
+            let path = socket_path(&client, &instance);
+            let mut seen = 0u64;
+            eprintln!("receiving DATA; Ctrl-C to stop");
+            control::stream(&path, &instance, &Request::Recv, |d: &p2p_controller::e2e::Delivery| {
+                use std::io::Write;
+                let line = if json {
+                    serde_json::to_string(d).unwrap_or_default()
+                } else {
+                    let from = match &d.from_peer {
+                        Some(p) if d.authenticated => format!("{p} (authenticated, encrypted)"),
+                        _ => format!("node {} (unauthenticated plaintext)", d.from_node),
+                    };
+                    format!("{from}: {}", d.data)
+                };
+                let mut out = std::io::stdout().lock();
+                if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                    return false;
+                }
+                seen += 1;
+                count.is_none_or(|c| seen < c)
+            })
         }
         Command::Ping { node_id, timeout_ms, client, json } => {
             node_id.parse::<p2p_common::id::NodeId>().map_err(|e| Error::Usage(format!("NODE_ID: {e}")))?;

@@ -184,7 +184,7 @@ fn daemon_commands_without_daemon_say_so() {
     let o = bin().args(["status", "--control-socket"]).arg(d.join("x.sock")).output().unwrap();
     assert_clean_failure(&o, "p2p-controller run --instance");
     let o = bin().args(["send", "nothex", "data"]).output().unwrap();
-    assert_clean_failure(&o, "NODE_ID");
+    assert_clean_failure(&o, "DEST");
     for args in [
         &["dht", "put", "k", "v"][..],
         &["dht", "get", "k"],

@@ -169,7 +169,8 @@ fn api_sender(node: &Node, dst: &NodeId, pps: u64, length: Duration) -> Result<u
     let sock = node.spec().control_socket();
     let mut s = UnixStream::connect(&sock).with_context(|| format!("connect {}", sock.display()))?;
     let mut r = BufReader::new(s.try_clone()?);
-    let req = format!("{{\"cmd\":\"send\",\"node_id\":\"{dst}\",\"data\":\"hello\"}}\n");
+    // Plaintext: this measures budgets, not encryption.
+    let req = format!("{{\"cmd\":\"send\",\"node_id\":\"{dst}\",\"data\":\"hello\",\"plaintext\":true}}\n");
     let start = Instant::now();
     let mut sent = 0u64;
     let mut line = String::new();

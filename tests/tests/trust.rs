@@ -204,12 +204,14 @@ fn run(ctl: &Controller) -> Result<()> {
     Ok(())
 }
 
-/// Hop-by-hop tags end to end (docs/WIRE.md v2): three members under
-/// `--auth required` (the anchored default) renew their link keys every
-/// second; a steady stream of DATA through the rotations loses nothing
-/// and no node drops a single packet of theirs as drop_auth; untagged and
-/// forged packets from an outsider (a test socket beside h1) are dropped
-/// in XDP, counted, and never reach h2's controller.
+/// Hop-by-hop tags and end-to-end DATA (docs/WIRE.md v2): three members
+/// under `--auth required` (the anchored default) renew their link keys
+/// every second; a steady stream of end-to-end encrypted DATA through the
+/// rotations loses nothing and no node drops a single packet of theirs as
+/// drop_auth; the receiver's `recv` names the authenticated sender of
+/// encrypted DATA and none for plaintext; untagged and forged packets from
+/// an outsider (a test socket beside h1) are dropped in XDP, counted, and
+/// never reach h2's controller.
 #[test]
 fn link_tags_required_in_xdp() -> Result<()> {
     let Some(env) = require("link_tags_required_in_xdp") else { return Ok(()) };
@@ -269,6 +271,49 @@ fn link_tags_required_in_xdp() -> Result<()> {
         let n = tb.node(i).counter("drop_auth")? - before;
         ensure!(n == 0, "h{} dropped {n} members' packets as drop_auth across rotations", i + 1);
     }
+    // The stream went end to end encrypted (h1 knows h3: `send` by node ID
+    // encrypts); h3 opened every envelope.
+    let e2e = &tb.node(2).status()?["e2e"];
+    ensure!(e2e["opened"].as_u64() >= Some(sent) && e2e["rejected"] == 0, "h3 e2e {e2e}");
+    // `recv` shows who sent what: the authenticated peer ID for encrypted
+    // DATA, only a claimed node ID for plaintext.
+    let sock = tb.specs[2].control_socket();
+    let mut recv = ctl
+        .command()
+        .args(["recv", "--json", "--count", "2", "--instance", &tb.specs[2].instance, "--control-socket"])
+        .arg(&sock)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let h3_peer = tb.specs[2].peer_id.clone();
+    let v = tb.node(0).cli(&["send", &h3_peer, "secret-e2e-payload"])?;
+    ensure!(v["encrypted"] == true, "send by peer ID: {v}");
+    std::thread::sleep(Duration::from_millis(200));
+    let v = tb.node(0).cli(&["send", &dst, "plain-payload", "--plaintext"])?;
+    ensure!(v["encrypted"] == false, "send --plaintext: {v}");
+    let out = wait_for(Duration::from_secs(5), || recv.try_wait().ok().flatten().map(|_| ()));
+    if out.is_none() {
+        let _ = recv.kill();
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut recv.stdout.take().context("recv stdout")?, &mut text)?;
+    let got: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    ensure!(got.len() == 2, "recv printed: {text}");
+    let h1_peer = tb.specs[0].peer_id.clone();
+    ensure!(
+        got[0]["data"] == "secret-e2e-payload"
+            && got[0]["authenticated"] == true
+            && got[0]["encrypted"] == true
+            && got[0]["from_peer"] == h1_peer.as_str(),
+        "encrypted delivery: {}",
+        got[0]
+    );
+    ensure!(
+        got[1]["data"] == "plain-payload" && got[1]["authenticated"] == false && got[1]["from_peer"].is_null(),
+        "plaintext delivery: {}",
+        got[1]
+    );
     // An outsider beside h1: untagged (version 1) and forged tags.
     let sock = p2p_tests::traffic::socket_in(&tb.specs[0].netns, std::net::SocketAddr::new(tb.specs[0].addr, 0))?;
     let h2 = tb.specs[1].overlay();

@@ -29,6 +29,8 @@ pub struct Behaviour {
     pub member: Toggle<super::members::Behaviour>,
     /// Link keys for the overlay's hop-by-hop tags.
     pub link: super::links::Behaviour,
+    /// End-to-end DATA sessions.
+    pub e2e: super::sessions::Behaviour,
 }
 
 /// Builds the swarm (no listeners yet).
@@ -99,6 +101,7 @@ pub fn build(keypair: &Keypair, cfg: &NetConfig, store: SharedStore) -> Result<S
                 probe: super::probes::behaviour(),
                 member: Toggle::from(cfg.trust.is_some().then(super::members::behaviour)),
                 link: super::links::behaviour(),
+                e2e: super::sessions::behaviour(),
             })
         })
         .map_err(|e| format!("libp2p behaviour: {e}"))?

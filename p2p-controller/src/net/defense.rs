@@ -107,7 +107,7 @@ impl EventLoop {
     }
 
     /// The peer ID of a node ID we know of (routed, or in the book).
-    fn peer_of(&self, node: &NodeId) -> Vec<PeerId> {
+    pub(super) fn peer_of(&self, node: &NodeId) -> Vec<PeerId> {
         if let Some(p) = self.routed_ids.get(node) {
             return vec![*p];
         }

@@ -60,6 +60,9 @@ pub struct EventLoop {
     pub(super) members: Option<super::members::Members>,
     /// Link keys with every routable peer.
     pub(super) links: super::links::LinkKeys,
+    /// End-to-end session keys, and the exchanges this node started.
+    pub(super) sessions: crate::e2e::Sessions,
+    pub(super) pending_sessions: super::sessions::Pending,
     pub(super) overlay: OverlayHandle,
     pub(super) liveness: LivenessHandle,
     pub(super) reputation: ReputationHandle,
@@ -84,6 +87,7 @@ impl EventLoop {
         overlay: OverlayHandle,
         liveness: LivenessHandle,
         reputation: ReputationHandle,
+        sessions: crate::e2e::Sessions,
     ) -> Result<Self> {
         let kad_protocol = StreamProtocol::try_from_owned(cfg.kad_protocol.clone())
             .map_err(|e| Error::Usage(format!("--kad-protocol: {e}")))?;
@@ -121,6 +125,8 @@ impl EventLoop {
             book: PeerBook::new(cfg.flap, cfg.trust.is_some(), cfg.auth == crate::userspace::AuthPolicy::Required),
             members: cfg.trust.clone().map(super::members::Members::new),
             links: super::links::LinkKeys::new(cfg.auth, cfg.link_rotate),
+            sessions,
+            pending_sessions: Default::default(),
             cfg,
             redials: HashMap::new(),
             dead_found: 0,
@@ -230,6 +236,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Probe(e)) => self.on_probe(e, probe_tx),
             SwarmEvent::Behaviour(BehaviourEvent::Member(e)) => self.on_member(e),
             SwarmEvent::Behaviour(BehaviourEvent::Link(e)) => self.on_link(e),
+            SwarmEvent::Behaviour(BehaviourEvent::E2e(e)) => self.on_e2e(e),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.on_identify(e),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(e)) => self.on_mdns(e),
@@ -326,6 +333,10 @@ impl EventLoop {
                 let _ = reply.send(self.view());
             }
             NetCommand::Put { key, value, quorum, reply } => self.put(key, value, quorum, reply),
+            NetCommand::OpenSession { peer, reply } => self.open_session(peer, reply),
+            NetCommand::PeerOf { node, reply } => {
+                let _ = reply.send(self.known_peer_of(&node));
+            }
             NetCommand::Get { key, network_only, reply } => self.get(key, network_only, reply),
             NetCommand::Publish { topic, data, reply } => self.publish(topic, data, reply),
             NetCommand::Subscribe { topic, tx, reply } => self.subscribe(topic, tx, reply),

@@ -30,6 +30,7 @@ mod membership;
 pub mod peers;
 pub mod probes;
 mod pubsub;
+pub mod sessions;
 pub mod store;
 
 use std::net::IpAddr;
@@ -131,6 +132,16 @@ pub(crate) enum NetCommand {
         tx: mpsc::Sender<PubsubMessage>,
         reply: Reply<()>,
     },
+    /// Keys for end-to-end DATA with a peer (into crate::e2e::Sessions).
+    OpenSession {
+        peer: PeerId,
+        reply: Reply<()>,
+    },
+    /// The peer ID of a node ID, if this node knows it.
+    PeerOf {
+        node: p2p_common::id::NodeId,
+        reply: oneshot::Sender<Option<PeerId>>,
+    },
     /// Close every connection (peers see the node leave at once, QUIC ones
     /// too), then stop the swarm.
     Shutdown(oneshot::Sender<()>),
@@ -178,6 +189,22 @@ impl NetHandle {
         self.ask(|reply| NetCommand::Publish { topic, data, reply }).await?.map_err(Error::Remote)
     }
 
+    /// Makes an end-to-end session with `peer` (dialling it if need be).
+    pub async fn open_session(&self, peer: PeerId, timeout: Duration) -> Result<()> {
+        let fut = self.ask(|reply| NetCommand::OpenSession { peer, reply });
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r?.map_err(Error::Remote),
+            Err(_) => {
+                Err(Error::Remote(format!("no end-to-end session with {peer} within {} ms", timeout.as_millis())))
+            }
+        }
+    }
+
+    /// The peer ID of node `node`, if this node knows it.
+    pub async fn peer_of(&self, node: p2p_common::id::NodeId) -> Result<Option<PeerId>> {
+        self.ask(|reply| NetCommand::PeerOf { node, reply }).await
+    }
+
     /// Leaves the network gracefully: waits (at most `timeout`) until every
     /// connection is closed and the swarm has stopped.
     pub async fn shutdown(&self, timeout: Duration) {
@@ -208,6 +235,8 @@ pub struct Links {
     pub reputation: ReputationHandle,
     /// Bans to carry out.
     pub bans: mpsc::Receiver<reputation::Event>,
+    /// End-to-end session keys (the exchange puts them there).
+    pub sessions: crate::e2e::Sessions,
 }
 
 /// Builds the swarm, starts listening and spawns its task.
@@ -222,6 +251,7 @@ pub fn spawn(keypair: &Keypair, cfg: NetConfig, links: Links) -> Result<NetHandl
         links.overlay,
         links.liveness_handle,
         links.reputation,
+        links.sessions,
     )?;
     tokio::spawn(lp.run(rx, links.liveness, links.bans));
     Ok(NetHandle { tx })

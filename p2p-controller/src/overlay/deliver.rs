@@ -54,7 +54,7 @@ pub(super) fn on_datagram(
         shared.cfg.auth != AuthPolicy::Off && p2p_common::auth::tagged(buf[offset::VERSION], buf[offset::FLAGS]);
     let out = match verdict {
         Verdict::Drop(_) => None,
-        Verdict::Local(pkt) => deliver(shared, st, pkt, from, authenticated, buf.len()),
+        Verdict::Local(pkt) => deliver(shared, st, pkt, from, authenticated, buf),
         Verdict::Pong { to, bytes } => Some((to, bytes)),
         Verdict::Forward { to, bytes, .. } => {
             // In XDP mode this is the slow path (XDP counted fwd_slow).
@@ -101,8 +101,9 @@ fn deliver(
     pkt: Packet,
     from: SocketAddr,
     authenticated: bool,
-    received: usize,
+    buf: &[u8],
 ) -> Option<(SocketAddr, Vec<u8>)> {
+    let received = buf.len();
     let status = &mut st.status;
     match pkt.kind {
         KIND_DATA | KIND_LOOKUP => {
@@ -110,6 +111,7 @@ fn deliver(
             *status.delivered_ttl.entry(pkt.ttl.to_string()).or_default() += 1;
             if pkt.kind == KIND_DATA {
                 status.delivered.data += 1;
+                deliver_data(shared, &pkt, buf);
                 None
             } else {
                 status.delivered.lookup += 1;
@@ -158,6 +160,41 @@ fn deliver(
         }
         _ => None,
     }
+}
+
+/// Opens an end-to-end envelope (a DATA payload that is one) and hands the
+/// delivery to `recv` subscribers, with the sender it proves. An envelope
+/// that does not open is not delivered (`status.e2e.rejected`).
+fn deliver_data(shared: &Shared, pkt: &Packet, buf: &[u8]) {
+    use crate::e2e::{Delivery, envelope};
+    let mut d = Delivery {
+        from_node: pkt.src_id.to_string(),
+        from_peer: None,
+        encrypted: false,
+        authenticated: false,
+        msg_id: pkt.msg_id,
+        bytes: pkt.payload.len(),
+        data: String::new(),
+    };
+    if envelope::is_envelope(&pkt.payload) {
+        match shared.cfg.sessions.open(&pkt.src_id, &envelope::aad(buf), &pkt.payload) {
+            Ok((data, peer)) => {
+                d.encrypted = true;
+                d.authenticated = true;
+                d.from_peer = Some(peer.to_string());
+                d.bytes = data.len();
+                d.data = String::from_utf8_lossy(&data).into_owned();
+            }
+            Err(why) => {
+                log::debug!("DATA envelope from {} not opened: {why}", pkt.src_id);
+                return;
+            }
+        }
+    } else {
+        d.data = String::from_utf8_lossy(&pkt.payload).into_owned();
+    }
+    // No subscriber: nobody is listening, nothing to keep.
+    let _ = shared.deliveries.send(d);
 }
 
 /// Answers a LOOKUP this node owns from its record store (`at_most`

@@ -31,6 +31,9 @@ use p2p_common::maps::SourceStats;
 /// Largest record value a LOOKUP_REPLY carries: the reply then fits the
 /// IPv6 minimum MTU (1280 − 40 IPv6 − 8 UDP − 96 header − 24 reply fields).
 pub const MAX_REPLY_VALUE: usize = 1112;
+/// DATA deliveries a slow `recv` subscriber may fall behind before it
+/// misses some (it is told how many).
+const DELIVERY_QUEUE: usize = 1024;
 /// PONGs queued for the liveness component before newer ones are dropped.
 const PONG_QUEUE: usize = 4096;
 
@@ -85,6 +88,8 @@ pub struct OverlayConfig {
     pub store: SharedStore,
     /// `--auth`.
     pub auth: AuthPolicy,
+    /// End-to-end session keys (DATA envelopes are opened with them).
+    pub sessions: crate::e2e::Sessions,
 }
 
 struct Shared {
@@ -96,6 +101,8 @@ struct Shared {
     stopping: AtomicBool,
     /// The link keys of every neighbour endpoint (net::links publishes them).
     links: Mutex<Arc<LinkTable>>,
+    /// DATA delivered here, for `recv` subscribers.
+    deliveries: tokio::sync::broadcast::Sender<crate::e2e::Delivery>,
 }
 
 /// Talks to the overlay socket's owner; clones share it.
@@ -136,6 +143,7 @@ pub fn spawn(
         pongs,
         stopping: AtomicBool::new(false),
         links: Mutex::new(Arc::new(LinkTable::new())),
+        deliveries: tokio::sync::broadcast::channel(DELIVERY_QUEUE).0,
     });
     let rx = shared.clone();
     let thread = std::thread::Builder::new().name("overlay-rx".into()).spawn(move || {
@@ -213,6 +221,15 @@ fn canonical(a: SocketAddr) -> SocketAddr {
 impl OverlayHandle {
     fn state(&self) -> MutexGuard<'_, State> {
         self.0.state()
+    }
+
+    /// DATA delivered from now on (`recv`).
+    pub fn deliveries(&self) -> tokio::sync::broadcast::Receiver<crate::e2e::Delivery> {
+        self.0.deliveries.subscribe()
+    }
+
+    pub fn sessions(&self) -> &crate::e2e::Sessions {
+        &self.0.cfg.sessions
     }
 
     /// New link keys from net::links: the controller's packets are tagged
