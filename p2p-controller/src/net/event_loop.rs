@@ -79,6 +79,8 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
+    /// One argument per handle the task is wired to (net::Links unpacked).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         mut swarm: Swarm<Behaviour>,
         cfg: NetConfig,
