@@ -439,6 +439,9 @@ pub struct DhtGet {
     /// "network" or "local".
     pub source: Option<String>,
     pub rtt_us: u64,
+    /// The peer that signed the record (verified); null: unsigned.
+    #[serde(default)]
+    pub publisher: Option<String>,
 }
 
 /// `pubsub_publish`.

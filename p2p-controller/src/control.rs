@@ -230,6 +230,7 @@ async fn dispatch(ctx: &Ctx, req: Request) -> Result<String> {
                 answered_by: r.value.as_ref().map(|_| answered_by(ctx, r.from)),
                 source: r.value.as_ref().map(|_| if r.from.is_some() { "network" } else { "local" }.to_string()),
                 rtt_us: r.elapsed.as_micros() as u64,
+                publisher: r.publisher.map(|p| p.to_string()),
                 key,
             })
         }

@@ -413,11 +413,24 @@ fn stock_libp2p_kad_node_interoperates() -> Result<()> {
     ensure!(out.status.success(), "the stock node failed: {text}");
     let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     let got = lines.iter().find(|l| l["op"] == "get").context("no get result")?;
-    ensure!(got["value"] == "from p2p-nos" && got["from"].is_string(), "stock get: {got}");
+    // Our records are signed envelopes (trust::record): opaque bytes to a
+    // stock node, which stores and serves them like any value.
+    let value = got["value"].as_str().unwrap_or_default();
+    ensure!(
+        value.starts_with("P2PR") && value.ends_with("from p2p-nos") && got["from"].is_string(),
+        "stock get: {got}"
+    );
     for i in 0..4 {
         let v = tb.node(i).cli(&["dht", "get", "theirs", "--network"])?;
-        ensure!(v["value"] == "from stock", "h{} fetching the stock node's record: {v}", i + 1);
+        // An open network takes the stock node's unsigned record, and says so.
+        ensure!(
+            v["value"] == "from stock" && v["publisher"].is_null(),
+            "h{} fetching the stock node's record: {v}",
+            i + 1
+        );
     }
+    let v = tb.node(2).cli(&["dht", "get", "ours", "--network"])?;
+    ensure!(v["value"] == "from p2p-nos" && v["publisher"] == tb.specs[1].peer_id.as_str(), "signed: {v}");
 
     // Lookup fallback: a record held by a node that is not the key's owner
     // (put there alone by the stock node). The overlay owner answers "not

@@ -314,6 +314,10 @@ fn link_tags_required_in_xdp() -> Result<()> {
         "plaintext delivery: {}",
         got[1]
     );
+    // DHT records are signed by their publisher; a get says who that is.
+    tb.node(0).cli(&["dht", "put", "signed-key", "signed value"])?;
+    let v = tb.node(1).cli(&["dht", "get", "signed-key", "--network"])?;
+    ensure!(v["value"] == "signed value" && v["publisher"] == h1_peer.as_str(), "h2's get: {v}");
     // An outsider beside h1: untagged (version 1) and forged tags.
     let sock = p2p_tests::traffic::socket_in(&tb.specs[0].netns, std::net::SocketAddr::new(tb.specs[0].addr, 0))?;
     let h2 = tb.specs[1].overlay();

@@ -52,21 +52,43 @@ impl EventLoop {
             InboundRequest::PutRecord { source, .. } if !self.trusted(&source) => {
                 log::info!("refused a DHT record from {source}: not a member");
             }
-            InboundRequest::PutRecord { source, record: Some(r), .. } => match invalid_record(&r) {
-                None => {
-                    if let Err(e) = self.kad().store_mut().put(r) {
-                        log::debug!("record from {source} not stored: {e:?}");
+            InboundRequest::PutRecord { source, record: Some(r), .. } => {
+                match invalid_record(&r).or_else(|| self.unverified_record(&r)) {
+                    None => {
+                        if let Err(e) = self.kad().store_mut().put(r) {
+                            log::debug!("record from {source} not stored: {e:?}");
+                        }
+                    }
+                    Some(why) => {
+                        log::info!("refused a DHT record from {source}: {why}");
+                        self.reputation.report(Subject::Node(node_id_of(&source)), Evidence::BadRecord, 1);
                     }
                 }
-                Some(why) => {
-                    log::info!("refused a DHT record from {source}: {why}");
-                    self.reputation.report(Subject::Node(node_id_of(&source)), Evidence::BadRecord, 1);
-                }
-            },
+            }
             InboundRequest::AddProvider { record: Some(r) } => {
                 let _ = self.kad().store_mut().add_provider(r);
             }
             _ => {}
+        }
+    }
+
+    /// Anchored networks and `--auth required` take signed records only.
+    pub(super) fn signed_records_required(&self) -> bool {
+        self.membership_required() || self.links.policy == crate::userspace::AuthPolicy::Required
+    }
+
+    /// Why a record's signature refuses it: forged or altered, unsigned
+    /// where signatures are required, or published by a known non-member.
+    fn unverified_record(&self, r: &Record) -> Option<String> {
+        match crate::trust::record::open(r.key.as_ref(), &r.value, r.publisher.as_ref()) {
+            Err(e) => Some(e.to_string()),
+            Ok(o) if o.publisher.is_none() && self.signed_records_required() => {
+                Some("an unsigned record (this network requires signed records)".into())
+            }
+            Ok(o) => o
+                .publisher
+                .filter(|p| self.book.get(p).is_some_and(|s| !s.member.admits()))
+                .map(|p| format!("a record published by {p}, not a member")),
         }
     }
 

@@ -27,6 +27,8 @@ struct PendingPut {
 /// Queries in flight on behalf of the control API.
 #[derive(Default)]
 pub(super) struct Dht {
+    /// This node's identity: it signs the records it publishes.
+    pub(super) signer: Option<libp2p::identity::Keypair>,
     gets: HashMap<QueryId, PendingGet>,
     puts: HashMap<QueryId, PendingPut>,
     /// Kademlia requests other nodes sent us.
@@ -43,7 +45,19 @@ impl Dht {
 impl EventLoop {
     pub(super) fn put(&mut self, key: String, value: Vec<u8>, quorum: Option<NonZeroUsize>, reply: Reply<DhtPut>) {
         let quorum = quorum.unwrap_or(self.cfg.quorum);
-        let record = Record::new(RecordKey::new(&key), value);
+        let signed = match &self.dht.signer {
+            Some(k) => crate::trust::record::sign(k, key.as_bytes(), &value),
+            None => Err("no identity to sign with".into()),
+        };
+        let value = match signed {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let mut record = Record::new(RecordKey::new(&key), value);
+        record.publisher = Some(*self.swarm.local_peer_id());
         match self.kad().put_record(record, Quorum::N(quorum)) {
             Ok(id) => {
                 self.dht.puts.insert(id, PendingPut { reply, started: Instant::now(), key, quorum: quorum.get() });
@@ -64,9 +78,30 @@ impl EventLoop {
         let elapsed = pending.started.elapsed();
         let outcome = match r {
             Ok(GetRecordOk::FoundRecord(pr)) if pending.network_only && pr.peer.is_none() => return,
-            Ok(GetRecordOk::FoundRecord(pr)) => Ok(GetResult { value: Some(pr.record.value), from: pr.peer, elapsed }),
+            Ok(GetRecordOk::FoundRecord(pr)) => {
+                let r = &pr.record;
+                match crate::trust::record::open(r.key.as_ref(), &r.value, r.publisher.as_ref()) {
+                    Ok(o) if o.publisher.is_none() && self.signed_records_required() => {
+                        Err("the record found is not signed (this network requires signed records)".into())
+                    }
+                    Ok(o) => {
+                        Ok(GetResult { value: Some(o.data.to_vec()), from: pr.peer, elapsed, publisher: o.publisher })
+                    }
+                    Err(e) => {
+                        // Forged or altered on the way: evidence against who served it.
+                        if let Some(p) = pr.peer {
+                            self.reputation.report(
+                                crate::reputation::Subject::Node(crate::identity::node_id_of(&p)),
+                                crate::reputation::Evidence::BadRecord,
+                                1,
+                            );
+                        }
+                        Err(format!("the record found fails verification: {e}"))
+                    }
+                }
+            }
             Ok(GetRecordOk::FinishedWithNoAdditionalRecord { .. }) | Err(kad::GetRecordError::NotFound { .. }) => {
-                Ok(GetResult { value: None, from: None, elapsed })
+                Ok(GetResult { value: None, from: None, elapsed, publisher: None })
             }
             Err(e) => Err(format!("Kademlia get: {e}")),
         };

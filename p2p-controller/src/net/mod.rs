@@ -104,6 +104,8 @@ pub struct GetResult {
     /// The peer that returned it; `None` for the local store.
     pub from: Option<PeerId>,
     pub elapsed: Duration,
+    /// Who signed the record (verified); `None`: unsigned.
+    pub publisher: Option<PeerId>,
 }
 
 pub(crate) type Reply<T> = oneshot::Sender<std::result::Result<T, String>>;
@@ -253,6 +255,8 @@ pub fn spawn(keypair: &Keypair, cfg: NetConfig, links: Links) -> Result<NetHandl
         links.reputation,
         links.sessions,
     )?;
+    let mut lp = lp;
+    lp.dht.signer = Some(keypair.clone());
     tokio::spawn(lp.run(rx, links.liveness, links.bans));
     Ok(NetHandle { tx })
 }

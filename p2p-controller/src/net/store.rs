@@ -44,7 +44,9 @@ impl SharedStore {
         } else {
             return None;
         };
-        inner.store.get(&key).filter(|r| !r.is_expired(Instant::now())).map(|r| r.value.clone())
+        let r = inner.store.get(&key).filter(|r| !r.is_expired(Instant::now()))?;
+        // The data, out of its signed envelope (verified when it was stored).
+        crate::trust::record::open(r.key.as_ref(), &r.value, None).ok().map(|o| o.data.to_vec())
     }
 
     /// Number of records held.

@@ -4,5 +4,6 @@
 
 pub mod ca;
 pub mod cert;
+pub mod record;
 
 pub use cert::{Armored, Certificate, Revocations, RootKey, TrustError};
