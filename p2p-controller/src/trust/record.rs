@@ -27,7 +27,7 @@ pub enum RecordError {
     #[error("a signature that does not verify (forged or altered)")]
     BadSignature,
     #[error("signed by {signer}, but the record names {publisher} as publisher")]
-    WrongPublisher { signer: PeerId, publisher: PeerId },
+    WrongPublisher { signer: String, publisher: String },
 }
 
 fn message(key: &[u8], data: &[u8]) -> Vec<u8> {
@@ -89,7 +89,7 @@ pub fn open<'a>(key: &[u8], value: &'a [u8], publisher: Option<&PeerId>) -> Resu
     if let Some(p) = publisher
         && *p != signer
     {
-        return Err(RecordError::WrongPublisher { signer, publisher: *p });
+        return Err(RecordError::WrongPublisher { signer: signer.to_string(), publisher: p.to_string() });
     }
     Ok(Opened { data, publisher: Some(signer) })
 }
