@@ -358,6 +358,9 @@ pub struct Status {
     /// End-to-end DATA sessions and envelopes.
     #[serde(default)]
     pub e2e: crate::e2e::E2eStatus,
+    /// Capabilities the daemon kept after set-up, and those it dropped.
+    #[serde(default)]
+    pub privileges: crate::sys::Privileges,
 }
 
 /// One peer as the control plane sees it (`peers`, `maps … --json`).

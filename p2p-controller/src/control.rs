@@ -43,6 +43,8 @@ pub struct Ctx {
     pub reputation: ReputationHandle,
     /// `--rate-burst`: new budgets get the same burst.
     pub burst: Duration,
+    /// Capabilities kept and dropped after set-up.
+    pub privileges: crate::sys::Privileges,
 }
 
 pub fn serve(ctx: Ctx, path: &Path) -> Result<()> {
@@ -394,6 +396,7 @@ async fn status(ctx: &Ctx) -> Result<api::Status> {
         kad_peers: net.kad.peers,
         net,
         e2e: ctx.overlay.sessions().status(),
+        privileges: ctx.privileges.clone(),
     })
 }
 

@@ -264,6 +264,17 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
     };
     let net = net::spawn(&identity.keypair, net_cfg, links)?;
 
+    // Set-up is done: from here on the daemon needs only its maps and, at
+    // exit, to detach XDP.
+    let privileges = sys::drop_capabilities()?;
+    if !privileges.dropped.is_empty() {
+        log::info!(
+            "dropped capabilities {}; kept {}",
+            privileges.dropped.join(", "),
+            if privileges.kept.is_empty() { "none".into() } else { privileges.kept.join(", ") }
+        );
+    }
+
     let ctx = control::Ctx {
         instance: instance.clone(),
         peer_id: identity.peer_id.to_string(),
@@ -278,6 +289,7 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         liveness,
         reputation,
         burst: Duration::from_millis(burst_ms),
+        privileges,
     };
     control::serve(ctx, &socket_path)?;
     cleanup.socket_path = Some(socket_path.clone());

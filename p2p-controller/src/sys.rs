@@ -40,7 +40,7 @@ pub fn check_privileges(need_netns: bool) -> Result<()> {
         Ok(())
     } else {
         Err(Error::Privilege(format!(
-            "{} not held; run as root or grant them (e.g. `setcap cap_bpf,cap_net_admin,cap_sys_admin+ep p2p-controller`)",
+            "{} not held; run as root or grant them (e.g. `setcap cap_bpf,cap_net_admin+ep p2p-controller`, plus cap_sys_admin for --netns)",
             missing.join(", ")
         )))
     }
@@ -173,4 +173,150 @@ pub fn wait_signal(set: &libc::sigset_t, timeout: std::time::Duration) -> bool {
 pub fn say(line: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Capability names by number (linux/capability.h), for what `status` and
+/// the log say was kept and dropped.
+const CAP_NAMES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+fn cap_names(mask: u64) -> Vec<String> {
+    (0..64)
+        .filter(|c| mask & (1u64 << c) != 0)
+        .map(|c| CAP_NAMES.get(c).map(|s| s.to_string()).unwrap_or_else(|| format!("cap_{c}")))
+        .collect()
+}
+
+/// What the daemon kept and dropped after set-up (`status.privileges`).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Privileges {
+    pub kept: Vec<String>,
+    pub dropped: Vec<String>,
+}
+
+/// The capability sets capset(2) gives the thread that runs it
+/// ({effective, permitted, inheritable} for capabilities 0-31, then 32-63).
+static CAPSET_COPY: [std::sync::atomic::AtomicU32; 6] = [const { std::sync::atomic::AtomicU32::new(0) }; 6];
+
+/// capset(2) on the calling thread with the sets in CAPSET_COPY. Async-signal-safe.
+fn capset_this_thread() -> i64 {
+    use std::sync::atomic::Ordering::Relaxed;
+    // _LINUX_CAPABILITY_VERSION_3, pid 0: this thread.
+    let hdr: [u32; 2] = [0x2008_0522, 0];
+    let d: [u32; 6] = core::array::from_fn(|i| CAPSET_COPY[i].load(Relaxed));
+    // SAFETY: capset with a valid header and two data structs
+    // ({effective, permitted, inheritable} × 2 words).
+    unsafe { libc::syscall(libc::SYS_capset, hdr.as_ptr(), d.as_ptr()) }
+}
+
+extern "C" fn on_capset_signal(_: libc::c_int) {
+    capset_this_thread();
+}
+
+fn thread_caps(tid: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).ok()?;
+    let l = s.lines().find(|l| l.starts_with("CapEff:"))?;
+    u64::from_str_radix(l["CapEff:".len()..].trim(), 16).ok()
+}
+
+fn thread_ids() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Least privilege after set-up: every thread of the process keeps only
+/// CAP_BPF (map updates; CAP_SYS_ADMIN instead where CAP_BPF was not held)
+/// and CAP_NET_ADMIN (detaching XDP, restoring sysctls at exit); the rest
+/// of its effective and permitted sets goes. Capabilities are per thread:
+/// each thread applies capset(2) itself, on a signal, until /proc shows
+/// every thread without what was dropped (a thread made meanwhile by one
+/// that had not dropped yet is caught by the next round).
+pub fn drop_capabilities() -> Result<Privileges> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let held = effective_caps();
+    let bpf = if held & (1u64 << CAP_BPF) != 0 { CAP_BPF } else { CAP_SYS_ADMIN };
+    let keep = held & ((1u64 << bpf) | (1u64 << CAP_NET_ADMIN));
+    let report = Privileges { kept: cap_names(keep), dropped: cap_names(held & !keep) };
+    if held & !keep == 0 {
+        return Ok(report);
+    }
+    let (lo, hi) = (keep as u32, (keep >> 32) as u32);
+    for (i, w) in [lo, lo, 0, hi, hi, 0].into_iter().enumerate() {
+        CAPSET_COPY[i].store(w, Relaxed);
+    }
+    let sig = libc::SIGRTMIN() + 5;
+    // SAFETY: installs an async-signal-safe handler for a signal nothing else uses.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_capset_signal as extern "C" fn(libc::c_int) as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+            return Err(Error::Privilege(format!(
+                "dropping capabilities: sigaction: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
+    if capset_this_thread() != 0 {
+        return Err(Error::Privilege(format!("dropping capabilities: capset: {}", std::io::Error::last_os_error())));
+    }
+    let pid = std::process::id() as libc::pid_t;
+    for _ in 0..50 {
+        let pending: Vec<String> =
+            thread_ids().into_iter().filter(|t| thread_caps(t).is_some_and(|c| c & !keep != 0)).collect();
+        if pending.is_empty() {
+            return Ok(report);
+        }
+        for t in pending {
+            if let Ok(tid) = t.parse::<libc::pid_t>() {
+                // SAFETY: tgkill to a thread of this process.
+                unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) };
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Err(Error::Privilege("dropping capabilities: some threads still hold them after 50 rounds".into()))
 }

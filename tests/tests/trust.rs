@@ -318,6 +318,23 @@ fn link_tags_required_in_xdp() -> Result<()> {
     tb.node(0).cli(&["dht", "put", "signed-key", "signed value"])?;
     let v = tb.node(1).cli(&["dht", "get", "signed-key", "--network"])?;
     ensure!(v["value"] == "signed value" && v["publisher"] == h1_peer.as_str(), "h2's get: {v}");
+    // Least privilege: after set-up every thread of every daemon holds
+    // only CAP_BPF and CAP_NET_ADMIN, and status says what went.
+    for i in 0..3 {
+        let p = &tb.node(i).status()?["privileges"];
+        ensure!(p["kept"] == serde_json::json!(["CAP_NET_ADMIN", "CAP_BPF"]), "h{} kept {p}", i + 1);
+        ensure!(p["dropped"].as_array().is_some_and(|d| d.iter().any(|c| c == "CAP_SYS_ADMIN")), "h{}: {p}", i + 1);
+        let pid = tb.node(i).pid().context("pid")?;
+        let keep: u64 = (1 << 12) | (1 << 39);
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let status = std::fs::read_to_string(task?.path().join("status"))?;
+            for set in ["CapEff:", "CapPrm:"] {
+                let line = status.lines().find(|l| l.starts_with(set)).context("no caps line")?;
+                let caps = u64::from_str_radix(line[set.len()..].trim(), 16)?;
+                ensure!(caps & !keep == 0, "h{} thread holds {set} {caps:#x}: {status}", i + 1);
+            }
+        }
+    }
     // An outsider beside h1: untagged (version 1) and forged tags.
     let sock = p2p_tests::traffic::socket_in(&tb.specs[0].netns, std::net::SocketAddr::new(tb.specs[0].addr, 0))?;
     let h2 = tb.specs[1].overlay();
