@@ -142,22 +142,32 @@ pub fn mapped_to_addr(b: [u8; 16]) -> IpAddr {
 
 /// LOOKUP payload: reply endpoint, then the record key bytes.
 pub fn lookup_payload(reply: SocketAddr, record_key: &[u8]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(LOOKUP_PAYLOAD_LEN + record_key.len());
+    lookup_payload_padded(reply, record_key, 0)
+}
+
+/// LOOKUP payload followed by `pad` zero bytes (`pad_len`), so that an
+/// unauthenticated LOOKUP is as large as the reply it asks for.
+pub fn lookup_payload_padded(reply: SocketAddr, record_key: &[u8], pad: u16) -> Vec<u8> {
+    let mut p = Vec::with_capacity(LOOKUP_PAYLOAD_LEN + record_key.len() + pad as usize);
     p.extend_from_slice(&addr_to_mapped(reply.ip()));
     p.extend_from_slice(&reply.port().to_be_bytes());
-    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(&pad.to_be_bytes());
     p.extend_from_slice(record_key);
+    p.resize(p.len() + pad as usize, 0);
     p
 }
 
-/// Splits a LOOKUP payload into reply endpoint and record key.
+/// Splits a LOOKUP payload into reply endpoint and record key (without
+/// the padding); `None` if it is too short for its head and padding.
 pub fn parse_lookup_payload(p: &[u8]) -> Option<(SocketAddr, &[u8])> {
     if p.len() < LOOKUP_PAYLOAD_LEN {
         return None;
     }
     let addr: [u8; 16] = p[..16].try_into().ok()?;
     let port = u16::from_be_bytes([p[16], p[17]]);
-    Some((SocketAddr::new(mapped_to_addr(addr), port), &p[LOOKUP_PAYLOAD_LEN..]))
+    let pad = u16::from_be_bytes([p[18], p[19]]) as usize;
+    let key = p[LOOKUP_PAYLOAD_LEN..].get(..p.len().checked_sub(LOOKUP_PAYLOAD_LEN + pad)?)?;
+    Some((SocketAddr::new(mapped_to_addr(addr), port), key))
 }
 
 /// LOOKUP_REPLY payload.
@@ -170,6 +180,18 @@ pub fn lookup_reply_payload(status: u8, owner: SocketAddr, value: &[u8]) -> Vec<
     p.extend_from_slice(&addr_to_mapped(owner.ip()));
     p.extend_from_slice(value);
     p
+}
+
+/// A LOOKUP_REPLY's payload without the owner's signature trailer (when
+/// `flags` has SIGNED: docs/WIRE.md "Signed LOOKUP_REPLY"); `None` if the
+/// trailer is malformed. Does not verify the signature.
+pub fn unsigned_payload(flags: u8, payload: &[u8]) -> Option<&[u8]> {
+    if flags & FLAG_SIGNED == 0 {
+        return Some(payload);
+    }
+    let n = payload.len();
+    let (k, s) = (*payload.get(n.checked_sub(2)?)? as usize, *payload.get(n - 1)? as usize);
+    payload.get(..n.checked_sub(2 + k + s)?)
 }
 
 /// Splits a LOOKUP_REPLY payload into status, owner endpoint and value.
@@ -257,6 +279,10 @@ mod tests {
         assert_eq!(&p[..16], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]);
         assert_eq!(parse_lookup_payload(&p), Some((v4, &b"key"[..])));
         let v6: SocketAddr = "[fd00::1]:1".parse().unwrap();
+        let padded = lookup_payload_padded(v6, b"key", 40);
+        assert_eq!(padded.len(), LOOKUP_PAYLOAD_LEN + 3 + 40);
+        assert_eq!(parse_lookup_payload(&padded), Some((v6, &b"key"[..])), "the padding is not key");
+        assert_eq!(parse_lookup_payload(&padded[..LOOKUP_PAYLOAD_LEN + 30]), None, "shorter than its padding");
         let r = lookup_reply_payload(STATUS_FOUND, v6, b"value");
         assert_eq!(parse_lookup_reply_payload(&r), Some((STATUS_FOUND, v6, &b"value"[..])));
         assert_eq!(parse_lookup_payload(&p[..19]), None);

@@ -23,6 +23,9 @@ pub const KIND_PONG: u8 = 5;
 
 /// `flags` bit 0: `tag` is set and must verify.
 pub const FLAG_AUTH: u8 = 1;
+/// `flags` bit 1, LOOKUP_REPLY only: the payload ends with the owner's
+/// signature (docs/WIRE.md "Signed LOOKUP_REPLY").
+pub const FLAG_SIGNED: u8 = 2;
 
 pub const CLASS_BEST_EFFORT: u8 = 0;
 pub const CLASS_INTERACTIVE: u8 = 1;
@@ -109,7 +112,10 @@ pub struct LookupPayload {
     /// IPv6, or IPv4-mapped `::ffff:a.b.c.d`.
     pub reply_addr: [u8; 16],
     pub reply_port: [u8; 2],
-    pub zero: [u8; 2],
+    /// Zero bytes at the end of the payload, after the record key (an
+    /// unauthenticated LOOKUP pads itself to the size of the reply it
+    /// wants: docs/WIRE.md "No amplification"). Zero in version 1.
+    pub pad_len: [u8; 2],
 }
 const _: () = assert!(size_of::<LookupPayload>() == LOOKUP_PAYLOAD_LEN);
 

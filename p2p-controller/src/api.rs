@@ -410,6 +410,12 @@ pub struct Lookup {
     pub rtt_us: u64,
     /// "overlay", "local" or "kademlia".
     pub path: String,
+    /// Who vouches for the answer (a peer ID): overlay path, the owner in
+    /// `answered_by`, which signed its LOOKUP_REPLY; Kademlia path, the
+    /// record's publisher. Null: unsigned (a LOOKUP not authenticated on its
+    /// last hop; an unsigned record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
     /// Kademlia path: the peer that returned the record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,

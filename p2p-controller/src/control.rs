@@ -425,10 +425,29 @@ async fn overlay_lookup(ctx: &Ctx, key: &str, timeout: Duration) -> Result<api::
     // The reply comes straight back to this node's overlay socket, at the
     // address the first hop sees.
     let reply_addr = std::net::SocketAddr::new(OverlayHandle::local_addr_for(first_hop), ctx.overlay.port());
-    let pkt =
-        Packet::new(KIND_LOOKUP, ctx.node_id, dst, rand::random(), codec::lookup_payload(reply_addr, key.as_bytes()));
+    // Untagged (`--auth off`), the LOOKUP pads itself to the largest reply:
+    // an owner sends no more bytes than an unauthenticated LOOKUP had.
+    let pad = match ctx.overlay.auth() {
+        crate::userspace::AuthPolicy::Off => {
+            (crate::overlay::MAX_REPLY_VALUE + 4).saturating_sub(key.len()).min(u16::MAX as usize) as u16
+        }
+        _ => 0,
+    };
+    let payload = codec::lookup_payload_padded(reply_addr, key.as_bytes(), pad);
+    let pkt = Packet::new(KIND_LOOKUP, ctx.node_id, dst, rand::random(), payload);
     let (reply, rtt) = ctx.overlay.request(&pkt, first_hop, timeout).await?;
-    let (status, owner, value) = codec::parse_lookup_reply_payload(&reply.payload)
+    // A signed reply must verify for the node in its src_id: a forged or
+    // altered one fails the lookup (which may fall back to Kademlia).
+    let signed =
+        crate::trust::reply::verify(&reply.encode()).map_err(|e| Error::Remote(format!("LOOKUP_REPLY: {e}")))?;
+    if signed.is_none() && ctx.overlay.auth() == crate::userspace::AuthPolicy::Required {
+        return Err(Error::Remote("an unsigned LOOKUP_REPLY (--auth required takes signed ones only)".into()));
+    }
+    let payload = match signed {
+        Some((_, len)) => &reply.payload[..len],
+        None => &reply.payload[..],
+    };
+    let (status, owner, value) = codec::parse_lookup_reply_payload(payload)
         .ok_or_else(|| Error::Remote("malformed LOOKUP_REPLY payload".into()))?;
     // An answer from a node farther from the key than a live peer of ours
     // is not the owner's: a lie, or routing in churn. Evidence either way
@@ -461,6 +480,7 @@ async fn overlay_lookup(ctx: &Ctx, key: &str, timeout: Duration) -> Result<api::
         hops: Some(hops),
         rtt_us: rtt.as_micros() as u64,
         path: "overlay".into(),
+        signed_by: signed.map(|(p, _)| p.to_string()),
         ..Default::default()
     })
 }
@@ -494,6 +514,8 @@ async fn lookup(ctx: &Ctx, key: &str, timeout: Duration, fallback: bool) -> Resu
         hops: None,
         rtt_us: r.elapsed.as_micros() as u64,
         path: "kademlia".into(),
+        // The record's publisher signed it (trust::record).
+        signed_by: r.publisher.map(|p| p.to_string()),
         fallback_reason: Some(reason),
         overlay: overlay.ok().map(Box::new),
     })

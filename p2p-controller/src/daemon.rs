@@ -227,6 +227,7 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         store: store.clone(),
         auth: net_cfg.auth,
         sessions: sessions.clone(),
+        identity: identity.keypair.clone(),
     };
     let (overlay, relay, pongs) = overlay::spawn(overlay_cfg, socket, routing.clone(), sync.clone())?;
     let (bans_tx, bans_rx) = tokio::sync::mpsc::channel(256);

@@ -50,7 +50,7 @@ pub fn verify(raw: *mut xdp_md, policy: u32, l4_v6: u32) -> u32 {
     let port = u16::from_be_bytes(unsafe { (*udp).sport });
     let ep = LinkKey { addr: src, port, _pad: 0 };
     // SAFETY: read at once; the controller replaces entries whole.
-    let Some(secret) = (unsafe { LINK_KEYS.get(&ep) }) else { return fail() };
+    let Some(secret) = (unsafe { LINK_KEYS.get(ep) }) else { return fail() };
     let (key_id, stream, seq) = unsafe {
         let r = &(*ov).reserved;
         (r[0], r[1], u32::from_be_bytes([r[2], r[3], r[4], r[5]]))
@@ -76,12 +76,12 @@ pub fn verify(raw: *mut xdp_md, policy: u32, l4_v6: u32) -> u32 {
     }
     // Replay: only packets that verified reach (or create) a window.
     let rk = ReplayKey { addr: src, port, key_id, stream };
-    let w = match REPLAY.get_ptr_mut(&rk) {
+    let w = match REPLAY.get_ptr_mut(rk) {
         Some(w) => w,
         None => {
             let Some(zero) = REPLAY_ZERO.get(0) else { return fail() };
-            let _ = REPLAY.insert(&rk, zero, BPF_NOEXIST as u64);
-            match REPLAY.get_ptr_mut(&rk) {
+            let _ = REPLAY.insert(rk, zero, BPF_NOEXIST as u64);
+            match REPLAY.get_ptr_mut(rk) {
                 Some(w) => w,
                 None => return fail(),
             }
@@ -153,7 +153,7 @@ pub fn reply_needs_controller(raw: *mut xdp_md, l4_v6: u32) -> u32 {
     }
     let ep = LinkKey { addr: src, port, _pad: 0 };
     // SAFETY: read at once.
-    match unsafe { LINK_KEYS.get(&ep) } {
+    match unsafe { LINK_KEYS.get(ep) } {
         Some(s) if s.tx_id != 0 => 1,
         _ => 0,
     }

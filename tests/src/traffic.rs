@@ -4,7 +4,7 @@
 
 use crate::netns::enter;
 use anyhow::{Context, Result, bail};
-use p2p_common::codec::{Packet, lookup_payload};
+use p2p_common::codec::{Packet, lookup_payload_padded};
 use p2p_common::id::NodeId;
 use p2p_common::wire::*;
 use std::net::{SocketAddr, UdpSocket};
@@ -36,11 +36,16 @@ pub fn data(src: NodeId, dst: NodeId, seq: u64, len: usize) -> Vec<u8> {
     Packet::new(KIND_DATA, src, dst, seq, payload).encode()
 }
 
-/// A LOOKUP for record key `key`, answered to `reply`.
+/// A LOOKUP for record key `key`, answered to `reply`: from a test socket,
+/// untagged, so padded (`pad_len`) to be no smaller than the replies the
+/// tests expect (docs/WIRE.md "No amplification").
 pub fn lookup(src: NodeId, key: &str, reply: SocketAddr, msg_id: u64) -> Vec<u8> {
     let dst = NodeId::from_record_key(key.as_bytes());
-    Packet::new(KIND_LOOKUP, src, dst, msg_id, lookup_payload(reply, key.as_bytes())).encode()
+    Packet::new(KIND_LOOKUP, src, dst, msg_id, lookup_payload_padded(reply, key.as_bytes(), LOOKUP_PAD)).encode()
 }
+
+/// Padding of [`lookup`]: room for a 128-byte value beyond the key.
+pub const LOOKUP_PAD: u16 = 132;
 
 /// A PING from `src` to node `dst`.
 pub fn ping(src: NodeId, dst: NodeId, msg_id: u64) -> Vec<u8> {

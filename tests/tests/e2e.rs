@@ -8,7 +8,7 @@
 //! one at a time: `cargo test -p p2p-tests --test e2e -- --test-threads=1`.
 
 use anyhow::Result;
-use p2p_common::codec::{Packet, parse_lookup_reply_payload};
+use p2p_common::codec::{Packet, parse_lookup_reply_payload, unsigned_payload};
 use p2p_common::id::NodeId;
 use p2p_common::wire::{KIND_LOOKUP_REPLY, STATUS_FOUND};
 use p2p_tests::node::packets;
@@ -57,7 +57,9 @@ fn check_replies(replies: &[Packet], bad: &[String], keys: &[String], origin: No
         assert_eq!(r.src_id, owner, "reply src_id must be the key's owner");
         assert_eq!(r.dst_key, origin, "reply dst_key must be the origin");
         let l = r.msg_id.checked_sub(1_000_000).expect("msg_id echoed");
-        let (status, _owner_addr, value) = parse_lookup_reply_payload(&r.payload).expect("reply payload");
+        // Signed by the owner when its last hop was tagged: the trailer goes.
+        let body = unsigned_payload(r.flags, &r.payload).expect("signature trailer");
+        let (status, _owner_addr, value) = parse_lookup_reply_payload(body).expect("reply payload");
         assert_eq!(status, STATUS_FOUND, "status of reply {l}");
         let key = &keys[(l as usize) % keys.len()];
         assert_eq!(value, value_of(key).as_bytes(), "value for {key}");

@@ -144,6 +144,10 @@ fn run(ctl: &Controller) -> Result<()> {
         (said(0, 3, "issued by root") && said(0, 4, "no valid certificate")).then_some(())
     });
     ensure!(refused.is_some(), "h1's peers must show h4 and h5 refused: {}", tb.node(0).cli(&["peers"])?);
+    // h5 (open) takes h1 for a peer and sends it overlay packets, untagged or
+    // tagged with no key h1 has: h1's XDP drops them (--auth required).
+    let dropped = wait_for(Duration::from_secs(10), || (tb.node(0).counter("drop_auth").ok()? > 0).then_some(()));
+    ensure!(dropped.is_some(), "h1 dropped none of the non-members' packets as drop_auth");
     for i in 0..3 {
         let (routed, _) = tb.routed(i)?;
         ensure!(!routed.contains(&3) && !routed.contains(&4), "h{} routes to a non-member: {routed:?}", i + 1);
@@ -318,6 +322,19 @@ fn link_tags_required_in_xdp() -> Result<()> {
     tb.node(0).cli(&["dht", "put", "signed-key", "signed value"])?;
     let v = tb.node(1).cli(&["dht", "get", "signed-key", "--network"])?;
     ensure!(v["value"] == "signed value" && v["publisher"] == h1_peer.as_str(), "h2's get: {v}");
+    // The overlay's answer to a LOOKUP that came authenticated is signed by
+    // the owner (any node but the asker: try from each).
+    let mut signed_seen = false;
+    for i in 0..3 {
+        let v = tb.node(i).cli(&["lookup", "signed-key"])?;
+        if v["path"] == "overlay" {
+            let owner = tb.index_of(v["answered_by"].as_str().unwrap_or_default()).context("answerer")?;
+            ensure!(v["value"] == "signed value", "h{} lookup: {v}", i + 1);
+            ensure!(v["signed_by"] == tb.specs[owner].peer_id.as_str(), "h{} lookup: {v}", i + 1);
+            signed_seen = true;
+        }
+    }
+    ensure!(signed_seen, "no lookup took the overlay path");
     // Least privilege: after set-up every thread of every daemon holds
     // only CAP_BPF and CAP_NET_ADMIN, and status says what went.
     for i in 0..3 {

@@ -108,6 +108,11 @@ impl EventLoop {
                 );
                 for peer in peers {
                     log::warn!("banned: disconnecting {peer} and refusing it");
+                    // Banned before it proved membership (its packets fail
+                    // authentication meanwhile): it will not prove it now.
+                    if self.book.get(&peer).is_some_and(|s| matches!(s.member, super::peers::Membership::Pending(_))) {
+                        self.refuse_member(peer, "no valid certificate presented before it was banned".into());
+                    }
                     self.book.set_banned(&peer, true);
                     self.swarm.behaviour_mut().blocked.block_peer(peer);
                     self.swarm.behaviour_mut().gossipsub.blacklist_peer(&peer);

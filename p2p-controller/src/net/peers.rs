@@ -129,7 +129,12 @@ impl PeerState {
     /// Why the peer is not routed to (for `peers` and `maps`).
     pub fn state(&self) -> String {
         if self.banned {
-            return "banned".into();
+            // A non-member's packets fail authentication: it is often
+            // banned too; say both.
+            return match &self.member {
+                Membership::Refused(why) => format!("banned; not a member: {why}"),
+                _ => "banned".into(),
+            };
         }
         if let Some(why) = &self.refused {
             return format!("refused: {why}");

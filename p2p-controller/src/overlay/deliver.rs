@@ -115,13 +115,13 @@ fn deliver(
                 None
             } else {
                 status.delivered.lookup += 1;
-                let mut reply = answer_lookup(shared, &pkt, STATUS_FOUND);
+                let mut reply = answer_lookup(shared, &pkt, STATUS_FOUND, authenticated);
                 // No amplification: a LOOKUP no neighbour vouched for gets
                 // no reply larger than itself (the value is refused, or
                 // nothing is sent).
                 if !authenticated && reply.as_ref().is_some_and(|(_, r)| r.len() > received) {
                     st.status.lookups_refused_unauthenticated += 1;
-                    reply = answer_lookup(shared, &pkt, STATUS_REFUSED).filter(|(_, r)| r.len() <= received);
+                    reply = answer_lookup(shared, &pkt, STATUS_REFUSED, false).filter(|(_, r)| r.len() <= received);
                 }
                 if reply.is_some() {
                     st.status.lookups_answered += 1;
@@ -198,8 +198,10 @@ fn deliver_data(shared: &Shared, pkt: &Packet, buf: &[u8]) {
 }
 
 /// Answers a LOOKUP this node owns from its record store (`at_most`
-/// STATUS_REFUSED: refuses whatever the store holds).
-fn answer_lookup(shared: &Shared, pkt: &Packet, at_most: u8) -> Option<(SocketAddr, Vec<u8>)> {
+/// STATUS_REFUSED: refuses whatever the store holds), signed when the
+/// LOOKUP came `authenticated` (an unauthenticated one may not make the
+/// reply grow by a signature).
+fn answer_lookup(shared: &Shared, pkt: &Packet, at_most: u8, authenticated: bool) -> Option<(SocketAddr, Vec<u8>)> {
     let (reply_to, key) = codec::parse_lookup_payload(&pkt.payload)?;
     let (status, value) = match value_at(&shared.cfg, &pkt.dst_key, key) {
         _ if at_most == STATUS_REFUSED => (STATUS_REFUSED, Vec::new()),
@@ -221,5 +223,9 @@ fn answer_lookup(shared: &Shared, pkt: &Packet, at_most: u8) -> Option<(SocketAd
     // Replies go straight back, unrouted. Their ttl carries the LOOKUP's
     // ttl on arrival so that the origin can tell the hop count.
     reply.ttl = pkt.ttl;
-    Some((reply_to, reply.encode()))
+    let mut bytes = reply.encode();
+    if authenticated && let Err(e) = crate::trust::reply::sign(&shared.cfg.identity, &mut bytes) {
+        log::warn!("signing a LOOKUP_REPLY: {e}");
+    }
+    Some((reply_to, bytes))
 }

@@ -28,9 +28,10 @@ use crate::net::store::SharedStore;
 use crate::userspace::{AuthPolicy, Counters, LinkTable, ReplayState, SourceState};
 use p2p_common::maps::SourceStats;
 
-/// Largest record value a LOOKUP_REPLY carries: the reply then fits the
-/// IPv6 minimum MTU (1280 − 40 IPv6 − 8 UDP − 96 header − 24 reply fields).
-pub const MAX_REPLY_VALUE: usize = 1112;
+/// Largest record value a LOOKUP_REPLY carries: the reply, signed, then
+/// fits the IPv6 minimum MTU (1280 − 40 IPv6 − 8 UDP − 96 header − 24
+/// reply fields − the signature trailer).
+pub const MAX_REPLY_VALUE: usize = 1112 - crate::trust::reply::TRAILER_LEN;
 /// DATA deliveries a slow `recv` subscriber may fall behind before it
 /// misses some (it is told how many).
 const DELIVERY_QUEUE: usize = 1024;
@@ -90,6 +91,8 @@ pub struct OverlayConfig {
     pub auth: AuthPolicy,
     /// End-to-end session keys (DATA envelopes are opened with them).
     pub sessions: crate::e2e::Sessions,
+    /// This node's identity: it signs its LOOKUP_REPLYs.
+    pub identity: libp2p::identity::Keypair,
 }
 
 struct Shared {
@@ -226,6 +229,11 @@ impl OverlayHandle {
     /// DATA delivered from now on (`recv`).
     pub fn deliveries(&self) -> tokio::sync::broadcast::Receiver<crate::e2e::Delivery> {
         self.0.deliveries.subscribe()
+    }
+
+    /// `--auth`.
+    pub fn auth(&self) -> AuthPolicy {
+        self.0.cfg.auth
     }
 
     pub fn sessions(&self) -> &crate::e2e::Sessions {

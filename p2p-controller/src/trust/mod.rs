@@ -5,5 +5,6 @@
 pub mod ca;
 pub mod cert;
 pub mod record;
+pub mod reply;
 
 pub use cert::{Armored, Certificate, Revocations, RootKey, TrustError};
