@@ -87,7 +87,11 @@ impl EventLoop {
             let opts = if tcp.is_empty() {
                 DialOpts::peer_id(peer).condition(PeerCondition::DisconnectedAndNotDialing).build()
             } else {
-                DialOpts::peer_id(peer).addresses(tcp).condition(PeerCondition::NotDialing).build()
+                // Even while another dial is under way (a request-response
+                // protocol dials a peer it has a request for, over QUIC too,
+                // which fails only after its handshake times out): this one
+                // is refused at once by a stopped peer.
+                DialOpts::peer_id(peer).addresses(tcp).condition(PeerCondition::Always).build()
             };
             let id = opts.connection_id();
             if self.swarm.dial(opts).is_ok() {
