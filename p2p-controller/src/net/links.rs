@@ -28,6 +28,7 @@ use x25519_dalek::{EphemeralSecret, PublicKey};
 
 use super::event_loop::EventLoop;
 use crate::identity::node_id_of;
+use crate::trust::kx::parse_public;
 use crate::userspace::{AuthPolicy, LinkTable};
 
 pub const PROTOCOL: &str = "/p2p-nos/link/1.0.0";
@@ -65,21 +66,14 @@ pub fn behaviour() -> Behaviour {
 /// The two directions' keys of exchange `key_id` between `starter` and
 /// `answerer`: (starter → answerer, answerer → starter).
 pub fn derive(shared: &[u8; 32], key_id: u8, starter: &NodeId, answerer: &NodeId) -> ([u8; 16], [u8; 16]) {
-    let hk = hkdf::Hkdf::<sha2_011::Sha256>::new(Some(SALT), shared);
     let mut info = Vec::with_capacity(18 + 1 + 64);
     info.extend_from_slice(b"p2p-nos link keys");
     info.push(key_id);
     info.extend_from_slice(&starter.0);
     info.extend_from_slice(&answerer.0);
-    let mut okm = [0u8; 32];
-    hk.expand(&info, &mut okm).expect("32 bytes is a valid HKDF-SHA256 length");
+    let okm: [u8; 32] = crate::trust::kx::expand(SALT, shared, &info);
     let (a, b) = okm.split_at(16);
     (a.try_into().expect("16 bytes"), b.try_into().expect("16 bytes"))
-}
-
-fn parse_public(hex_key: &str) -> Option<PublicKey> {
-    let b: [u8; 32] = hex::decode(hex_key).ok()?.try_into().ok()?;
-    Some(PublicKey::from(b))
 }
 
 /// One link's keys.

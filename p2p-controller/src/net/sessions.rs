@@ -18,6 +18,7 @@ use super::Reply;
 use super::event_loop::EventLoop;
 use crate::e2e::SessionKeys;
 use crate::identity::node_id_of;
+use crate::trust::kx::parse_public;
 
 pub const PROTOCOL: &str = "/p2p-nos/e2e/1.0.0";
 const SALT: &[u8] = b"p2p-nos/e2e/v1";
@@ -44,19 +45,12 @@ pub fn behaviour() -> Behaviour {
 
 /// (asker → answerer key, answerer → asker key) of session `session`.
 pub fn derive(shared: &[u8; 32], session: u64, asker: &NodeId, answerer: &NodeId) -> ([u8; 32], [u8; 32]) {
-    let hk = hkdf::Hkdf::<sha2_011::Sha256>::new(Some(SALT), shared);
     let mut info = b"p2p-nos e2e keys".to_vec();
     info.extend_from_slice(&session.to_be_bytes());
     info.extend_from_slice(&asker.0);
     info.extend_from_slice(&answerer.0);
-    let mut okm = [0u8; 64];
-    hk.expand(&info, &mut okm).expect("64 bytes is a valid HKDF-SHA256 length");
+    let okm: [u8; 64] = crate::trust::kx::expand(SALT, shared, &info);
     (okm[..32].try_into().expect("32"), okm[32..].try_into().expect("32"))
-}
-
-fn parse_public(h: &str) -> Option<PublicKey> {
-    let b: [u8; 32] = hex::decode(h).ok()?.try_into().ok()?;
-    Some(PublicKey::from(b))
 }
 
 /// Exchanges under way: their secret, session ID, peer and who waits.

@@ -4,6 +4,7 @@
 
 pub mod ca;
 pub mod cert;
+pub mod kx;
 pub mod record;
 pub mod reply;
 
