@@ -153,6 +153,14 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         Some(p) => files::load_peers(p, None)?,
         None => Vec::new(),
     };
+    if !peers.is_empty() && net_cfg.auth == crate::userspace::AuthPolicy::Required {
+        return Err(Error::Usage(
+            "--peers with --auth required: static peers have no libp2p identity to agree link keys with, so \
+             every packet to or from them would be dropped; use --auth optional (or off), or let them join \
+             through --bootstrap"
+                .into(),
+        ));
+    }
     let records = match &args.records {
         Some(p) => files::load_records(p)?,
         None => Vec::new(),

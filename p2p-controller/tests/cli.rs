@@ -88,6 +88,13 @@ fn bad_run_settings_are_refused_before_anything_changes() {
     assert_clean_failure(&run(&["--rate-class", "mo bile=1pps"]), "class name");
     assert_clean_failure(&run(&["--rate-burst", "soon"]), "--rate-burst");
     assert_clean_failure(&run(&["--max-peers", "0"]), "--max-peers");
+    assert_clean_failure(&run(&["--link-rotate", "5m"]), "--link-rotate");
+    assert_clean_failure(&run(&["--auth", "sometimes"]), "--auth");
+    let peers = d.join("peers.json");
+    let id = "aa".repeat(32);
+    std::fs::write(&peers, format!(r#"[{{"node_id": "{id}", "addr": "10.0.0.2", "port": 9470}}]"#)).unwrap();
+    let o = run(&["--auth", "required", "--peers", peers.to_str().unwrap()]);
+    assert_clean_failure(&o, "static peers have no libp2p identity");
     assert!(!d.join("state").join("node.key").exists(), "nothing was created");
 }
 
