@@ -107,7 +107,10 @@ fn process(ctx: &XdpContext, cfg: &Config, bytes: u64) -> Verdict {
         KIND_PING
             if to_self
                 && now.wrapping_sub(cfg.heartbeat_ns) <= HEARTBEAT_FRESH_NS
-                && auth::reply_needs_controller(ctx.ctx, l4_v6) == 0 =>
+                // Link keys exist only under an auth policy: with none, skip
+                // the two map lookups on every PING.
+                && (cfg.policy & (POLICY_AUTH_REQUIRED | POLICY_AUTH_VERIFY) == 0
+                    || auth::reply_needs_controller(ctx.ctx, l4_v6) == 0) =>
         {
             return rewrite::pong(ctx, &p, cfg);
         }
