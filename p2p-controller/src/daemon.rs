@@ -153,14 +153,33 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         Some(p) => files::load_peers(p, None)?,
         None => Vec::new(),
     };
-    if !peers.is_empty() && net_cfg.auth == crate::userspace::AuthPolicy::Required {
-        return Err(Error::Usage(
-            "--peers with --auth required: static peers have no libp2p identity to agree link keys with, so \
-             every packet to or from them would be dropped; use --auth optional (or off), or let them join \
-             through --bootstrap"
-                .into(),
-        ));
+    if let Some(p) = peers.iter().find(|p| p.link.is_none())
+        && net_cfg.auth == crate::userspace::AuthPolicy::Required
+    {
+        return Err(Error::Usage(format!(
+            "--peers with --auth required: static peer {} ({}) has no \"link\" keys, and static peers have no \
+             libp2p identity to agree them with, so every packet to or from it would be dropped; give it \
+             pre-shared keys in the peers file, use --auth optional (or off), or let it join through --bootstrap",
+            p.node_id, p.addr
+        )));
     }
+    if peers.iter().any(|p| p.link.is_some()) && net_cfg.auth == crate::userspace::AuthPolicy::Off {
+        log::warn!("--peers: the \"link\" keys of static peers are not used under --auth off");
+    }
+    net_cfg.static_links = peers
+        .iter()
+        .filter_map(|p| {
+            let l = p.link.as_ref()?;
+            let secret = p2p_common::maps::LinkSecret {
+                rx: [l.rx, [0; 16]],
+                tx: l.tx,
+                rx_id: [l.key_id, 0],
+                tx_id: l.key_id,
+                _pad: [0; 5],
+            };
+            Some((SocketAddr::new(p.addr, p.port), secret))
+        })
+        .collect();
     let records = match &args.records {
         Some(p) => files::load_records(p)?,
         None => Vec::new(),
@@ -541,6 +560,7 @@ fn net_config(args: &RunArgs) -> Result<(IpAddr, NetConfig)> {
         overlay_port: args.overlay_port,
         overlay_ip: overlay_ip.filter(|ip| !ip.is_unspecified()),
         static_peers: Vec::new(),
+        static_links: Default::default(),
         max_per_prefix: args.max_per_prefix as usize,
         trust: None,
         known_peers: None,

@@ -10,7 +10,8 @@ use serde::{Deserialize, Deserializer};
 
 use crate::error::{Error, Result};
 
-/// `{"node_id": "<64 hex>", "addr": "<IPv4 or IPv6>", "port": <u16>}`
+/// `{"node_id": "<64 hex>", "addr": "<IPv4 or IPv6>", "port": <u16>}`,
+/// optionally with `"link": {...}` ([`StaticLink`]).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerSpec {
@@ -18,6 +19,36 @@ pub struct PeerSpec {
     pub node_id: NodeId,
     pub addr: IpAddr,
     pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<StaticLink>,
+}
+
+/// Pre-shared link keys of a static peer (docs/WIRE.md version 2):
+/// `{"key_id": <1-255>, "rx": "<32 hex>", "tx": "<32 hex>"}`. `rx` verifies
+/// the peer's packets (its `tx`), `tx` tags the packets sent to it (its
+/// `rx`); both sides use the same key ID. Fixed keys: no rotation and no
+/// forward secrecy, for links configured by hand (and the benchmark);
+/// peers that join through libp2p agree fresh keys instead.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticLink {
+    pub key_id: u8,
+    #[serde(deserialize_with = "key_hex", serialize_with = "key_ser")]
+    pub rx: [u8; 16],
+    #[serde(deserialize_with = "key_hex", serialize_with = "key_ser")]
+    pub tx: [u8; 16],
+}
+
+fn key_hex<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<[u8; 16], D::Error> {
+    let s = String::deserialize(d)?;
+    let mut k = [0u8; 16];
+    hex::decode_to_slice(&s, &mut k)
+        .map_err(|_| serde::de::Error::custom(format!("link key {s:?}: expected 32 hex digits (16 bytes)")))?;
+    Ok(k)
+}
+
+fn key_ser<S: serde::Serializer>(k: &[u8; 16], s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(k))
 }
 
 /// `{"key": "<string>", "value": "<string>"}`
@@ -48,7 +79,7 @@ fn parse_err(path: &Path, what: &str, e: serde_json::Error) -> Error {
 
 fn expected(what: &str) -> &'static str {
     if what == "peers" {
-        r#"a JSON array of {"node_id": "<64 hex>", "addr": "<IPv4 or IPv6>", "port": <0-65535>}"#
+        r#"a JSON array of {"node_id": "<64 hex>", "addr": "<IPv4 or IPv6>", "port": <0-65535>}, each optionally with "link": {"key_id": <1-255>, "rx": "<32 hex>", "tx": "<32 hex>"}"#
     } else {
         r#"a JSON array of {"key": "<string>", "value": "<string>"}"#
     }
@@ -75,6 +106,14 @@ pub fn parse_peers(path: &Path, text: &str, self_id: Option<&NodeId>) -> Result<
         }
         if p.addr.is_unspecified() || p.addr.is_multicast() {
             return Err(bad(format!("addr: {} is not a unicast address", p.addr)));
+        }
+        if let Some(l) = &p.link {
+            if l.key_id == 0 {
+                return Err(bad("link.key_id: 0 means \"no key\" on the wire; use 1-255".into()));
+            }
+            if l.rx == [0; 16] || l.tx == [0; 16] {
+                return Err(bad("link: an all-zero key is no secret".into()));
+            }
         }
     }
     Ok(peers)
@@ -175,6 +214,26 @@ mod tests {
         let e = p(&dup).unwrap_err().to_string();
         assert!(e.contains("entry 2 (line 3)") && e.contains("twice"), "{e}");
         assert!(p("{}").is_err());
+    }
+
+    #[test]
+    fn static_link_keys() {
+        let (rx, tx) = ("00112233445566778899aabbccddeeff", "ffeeddccbbaa99887766554433221100");
+        let ok = format!(
+            r#"[{{"node_id": "{ID_A}", "addr": "10.0.0.1", "port": 1, "link": {{"key_id": 7, "rx": "{rx}", "tx": "{tx}"}}}}]"#
+        );
+        let l = p(&ok).unwrap()[0].link.clone().unwrap();
+        assert_eq!((l.key_id, l.rx[0], l.rx[15], l.tx[0]), (7, 0x00, 0xff, 0xff));
+        let back = serde_json::to_string(&p(&ok).unwrap()).unwrap();
+        assert_eq!(p(&back).unwrap(), p(&ok).unwrap(), "round trip: {back}");
+        let e = p(&ok.replace("\"key_id\": 7", "\"key_id\": 0")).unwrap_err().to_string();
+        assert!(e.contains("link.key_id") && e.contains("1-255"), "{e}");
+        let e = p(&ok.replace(rx, "0011")).unwrap_err().to_string();
+        assert!(e.contains("32 hex digits"), "{e}");
+        let e = p(&ok.replace(tx, &"0".repeat(32))).unwrap_err().to_string();
+        assert!(e.contains("all-zero"), "{e}");
+        let e = p(&ok.replace("\"tx\"", "\"txx\"")).unwrap_err().to_string();
+        assert!(e.contains("unknown field `txx`"), "{e}");
     }
 
     #[test]

@@ -18,10 +18,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use p2p_common::id::NodeId;
 use p2p_tests::testbed::Testbed;
 use p2p_tests::util::wait_for;
 use p2p_tests::{Controller, require};
-use serde_json::Value;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
 
 #[test]
 fn certificates_are_renewed_before_they_expire() -> Result<()> {
@@ -369,5 +371,91 @@ fn link_tags_required_in_xdp() -> Result<()> {
     ensure!(tb.node(1).counter("drop_auth")? == auth0[1] + 4, "exactly the outsider's 4 packets");
     let data_after = tb.node(1).status()?["delivered"]["data"].as_u64().unwrap_or(0);
     ensure!(data_after == data_before, "nothing reached h2's controller ({data_before} → {data_after})");
+    Ok(())
+}
+
+/// Pre-shared link keys of static peers (`--peers` entries with `"link"`),
+/// as `cargo xtask bench forward`'s `xdp-auth` mode uses them: h2 runs with
+/// `--auth required` and two keyed static peers, two test sockets in h1's
+/// namespace (no controller there). A DATA from the first, tagged with the
+/// key h2 expects, is forwarded in XDP to the second, tagged afresh with
+/// that link's key and a sequence number; the same packet again (a
+/// replay), one under a wrong key and an untagged one are each dropped and
+/// counted, and none of them is forwarded; a later sequence number is.
+#[test]
+fn static_peers_with_preshared_link_keys() -> Result<()> {
+    use p2p_common::auth::{seal, tag_of, v2_fields};
+    use p2p_common::wire::{VERSION_AUTH, offset};
+    let Some(env) = require("static_peers_with_preshared_link_keys") else { return Ok(()) };
+    let tb = Testbed::prepare(&env.ctl, 2, &["--auth", "required"], false, false)?;
+    let (h1, h2) = (&tb.specs[0], &tb.specs[1]);
+    let (a_ep, b_ep) = (SocketAddr::new(h1.addr, 40000), SocketAddr::new(h1.addr, 40001));
+    let (a_id, b_id) = (NodeId([0xa1; 32]), NodeId([0xb2; 32]));
+    // h2 verifies A's packets with K_IN and tags those for B with K_OUT.
+    const K_IN: [u8; 16] = [0x11; 16];
+    const K_OUT: [u8; 16] = [0x22; 16];
+    let link = |rx: [u8; 16], tx: [u8; 16]| json!({"key_id": 3, "rx": hex::encode(rx), "tx": hex::encode(tx)});
+    let peers = [
+        json!({"node_id": a_id.to_string(), "addr": h1.addr, "port": 40000, "link": link(K_IN, [0x33; 16])}),
+        json!({"node_id": b_id.to_string(), "addr": h1.addr, "port": 40001, "link": link([0x44; 16], K_OUT)}),
+    ];
+    let mut node = p2p_tests::Node::start(&env.ctl, h2, &peers)?;
+    node.wait_ready(Duration::from_secs(60))?;
+    let a = p2p_tests::traffic::socket_in(&h1.netns, a_ep)?;
+    let b = p2p_tests::traffic::socket_in(&h1.netns, b_ep)?;
+    b.set_read_timeout(Some(Duration::from_millis(200)))?;
+    // B's DATA only (h2 PINGs its static peers too).
+    let receive = |wait: Duration| -> Vec<Vec<u8>> {
+        let (mut got, mut buf, end) = (Vec::new(), [0u8; 2048], Instant::now() + wait);
+        while Instant::now() < end {
+            if let Ok(n) = b.recv(&mut buf)
+                && n > offset::TAG
+                && buf[offset::KIND] == p2p_common::wire::KIND_DATA
+            {
+                got.push(buf[..n].to_vec());
+            }
+        }
+        got
+    };
+    let tagged = |seq: u32, key: &[u8; 16]| {
+        let mut p = p2p_tests::traffic::data(a_id, b_id, seq as u64, 32);
+        seal(&mut p, key, 3, 9, seq);
+        p
+    };
+    // Until h2 routes to its static peers: a fresh sequence number each try.
+    let mut seq = 100;
+    let mut last = Vec::new();
+    let first = wait_for(Duration::from_secs(20), || {
+        seq += 1;
+        last = tagged(seq, &K_IN);
+        p2p_tests::traffic::send_one(&a, h2.overlay(), &last).ok()?;
+        receive(Duration::from_millis(300)).pop()
+    });
+    let first = first.with_context(|| format!("nothing forwarded to B; h2's log:\n{}", node.log_tail(30)))?;
+    ensure!(first[offset::VERSION] == VERSION_AUTH, "forwarded untagged: {first:02x?}");
+    let (key_id, stream0, seq0) = v2_fields(&first);
+    ensure!(key_id == 3, "key id {key_id}");
+    let tag = u64::from_be_bytes(first[offset::TAG..offset::TAG + 8].try_into()?);
+    ensure!(tag_of(&K_OUT, &first) == Some(tag), "B's tag does not verify under the B link's key");
+    let _ = receive(Duration::from_millis(500)); // a slower try's copy
+    let drops0 = node.counter("drop_auth")?;
+    let mut untagged = p2p_tests::traffic::data(a_id, b_id, 1001, 32);
+    untagged[offset::FLAGS] &= !p2p_common::wire::FLAG_AUTH;
+    // The last try again (it verified, so its number is in the window).
+    for p in [&last, &tagged(1000, &[0x55; 16]), &untagged] {
+        p2p_tests::traffic::send_one(&a, h2.overlay(), p)?;
+    }
+    let dropped = wait_for(Duration::from_secs(3), || (node.counter("drop_auth").ok()? >= drops0 + 3).then_some(()));
+    ensure!(dropped.is_some(), "drop_auth {} → {}", drops0, node.counter("drop_auth")?);
+    ensure!(receive(Duration::from_millis(500)).is_empty(), "a replayed, forged or untagged packet was forwarded");
+    p2p_tests::traffic::send_one(&a, h2.overlay(), &tagged(1002, &K_IN))?;
+    let next = receive(Duration::from_secs(2));
+    ensure!(next.len() == 1, "seq 1002: {} forwarded", next.len());
+    let (_, stream1, seq1) = v2_fields(&next[0]);
+    // One sequence per CPU (stream): a later packet on the same CPU is numbered higher.
+    ensure!(stream1 != stream0 || seq1 > seq0, "h2's sequence towards B: {seq0} then {seq1} on stream {stream0}");
+    let tag = u64::from_be_bytes(next[0][offset::TAG..offset::TAG + 8].try_into()?);
+    ensure!(tag_of(&K_OUT, &next[0]) == Some(tag), "second tag");
+    ensure!(node.counter("drop_auth")? == drops0 + 3, "exactly three drops");
     Ok(())
 }

@@ -31,6 +31,12 @@
 //!   A's transmit on B's core: about two thirds of that core at the null
 //!   forwarder's rate.
 //!
+//! Forwarders: the XDP datapath with `--auth off` (`xdp`) and with tags on
+//! (`xdp-auth`: `--auth required`, A and C keyed static peers in
+//! `peers-auth.json`, the generator tagging each frame with A's key and the
+//! next sequence number, carried across steps in `Rig::seq`), the userspace
+//! datapath, and the minimal and null forwarders.
+//!
 //! Method, per forwarder and round: every step offers a paced rate for
 //! `--seconds` and counts the same frames three ways, as totals: offered
 //! (the frames the generator sent), B's own count (XDP: `fwd` from
@@ -109,9 +115,10 @@ pub struct BenchArgs {
     /// Overlay payload bytes of the DATA frames.
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
-    /// Forwarders to measure: xdp, userspace, minimal (the ceiling), null
-    /// (redirect untouched: the rig's own cost).
-    #[arg(long, value_delimiter = ',', default_value = "xdp,userspace,minimal,null")]
+    /// Forwarders to measure: xdp (tags off), xdp-auth (hop-by-hop tags on:
+    /// A's frames tagged, B verifies and re-tags each), userspace, minimal
+    /// (the ceiling), null (redirect untouched: the rig's own cost).
+    #[arg(long, value_delimiter = ',', default_value = "xdp,xdp-auth,userspace,minimal,null")]
     pub modes: Vec<String>,
     /// Skip the TEST_RUN measurement.
     #[arg(long)]
@@ -286,6 +293,11 @@ struct Rig {
     /// Threaded NAPI on B's ingress instead of sending from B's CPU.
     threaded: bool,
     counter: Option<Stream>,
+    /// `xdp-auth`: B's receive key for A's frames (`peers-auth.json`).
+    a_key: String,
+    /// The next sequence number of A's tagged frames: runs go on from the
+    /// last one's, or B's replay window would drop them.
+    seq: std::cell::Cell<u32>,
 }
 
 impl Rig {
@@ -319,12 +331,24 @@ impl Rig {
         if threaded {
             sysfs_write(&b, &format!("/sys/class/net/{B_IN}/threaded"), "1")?;
         }
-        let mut id = [0u8; 32];
-        std::fs::File::open("/dev/urandom")?.read_exact(&mut id)?;
-        let c_id = p2p_common::id::NodeId(id).to_hex();
+        let mut random = [0u8; 32 + 32 + 4 * 16];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+        let hex32 = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let c_id = p2p_common::id::NodeId(random[..32].try_into().expect("32 bytes")).to_hex();
+        let a_id = p2p_common::id::NodeId(random[32..64].try_into().expect("32 bytes")).to_hex();
+        let keys: Vec<String> = random[64..].chunks(16).map(hex32).collect();
         std::fs::write(
             tmp.join("peers.json"),
             serde_json::to_string(&json!([{"node_id": c_id, "addr": C_IP, "port": PORT}]))?,
+        )?;
+        // `xdp-auth`: every link keyed (pre-shared), so B verifies each
+        // frame from A and tags it afresh for C.
+        std::fs::write(
+            tmp.join("peers-auth.json"),
+            serde_json::to_string(&json!([
+                {"node_id": c_id, "addr": C_IP, "port": PORT, "link": {"key_id": 1, "rx": keys[0], "tx": keys[1]}},
+                {"node_id": a_id, "addr": A_IP, "port": PORT, "link": {"key_id": 1, "rx": keys[2], "tx": keys[3]}},
+            ]))?,
         )?;
         let mut rig = Rig {
             bin,
@@ -342,6 +366,8 @@ impl Rig {
             payload,
             threaded,
             counter: None,
+            a_key: keys[2].clone(),
+            seq: std::cell::Cell::new(0),
         };
         let mut cmd = rig.tool_cmd(Some(rig.gen_cpu));
         cmd.args(["count", "--netns", rig.c.name(), "--iface", C_DEV, "--interval-ms", "100"])
@@ -387,16 +413,18 @@ impl Rig {
     fn start_b(&self, mode: Mode) -> Result<Forwarder> {
         let instance = format!("{}-b", self.prefix);
         let log = self.tmp.join(format!("b-{}.log", mode.name()));
-        let mut fwd = Forwarder { child: None, stream: None, instance, bin: self.bin.clone() };
+        let auth = mode == Mode::XdpAuth;
+        let mut fwd = Forwarder { child: None, stream: None, instance, bin: self.bin.clone(), auth };
         match mode {
-            Mode::Xdp | Mode::Userspace => {
+            Mode::Xdp | Mode::XdpAuth | Mode::Userspace => {
                 let mut cmd = self.ctl_cmd(Some(self.process_cpu(mode)));
                 cmd.args(["run", "--netns", self.b.name(), "--iface", B_IN, "--iface", B_OUT, "--no-mdns"])
-                    .args(["--datapath", if mode == Mode::Xdp { "xdp" } else { "userspace" }])
+                    .args(["--datapath", if mode == Mode::Userspace { "userspace" } else { "xdp" }])
                     // Capacity, not the default budgets (200,000 packets/s a peer).
                     .args(["--rate-default", "unlimited", "--rate-nonpeer", "unlimited"])
+                    .args(["--auth", if auth { "required" } else { "off" }])
                     .arg("--peers")
-                    .arg(self.tmp.join("peers.json"))
+                    .arg(self.tmp.join(if auth { "peers-auth.json" } else { "peers.json" }))
                     .arg("--state-dir")
                     .arg(self.tmp.join("b-state"))
                     .args(["--instance", &fwd.instance]);
@@ -471,12 +499,22 @@ impl Rig {
         if !self.threaded {
             cmd.args(["--via-cpu", &self.b_cpu.to_string()]);
         }
+        if b.auth {
+            cmd.args(["--link-key", &self.a_key, "--key-id", "1", "--seq-from", &self.seq.get().to_string()]);
+        }
         let out = cmd.stdin(Stdio::null()).output().context("run the generator")?;
         check_interrupt()?;
         if !out.status.success() {
             bail!("generator failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
         }
         let v: Value = serde_json::from_slice(&out.stdout).context("generator output")?;
+        if b.auth {
+            let next = v["next_seq"].as_u64().context("generator output: no next_seq")?;
+            if next >= u32::MAX as u64 {
+                bail!("the tagged frames' sequence numbers ran out ({next}); fewer or shorter steps");
+            }
+            self.seq.set(next as u32);
+        }
         let (foreign, steal) = LoadSnapshot::take().since(&load0);
         std::thread::sleep(SETTLE);
         let after = Instant::now();
@@ -678,17 +716,21 @@ impl Step {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Xdp,
+    /// The XDP datapath with hop-by-hop tags: `--auth required`, A's frames
+    /// tagged, B verifies each and tags it for C.
+    XdpAuth,
     Userspace,
     Minimal,
     Null,
 }
 
 impl Mode {
-    const ALL: [Mode; 4] = [Mode::Xdp, Mode::Userspace, Mode::Minimal, Mode::Null];
+    const ALL: [Mode; 5] = [Mode::Xdp, Mode::XdpAuth, Mode::Userspace, Mode::Minimal, Mode::Null];
 
     fn name(self) -> &'static str {
         match self {
             Mode::Xdp => "xdp",
+            Mode::XdpAuth => "xdp-auth",
             Mode::Userspace => "userspace",
             Mode::Minimal => "minimal",
             Mode::Null => "null",
@@ -701,7 +743,8 @@ impl Mode {
 
     fn label(self) -> &'static str {
         match self {
-            Mode::Xdp => "XDP datapath (p2p_xdp)",
+            Mode::Xdp => "XDP datapath (p2p_xdp), tags off",
+            Mode::XdpAuth => "XDP datapath, tags on",
             Mode::Userspace => "userspace datapath",
             Mode::Minimal => "minimal XDP forwarder (ceiling)",
             Mode::Null => "null forwarder (rig ceiling)",
@@ -711,7 +754,7 @@ impl Mode {
     /// What "B" counts in this mode.
     fn b_counter(self) -> &'static str {
         match self {
-            Mode::Xdp | Mode::Userspace => "fwd (maps stats)",
+            Mode::Xdp | Mode::XdpAuth | Mode::Userspace => "fwd (maps stats)",
             Mode::Minimal | Mode::Null => "its own counter",
         }
     }
@@ -724,6 +767,8 @@ struct Forwarder {
     stream: Option<Stream>,
     instance: String,
     bin: PathBuf,
+    /// Tags on: the generator tags A's frames.
+    auth: bool,
 }
 
 impl Forwarder {
@@ -742,11 +787,16 @@ impl Forwarder {
         if let Some(s) = &self.stream {
             return s.fresh(Instant::now());
         }
+        self.stat("fwd")
+    }
+
+    /// Packets of `p2p-controller maps stats` counter `name`.
+    fn stat(&self, name: &str) -> Result<u64> {
         let out =
             util::stdout_of(&self.bin.display().to_string(), ["maps", "stats", "--json", "--instance", &self.instance])
                 .with_context(|| format!("`p2p-controller maps stats --instance {}` failed", self.instance))?;
         let v: Value = serde_json::from_str(&out).context("maps stats output")?;
-        v["fwd"]["packets"].as_u64().context("maps stats: no fwd counter")
+        v[name]["packets"].as_u64().with_context(|| format!("maps stats: no {name} counter"))
     }
 }
 
@@ -1024,9 +1074,28 @@ fn forward_bench(rig: &Rig, args: &BenchArgs, report: &mut Value) -> Result<()> 
     let mut outcome = Ok(());
     'rounds: for round in 1..=args.runs {
         for (mode, cap_runs, sat_runs) in caps.iter_mut() {
-            let result = rig.start_b(*mode).and_then(|b| capacity(rig, &b, round, *mode, args));
+            let result = rig.start_b(*mode).and_then(|b| {
+                let c = capacity(rig, &b, round, *mode, args)?;
+                // Every tagged frame must verify: a drop here is a wrong tag
+                // or sequence number, not load.
+                let drop_auth = if b.auth { Some(b.stat("drop_auth")?) } else { None };
+                Ok((c, drop_auth))
+            });
             match result {
-                Ok(c) => {
+                Ok((c, drop_auth)) => {
+                    if let Some(n) = drop_auth {
+                        println!(
+                            "  round {round} {:<9} drop_auth {n} (tagged frames that failed to verify)",
+                            mode.name()
+                        );
+                        if n > 0 {
+                            outcome = Err(anyhow::anyhow!(
+                                "B dropped {n} of A's tagged frames as unauthentic (drop_auth): the generator's tags \
+                                 or sequence numbers are wrong, so the capacity would not be the datapath's"
+                            ));
+                            break 'rounds;
+                        }
+                    }
                     let pps = c.pps;
                     println!(
                         "  round {round} {:<9} capacity {pps:>9.0} pps{}",
@@ -1041,6 +1110,7 @@ fn forward_bench(rig: &Rig, args: &BenchArgs, report: &mut Value) -> Result<()> 
                         "capacity_pps": pps,
                         "saturated_pps": c.saturated,
                         "generator_limited": c.limited,
+                        "drop_auth": drop_auth,
                         "steps": c.steps,
                     }));
                     if pps <= 0.0 {
@@ -1076,8 +1146,10 @@ fn forward_bench(rig: &Rig, args: &BenchArgs, report: &mut Value) -> Result<()> 
         runs_of(a).iter().zip(runs_of(b).iter()).map(|(x, y)| ratio(*x, *y)).filter(|r| *r > 0.0).collect()
     };
     let (rounds_user, rounds_min) = (per_round(Mode::Xdp, Mode::Userspace), per_round(Mode::Xdp, Mode::Minimal));
+    let rounds_auth = per_round(Mode::XdpAuth, Mode::Xdp);
     let ratio_user = median(&rounds_user);
     let ratio_min = median(&rounds_min);
+    let ratio_auth = median(&rounds_auth);
     // Each forwarder's own ns per packet on B's core above the rig's (null).
     let own_ns = |pps: f64| (pps > 0.0 && mn > 0.0).then(|| 1e9 / pps - 1e9 / mn);
     let cost_ratio = match (own_ns(mm), own_ns(mx)) {
@@ -1135,6 +1207,13 @@ fn forward_bench(rig: &Rig, args: &BenchArgs, report: &mut Value) -> Result<()> 
         ratio_min * 100.0,
         list(&rounds_min, 100.0, "%")
     );
+    if !rounds_auth.is_empty() {
+        println!(
+            "  XDP tags on / off {:>5.1}%   (target >= 80%; median of the rounds' {})",
+            ratio_auth * 100.0,
+            list(&rounds_auth, 100.0, "%")
+        );
+    }
     let sat_of = |m: Mode| caps.iter().find(|(x, _, _)| *x == m).map(|(_, _, v)| v.clone()).unwrap_or_default();
     let sat_rounds: Vec<f64> =
         sat_of(Mode::Xdp).iter().zip(sat_of(Mode::Minimal).iter()).map(|(x, y)| ratio(*x, *y)).collect();
@@ -1191,7 +1270,7 @@ fn forward_bench(rig: &Rig, args: &BenchArgs, report: &mut Value) -> Result<()> 
             },
             "pacing": "by the generator program itself (each run waits until its frame is due; at most 32 frames catch up after a pause)",
             "counter": "XDP count-and-drop at C, in softirq on B's core right after B's poll",
-            "b_count": "xdp and userspace: fwd of `p2p-controller maps stats`; minimal and null: their own counter",
+            "b_count": "xdp, xdp-auth and userspace: fwd of `p2p-controller maps stats`; minimal and null: their own counter",
             "capacity": format!("highest delivered pps of a step with C >= {:.0}% of offered; C within {:.0}% of B's count at every step, else the run fails", PASS_DELIVERED * 100.0, AGREE * 100.0),
             "search": search,
             "seconds_per_step": args.seconds,
@@ -1199,6 +1278,7 @@ fn forward_bench(rig: &Rig, args: &BenchArgs, report: &mut Value) -> Result<()> 
             "frame_bytes": testrun["frame_bytes"],
         },
         "xdp_pps": mode_json(Mode::Xdp),
+        "xdp_auth_pps": mode_json(Mode::XdpAuth),
         "userspace_pps": mode_json(Mode::Userspace),
         "minimal_pps": mode_json(Mode::Minimal),
         "null_pps": mode_json(Mode::Null),
@@ -1207,14 +1287,17 @@ fn forward_bench(rig: &Rig, args: &BenchArgs, report: &mut Value) -> Result<()> 
         "ratio_xdp_minimal": ratio_min,
         "ratio_xdp_minimal_rounds": rounds_min,
         "ratio_xdp_minimal_saturated": sat_ratio_min,
+        "ratio_xdp_auth_xdp": ratio_auth,
+        "ratio_xdp_auth_xdp_rounds": rounds_auth,
         "own_ns_per_packet": {
-            "xdp": own_ns(mx), "userspace": own_ns(mu), "minimal": own_ns(mm),
+            "xdp": own_ns(mx), "xdp_auth": own_ns(med(Mode::XdpAuth)), "userspace": own_ns(mu), "minimal": own_ns(mm),
         },
         "agreement_c_over_b": {"min": agree_min, "max": agree_max, "steps": agreements.len()},
         "disturbance": {"steps_repeated": repeated, "steps_disturbed": disturbed, "mean_steal_cpu": steal},
         "targets": {
             "xdp_over_userspace_ge_10": ratio_user >= 10.0,
             "xdp_over_minimal_ge_0_75": ratio_min >= 0.75,
+            "xdp_auth_over_xdp_ge_0_80": ratio_auth >= 0.80,
         },
         "testrun": testrun,
         "runs": runs,

@@ -126,7 +126,7 @@ impl EventLoop {
             store,
             book: PeerBook::new(cfg.flap, cfg.trust.is_some(), cfg.auth == crate::userspace::AuthPolicy::Required),
             members: cfg.trust.clone().map(super::members::Members::new),
-            links: super::links::LinkKeys::new(cfg.auth, cfg.link_rotate),
+            links: super::links::LinkKeys::new(cfg.auth, cfg.link_rotate, cfg.static_links.clone()),
             sessions,
             pending_sessions: Default::default(),
             cfg,

@@ -121,17 +121,20 @@ pub(super) struct LinkKeys {
     pub(super) policy: AuthPolicy,
     rotate: Duration,
     links: HashMap<PeerId, Link>,
+    /// Static peers' pre-shared keys (`--peers`), always published.
+    fixed: LinkTable,
     published: Arc<LinkTable>,
     pub(super) exchanges: u64,
     pub(super) refused: u64,
 }
 
 impl LinkKeys {
-    pub(super) fn new(policy: AuthPolicy, rotate: Duration) -> LinkKeys {
+    pub(super) fn new(policy: AuthPolicy, rotate: Duration, fixed: LinkTable) -> LinkKeys {
         LinkKeys {
             policy,
             rotate,
             links: HashMap::new(),
+            fixed,
             published: Arc::new(LinkTable::new()),
             exchanges: 0,
             refused: 0,
@@ -218,10 +221,11 @@ impl EventLoop {
         self.publish_links();
     }
 
-    /// The keys of every endpoint of every linked peer, to map sync and
+    /// The keys of every endpoint of every linked peer (and of static
+    /// peers with pre-shared keys), to map sync and
     /// the overlay socket's owner, when they changed.
     fn publish_links(&mut self) {
-        let mut table = LinkTable::new();
+        let mut table = self.links.fixed.clone();
         for (peer, link) in &self.links.links {
             if link.rx[0].0 == 0 && link.tx.0 == 0 {
                 continue;

@@ -82,6 +82,8 @@ pub struct NetConfig {
     pub overlay_ip: Option<IpAddr>,
     /// `--peers`: always routed to, whatever Kademlia says.
     pub static_peers: Vec<Peer>,
+    /// `--peers` entries' pre-shared link keys, by endpoint (fixed).
+    pub static_links: crate::userspace::LinkTable,
     /// When a peer counts as flapping.
     pub flap: peers::FlapPolicy,
     /// Node IDs accepted from one /24 or /64.

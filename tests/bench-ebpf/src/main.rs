@@ -6,7 +6,8 @@
 //!   BPF_F_TEST_XDP_LIVE_FRAMES on A's veth; the frame is the run's input
 //!   and the program only sends it (`XDP_TX`, turned into a redirect to the
 //!   ingress device by the kernel) after rewriting its first bytes, paced
-//!   by the program itself (`pace.rs`), counting what it sent.
+//!   by the program itself (`pace.rs`), counting what it sent; with
+//!   BENCH_AUTH on, tagged for B's link key with a fresh sequence number.
 //! - `bench_gen_cpu` + `bench_cpu_tx`: the same, sent from another CPU's
 //!   cpumap thread (so that the receiver's NAPI runs there).
 //! - `bench_count`: at C, counts UDP frames to the overlay port into a
@@ -44,7 +45,7 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
         return XDP_DROP;
     }
     match maps::BENCH_FRAME.get(0) {
-        Some(tpl) if pkt::write_headers(&ctx, tpl) => XDP_TX,
+        Some(tpl) if pkt::write_headers(&ctx, tpl) && pkt::seal(&ctx) => XDP_TX,
         _ => XDP_ABORTED,
     }
 }
@@ -63,7 +64,7 @@ pub fn bench_gen_cpu(ctx: XdpContext) -> u32 {
         return XDP_DROP;
     }
     let Some(tpl) = maps::BENCH_FRAME.get(0) else { return XDP_ABORTED };
-    if !pkt::write_headers(&ctx, tpl) {
+    if !pkt::write_headers(&ctx, tpl) || !pkt::seal(&ctx) {
         return XDP_ABORTED;
     }
     let cpu = match maps::BENCH_GEN.get(0) {

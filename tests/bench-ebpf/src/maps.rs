@@ -37,6 +37,18 @@ pub const PACE_NEXT: usize = 1;
 pub const PACE_SENT: usize = 2;
 pub const PACE_PAUSES: usize = 3;
 
+/// Generator's hop-by-hop tag (docs/WIRE.md v2), entry 0: AUTH_ON (0:
+/// frames go out as the template has them), the SipHash key words, and
+/// AUTH_SEQ the next sequence number. The template carries version 2, the
+/// AUTH flag, key ID and stream; each sent frame gets the next sequence
+/// number and its tag, so that B's replay window accepts every one.
+#[btf_map]
+pub static BENCH_AUTH: Array<[u64; 4], 1> = Array::new();
+pub const AUTH_ON: usize = 0;
+pub const AUTH_K0: usize = 1;
+pub const AUTH_K1: usize = 2;
+pub const AUTH_SEQ: usize = 3;
+
 /// `bench_gen_cpu`: target CPU (entry 0).
 #[btf_map]
 pub static BENCH_GEN: Array<u32, 1> = Array::new();

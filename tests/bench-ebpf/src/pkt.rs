@@ -8,9 +8,14 @@ use aya_ebpf::{
 };
 use core::mem::size_of;
 
-use crate::maps::{FWD_DST_IP, FWD_DST_MAC, FWD_SRC_IP, FWD_SRC_MAC, GEN_HDR_WORDS};
+use crate::maps::{
+    AUTH_K0, AUTH_K1, AUTH_ON, AUTH_SEQ, BENCH_AUTH as AUTH, FWD_DST_IP, FWD_DST_MAC, FWD_SRC_IP, FWD_SRC_MAC,
+    GEN_HDR_WORDS,
+};
 
-use p2p_common::net::{ETH_LEN, ETH_P_IP, EthHdr, IPPROTO_UDP, IPV4_LEN, Ipv4Hdr, UdpHdr};
+use p2p_common::auth::{TAG_WORDS, siphash24};
+use p2p_common::net::{ETH_LEN, ETH_P_IP, EthHdr, IPPROTO_UDP, IPV4_LEN, Ipv4Hdr, UDP_LEN, UdpHdr};
+use p2p_common::wire::{HEADER_LEN, offset};
 
 pub struct Udp4 {
     pub eth: *mut EthHdr,
@@ -119,6 +124,33 @@ pub fn write_headers(ctx: &XdpContext, tpl: &[u64; GEN_HDR_WORDS]) -> bool {
         // SAFETY: bounds checked above; unaligned stores are fine in XDP.
         unsafe { core::ptr::write_unaligned((p as *mut u64).add(i), tpl[i]) };
         i += 1;
+    }
+    true
+}
+
+/// BENCH_AUTH on: the next sequence number and the tag into the overlay
+/// header after Ethernet/IPv4/UDP (the template's UDP checksum is 0, "none":
+/// B's datapath writes a full one when it forwards). False if the frame is
+/// too short.
+#[inline(always)]
+pub fn seal(ctx: &XdpContext) -> bool {
+    let Some(a) = AUTH.get_ptr_mut(0) else { return false };
+    // SAFETY: a map value, valid for the run; the generator runs on one CPU.
+    let a = unsafe { &mut *a };
+    if a[AUTH_ON] == 0 {
+        return true;
+    }
+    let Some(ov) = ptr_at::<[u8; HEADER_LEN]>(ctx, ETH_LEN + IPV4_LEN + UDP_LEN) else { return false };
+    let seq = a[AUTH_SEQ] as u32;
+    a[AUTH_SEQ] += 1;
+    let ov = ov as *mut u8;
+    // SAFETY: within the bounds-checked header.
+    unsafe {
+        core::ptr::write_unaligned(ov.add(offset::SEQ) as *mut [u8; 4], seq.to_be_bytes());
+        let tag = siphash24::<TAG_WORDS>(a[AUTH_K0], a[AUTH_K1], |i| {
+            u64::from_le_bytes(core::ptr::read_unaligned(ov.add(8 * i) as *const [u8; 8]))
+        });
+        core::ptr::write_unaligned(ov.add(offset::TAG) as *mut [u8; 8], tag.to_be_bytes());
     }
     true
 }

@@ -52,6 +52,9 @@ pub fn ifindex(iface: &str) -> Result<u32> {
         .ok_or_else(|| anyhow::anyhow!("no interface {iface} in this network namespace"))
 }
 
+/// Where the overlay packet starts in a [`udp4_frame`].
+pub const OVERLAY_OFFSET: usize = 14 + 20 + 8;
+
 /// Ethernet + IPv4 (DF, TTL 64) + UDP around `udp_payload`, complete checksums.
 pub fn udp4_frame(
     dst_mac: [u8; 6],

@@ -27,6 +27,7 @@ pub const MAP_TX: &str = "BENCH_TX";
 pub const MAP_FRAME: &str = "BENCH_FRAME";
 /// [interval ns, next due ns, frames sent, 0] (tests/bench-ebpf `maps::BENCH_PACE`).
 pub const MAP_PACE: &str = "BENCH_PACE";
+pub const MAP_AUTH: &str = "BENCH_AUTH";
 /// Header bytes the generator writes into every frame, in words
 /// (tests/bench-ebpf `maps::GEN_HDR_WORDS`).
 pub const GEN_HDR_WORDS: usize = 18;

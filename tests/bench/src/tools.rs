@@ -58,6 +58,21 @@ pub struct GenArgs {
     /// Frames per kernel batch (BPF_F_TEST_XDP_LIVE_FRAMES batch size, ≤256).
     #[arg(long, default_value_t = 64)]
     pub batch: u32,
+    /// Tag every frame (docs/WIRE.md version 2) with this link key (32 hex
+    /// digits: B's receive key for this sender) and a fresh sequence number.
+    #[arg(long)]
+    pub link_key: Option<String>,
+    /// Key ID of --link-key (1-255).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
+    pub key_id: u8,
+    /// Sequence stream of the tagged frames.
+    #[arg(long, default_value_t = 7)]
+    pub stream: u8,
+    /// First sequence number: a later run on the same link must start past
+    /// the last one's (`next_seq` in the JSON output), or B drops its frames
+    /// as replays.
+    #[arg(long, default_value_t = 0)]
+    pub seq_from: u32,
     #[arg(long)]
     pub json: bool,
 }
@@ -136,8 +151,23 @@ fn generate(a: GenArgs) -> Result<()> {
         Some(h) => h.parse::<NodeId>().map_err(|e| anyhow!("--dst-key: {e}"))?.0,
         None => random_id(),
     };
-    let packet = data_packet(dst_key, a.payload, p2p_common::wire::DEFAULT_TTL);
-    let frame = udp4_frame(dst_mac, src_mac, a.src_ip, a.dst_ip, a.port, a.port, &packet);
+    let mut packet = data_packet(dst_key, a.payload, p2p_common::wire::DEFAULT_TTL);
+    let link_key = match &a.link_key {
+        Some(h) => {
+            let mut k = [0u8; 16];
+            hex::decode_to_slice(h, &mut k).map_err(|_| anyhow!("--link-key {h:?}: expected 32 hex digits"))?;
+            // The template as the first frame; the program re-tags each one.
+            p2p_common::auth::seal(&mut packet, &k, a.key_id, a.stream, a.seq_from);
+            Some(k)
+        }
+        None => None,
+    };
+    let mut frame = udp4_frame(dst_mac, src_mac, a.src_ip, a.dst_ip, a.port, a.port, &packet);
+    if link_key.is_some() {
+        // Each frame's tag differs; a UDP checksum of 0 ("none", IPv4) spares
+        // the generator recomputing it (B writes a full one when it forwards).
+        frame[40..42].fill(0);
+    }
     if frame.len() < GEN_HDR_WORDS * 8 {
         bail!("--payload {}: at least 8 bytes", a.payload);
     }
@@ -150,6 +180,10 @@ fn generate(a: GenArgs) -> Result<()> {
         *w = u64::from_ne_bytes(frame[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
     }
     obj::set0(&mut ebpf, obj::MAP_FRAME, tpl)?;
+    if let Some(k) = &link_key {
+        let (k0, k1) = p2p_common::auth::key_words(k);
+        obj::set0(&mut ebpf, obj::MAP_AUTH, [1u64, k0, k1, a.seq_from as u64])?;
+    }
     if let Some(cpu) = a.via_cpu {
         via_cpu_setup(&mut ebpf, cpu, idx)?;
     }
@@ -163,8 +197,12 @@ fn generate(a: GenArgs) -> Result<()> {
     // of set-up and tear-down beyond its frames, and nothing is sent meanwhile
     // (a run that is never due ends its call early; the loop goes on).
     let interval_ns = if a.pps == 0 { 0 } else { (1e9 / a.pps as f64).round().max(1.0) as u64 };
+    let prog_name = if a.via_cpu.is_some() { obj::PROG_GEN_CPU } else { obj::PROG_GEN };
+    if let Some(k) = &link_key {
+        check_tagging(obj::xdp(&mut ebpf, prog_name)?, &frame, idx, k, a.seq_from)?;
+    }
     obj::set0(&mut ebpf, obj::MAP_PACE, [interval_ns, 0u64, 0, 0])?;
-    let prog = obj::xdp(&mut ebpf, if a.via_cpu.is_some() { obj::PROG_GEN_CPU } else { obj::PROG_GEN })?;
+    let prog = obj::xdp(&mut ebpf, prog_name)?;
     let send = |prog: &Xdp, n: u32| -> Result<()> {
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(&frame);
@@ -173,7 +211,14 @@ fn generate(a: GenArgs) -> Result<()> {
         opts.attrs = TestRunAttrs::new().xdp_live_frames(batch);
         match prog.test_run(opts) {
             Err(_) if signals::stopped() => Ok(()),
-            Err(e) => Err(anyhow!("BPF_PROG_RUN (live frames): {e}")),
+            Err(e) => {
+                // aya's message leaves out the errno; the source has it.
+                let why = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+                Err(anyhow!(
+                    "BPF_PROG_RUN (live frames): {e}{why} (an EPERM here means this kernel or sandbox does not \
+                     let this process send live frames; `grep Cap /proc/self/status` shows its capabilities)"
+                ))
+            }
             Ok(_) => Ok(()),
         }
     };
@@ -195,14 +240,44 @@ fn generate(a: GenArgs) -> Result<()> {
     }
     let secs = start.elapsed().as_secs_f64();
     let [_, _, sent, pauses] = obj::get0::<[u64; 4]>(&ebpf, obj::MAP_PACE)?;
+    let next_seq = obj::get0::<[u64; 4]>(&ebpf, obj::MAP_AUTH)?[3].max(a.seq_from as u64);
     let pps = sent as f64 / secs;
     if a.json {
-        println!(
-            "{}",
-            json!({"sent": sent, "seconds": secs, "pps": pps, "frame_bytes": frame.len(), "pauses": pauses})
-        );
+        let mut v = json!({"sent": sent, "seconds": secs, "pps": pps, "frame_bytes": frame.len(), "pauses": pauses});
+        if link_key.is_some() {
+            v["next_seq"] = json!(next_seq);
+        }
+        println!("{v}");
     } else {
         println!("sent {sent} frames of {} bytes in {secs:.2} s: {pps:.0} pps ({pauses} pauses)", frame.len());
+    }
+    Ok(())
+}
+
+/// Before sending live: one plain TEST_RUN of the generator (unpaced), whose
+/// output frame must carry sequence number `seq` and the tag that
+/// `p2p_common::auth` (what B's datapath verifies with) computes for it.
+fn check_tagging(prog: &Xdp, frame: &[u8], ifindex: u32, key: &[u8; 16], seq: u32) -> Result<()> {
+    let ctx = frame::xdp_md(ifindex, frame.len());
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.data_out = Some(&mut out);
+    opts.ctx_in = Some(&ctx);
+    opts.repeat = 1;
+    let r = prog.test_run(opts).map_err(|e| anyhow!("BPF_PROG_TEST_RUN (tag check): {e}"))?;
+    let pkt = &out[frame::OVERLAY_OFFSET..frame.len()];
+    let (_, _, got_seq) = p2p_common::auth::v2_fields(pkt);
+    let tag = &pkt[p2p_common::wire::offset::TAG..p2p_common::wire::offset::TAG + 8];
+    let want = p2p_common::auth::tag_of(key, pkt).map(u64::to_be_bytes);
+    if got_seq != seq || want.as_ref().map(|w| &w[..]) != Some(tag) {
+        bail!(
+            "the generator's tagged frame is wrong (verdict {}, sequence {got_seq}, want {seq}; tag {}, want {:?}): \
+             B would drop every frame",
+            r.return_value,
+            hex::encode(tag),
+            want.map(hex::encode)
+        );
     }
     Ok(())
 }
