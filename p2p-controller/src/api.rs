@@ -12,6 +12,10 @@ fn yes() -> bool {
     true
 }
 
+fn default_redundancy() -> String {
+    crate::storage::erasure::DEFAULT.to_string()
+}
+
 fn lookup_timeout() -> u64 {
     1000
 }
@@ -56,6 +60,37 @@ pub enum Request {
     PubsubPublish {
         topic: String,
         message: String,
+    },
+    /// Starts storing an object (`store put`): its segments follow.
+    StorePutBegin {
+        /// `rs:K+M` or `replicate:N`.
+        #[serde(default = "default_redundancy")]
+        redundancy: String,
+    },
+    /// One segment (base64), all but the last of the first one's length.
+    StorePutSegment {
+        upload: u64,
+        data: String,
+    },
+    /// The object is complete: its manifest is stored, its CID returned.
+    StorePutEnd {
+        upload: u64,
+    },
+    /// An object's size and segments (`store get` asks first).
+    StoreInfo {
+        cid: String,
+    },
+    /// Segment `index` of an object, rebuilt and verified (base64).
+    StoreGetSegment {
+        cid: String,
+        index: u64,
+    },
+    StoreStatus {
+        cid: String,
+    },
+    StoreLs,
+    StoreRm {
+        cid: String,
     },
     /// Must be the first request on its connection: a first response line,
     /// then one [`PubsubMessage`] line per message until the client leaves.
@@ -328,6 +363,9 @@ pub struct PeerLiveness {
 /// `status`.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Status {
+    /// Shards and manifests held here, repairs made (`store`).
+    #[serde(default)]
+    pub store: StoreSummary,
     pub instance: String,
     pub peer_id: String,
     pub node_id: String,
@@ -461,6 +499,124 @@ pub struct Published {
     /// Connected peers subscribed to the topic.
     pub peers: usize,
     pub local_subscribers: usize,
+}
+
+/// `store_put_begin`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreUpload {
+    pub upload: u64,
+}
+
+/// `store_put_end` (`store put --json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StorePut {
+    pub cid: String,
+    pub size: u64,
+    pub segments: u64,
+    pub redundancy: String,
+    /// Shards placed in all.
+    pub shards: u64,
+    /// Distinct nodes holding them.
+    pub holders: u64,
+    /// Peer IDs of the nodes holding the manifest.
+    pub manifest_holders: Vec<String>,
+}
+
+/// `store_info`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreInfo {
+    pub cid: String,
+    pub size: u64,
+    pub segments: u64,
+    pub segment_size: u64,
+    pub redundancy: String,
+}
+
+/// `store_get_segment`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreSegmentData {
+    pub index: u64,
+    /// base64.
+    pub data: String,
+}
+
+/// `store status --json`: per segment its shards, their holders and health.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreStatus {
+    pub cid: String,
+    pub size: u64,
+    pub redundancy: String,
+    pub owner: String,
+    pub revision: u64,
+    /// "full" (every segment has all its shards on live nodes), "degraded"
+    /// (readable, repair due) or "lost" (some segment has fewer than needed).
+    pub health: String,
+    pub manifest_holders: Vec<String>,
+    pub segments: Vec<StoreSegmentStatus>,
+    /// Repairs this node made (of any object) and the last one's duration.
+    pub repairs_here: u64,
+    pub repaired_shards_here: u64,
+    pub last_repair_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreSegmentStatus {
+    pub index: u64,
+    pub size: u64,
+    /// Shards with at least one live holder.
+    pub healthy: u64,
+    pub total: u64,
+    pub shards: Vec<StoreShardStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreShardStatus {
+    pub index: u64,
+    pub cid: String,
+    pub holders: Vec<String>,
+    pub live_holders: Vec<String>,
+    pub healthy: bool,
+}
+
+/// `store ls --json`: the objects whose manifest this node holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreObject {
+    pub cid: String,
+    pub size: u64,
+    pub segments: u64,
+    pub redundancy: String,
+    /// Put from this node (only its owner may remove it).
+    pub mine: bool,
+    pub revision: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreLs {
+    pub objects: Vec<StoreObject>,
+}
+
+/// `store rm --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreRm {
+    pub cid: String,
+    /// Nodes that removed their manifest and shards.
+    pub removed_from: u64,
+    /// Holders that could not be reached (their copies stay until repair
+    /// finds no manifest for them).
+    pub unreachable: Vec<String>,
+}
+
+/// `status.store`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StoreSummary {
+    pub shards: u64,
+    pub used_bytes: u64,
+    pub quota_bytes: u64,
+    pub manifests: u64,
+    pub corrupt_shards: u64,
+    pub repairs: u64,
+    pub repaired_shards: u64,
+    pub lost_segments: u64,
 }
 
 /// `pubsub_subscribe`'s first line.

@@ -75,6 +75,10 @@ pub enum Command {
     /// Publish and subscribe (gossipsub).
     #[command(subcommand)]
     Pubsub(PubsubCommand),
+    /// Durable objects: erasure-coded across the nodes closest to them,
+    /// verified on every read, repaired when holders die (README "Storage").
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Ask the running daemon for its state.
     Status {
         #[command(flatten)]
@@ -313,6 +317,60 @@ pub enum DhtCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Store FILE (`-`: standard input); prints its CID. The object is cut
+    /// into 1 MiB segments, each erasure-coded into shards on distinct
+    /// nodes closest to it.
+    Put {
+        /// The file, or `-` for standard input.
+        file: PathBuf,
+        /// `rs:K+M` (K data + M parity shards a segment: any K rebuild it)
+        /// or `replicate:N` (N whole copies).
+        #[arg(long, default_value = "rs:4+2")]
+        redundancy: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch an object by CID, byte-identical (verified segment by segment
+    /// and whole), to FILE or standard output.
+    Get {
+        cid: String,
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+        /// With -o: a JSON summary {"cid","size","segments","output"} on standard output.
+        #[arg(long, requires = "output")]
+        json: bool,
+    },
+    /// Per segment: its shards, their holders and whether they are live.
+    Status {
+        cid: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Objects whose manifest this node holds.
+    Ls {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an object (its owner only): manifest and shards, wherever reachable.
+    Rm {
+        cid: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum RateCommand {
     /// Set a class's budget (`nonpeer`: every source that is not a peer),
     /// e.g. `rate set mobile 2000pps,2MB/s` or `rate set default unlimited`.
@@ -428,6 +486,11 @@ pub struct RunArgs {
     /// key stays valid until the next renewal).
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     pub link_rotate: String,
+    /// Most bytes of other nodes' shards this node stores (in the state
+    /// directory's `store/`); a shard over it is refused with the figures
+    /// and placed elsewhere.
+    #[arg(long, value_name = "SIZE", default_value = "1GiB")]
+    pub store_quota: String,
     /// Control socket [default: /run/p2p-nos/<instance>.sock]
     #[arg(long)]
     pub control_socket: Option<PathBuf>,

@@ -4,6 +4,8 @@
 //! components' handles; [`call`] and [`stream`] are the client side.
 
 use std::os::unix::fs::PermissionsExt;
+
+use base64::Engine;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -45,6 +47,7 @@ pub struct Ctx {
     pub burst: Duration,
     /// Capabilities kept and dropped after set-up.
     pub privileges: crate::sys::Privileges,
+    pub storage: crate::storage::Storage,
 }
 
 pub fn serve(ctx: Ctx, path: &Path) -> Result<()> {
@@ -68,6 +71,14 @@ pub fn serve(ctx: Ctx, path: &Path) -> Result<()> {
         }
     });
     Ok(())
+}
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+fn parse_cid(s: &str) -> Result<crate::blobs::Cid> {
+    s.parse().map_err(Error::Usage)
 }
 
 async fn write_line(w: &mut OwnedWriteHalf, line: String) -> std::io::Result<()> {
@@ -237,6 +248,36 @@ async fn dispatch(ctx: &Ctx, req: Request) -> Result<String> {
             })
         }
         Request::PubsubPublish { topic, message } => ok_line(&ctx.net.publish(topic, message.into_bytes()).await?),
+        Request::StorePutBegin { redundancy } => {
+            let r: crate::storage::erasure::Redundancy = redundancy.parse().map_err(Error::Usage)?;
+            ok_line(&api::StoreUpload { upload: ctx.storage.put_begin(r) })
+        }
+        Request::StorePutSegment { upload, data } => {
+            let data = b64().decode(data).map_err(|e| Error::Usage(format!("segment data: {e}")))?;
+            ctx.storage.put_segment(upload, data).await?;
+            ok_line(&serde_json::json!({}))
+        }
+        Request::StorePutEnd { upload } => ok_line(&ctx.storage.put_end(upload).await?),
+        Request::StoreInfo { cid } => {
+            let m = ctx.storage.manifest(&parse_cid(&cid)?).await?;
+            ok_line(&api::StoreInfo {
+                cid,
+                size: m.size,
+                segments: m.segments.len() as u64,
+                segment_size: m.segment_size,
+                redundancy: m.redundancy.to_string(),
+            })
+        }
+        Request::StoreGetSegment { cid, index } => {
+            let data = ctx.storage.get_segment(&parse_cid(&cid)?, index).await?;
+            ok_line(&api::StoreSegmentData { index, data: b64().encode(data) })
+        }
+        Request::StoreStatus { cid } => ok_line(&ctx.storage.status(&parse_cid(&cid)?).await?),
+        Request::StoreLs => ok_line(&api::StoreLs { objects: ctx.storage.ls() }),
+        Request::StoreRm { cid } => {
+            let (removed_from, unreachable) = ctx.storage.rm(&parse_cid(&cid)?).await?;
+            ok_line(&api::StoreRm { cid, removed_from, unreachable })
+        }
         Request::PubsubSubscribe { .. } => {
             return Err(Error::Usage("pubsub_subscribe must be the first request on a connection".into()));
         }
@@ -376,6 +417,7 @@ async fn status(ctx: &Ctx) -> Result<api::Status> {
     let routed = ctx.overlay.routing().peers().count();
     let (map_sync, kernel) = ctx.sync.status().await;
     Ok(api::Status {
+        store: ctx.storage.summary(),
         instance: ctx.instance.clone(),
         peer_id: ctx.peer_id.clone(),
         node_id: ctx.node_id.to_string(),

@@ -189,6 +189,7 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
     if net_cfg.trust.is_none() {
         net_cfg.known_peers = Some(net::known::KnownPeers::load(&state_dir.join(paths::KNOWN_PEERS_FILE))?);
     }
+    let store_quota = units::parse_size(&args.store_quota).map_err(|e| Error::Usage(format!("--store-quota {e}")))?;
     let (identity, created) = Identity::load_or_create(&state_dir)?;
     if let Some(t) = &net_cfg.trust
         && t.cert.peer != identity.peer_id
@@ -280,6 +281,9 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         },
     );
     net_cfg.static_peers = static_peers.clone();
+    let shards = crate::blobs::ShardStore::open(&state_dir.join(paths::STORE_DIR), store_quota)
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    net_cfg.shards = Some(shards.clone());
     let links = net::Links {
         sync: sync.clone(),
         store,
@@ -291,6 +295,7 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         sessions,
     };
     let net = net::spawn(&identity.keypair, net_cfg, links)?;
+    let storage = crate::storage::Storage::spawn(identity.peer_id, shards, net.clone(), liveness.clone());
 
     // Set-up is done: from here on the daemon needs only its maps and, at
     // exit, to detach XDP.
@@ -318,6 +323,7 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         reputation,
         burst: Duration::from_millis(burst_ms),
         privileges,
+        storage,
     };
     control::serve(ctx, &socket_path)?;
     cleanup.socket_path = Some(socket_path.clone());
@@ -561,6 +567,7 @@ fn net_config(args: &RunArgs) -> Result<(IpAddr, NetConfig)> {
         overlay_ip: overlay_ip.filter(|ip| !ip.is_unspecified()),
         static_peers: Vec::new(),
         static_links: Default::default(),
+        shards: None,
         max_per_prefix: args.max_per_prefix as usize,
         trust: None,
         known_peers: None,

@@ -5,6 +5,7 @@
 //! `liveness`, `overlay` (the overlay socket) and `mapsync` (the only owner
 //! of the loaded `dataplane`).
 pub mod api;
+pub mod blobs;
 pub mod ca_cmd;
 pub mod cli;
 pub mod control;
@@ -21,6 +22,8 @@ pub mod net;
 pub mod overlay;
 pub mod paths;
 pub mod reputation;
+pub mod storage;
+pub mod store_cmd;
 pub mod sys;
 pub mod trust;
 pub mod units;

@@ -110,6 +110,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Store(cmd) => p2p_controller::store_cmd::run(cmd, &instance, |c| socket_path(c, &instance)),
         Command::Pubsub(PubsubCommand::Publish { topic, message, client, json }) => {
             let v: api::Published = ask(&client, &instance, Request::PubsubPublish { topic: topic.clone(), message })?;
             if json {

@@ -12,6 +12,8 @@ pub const KEY_FILE: &str = "node.key";
 /// Trust on first use: peer IDs first seen at `--bootstrap` addresses, in
 /// the state directory (net::known).
 pub const KNOWN_PEERS_FILE: &str = "known_peers";
+/// Shards and manifests this node stores, under the state directory.
+pub const STORE_DIR: &str = "store";
 /// Where `ca sign` and `ca revoke` look for the network's CA by default.
 pub const CA_DIR: &str = "/var/lib/p2p-nos/ca";
 /// The files of a CA directory (docs/TRUST.md): the root key pair

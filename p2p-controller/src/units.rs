@@ -71,6 +71,23 @@ pub fn show_budget(b: &RateBudget) -> String {
     parts.join(",")
 }
 
+/// `512MiB`, `1GiB`, `2G` (binary multiples), `1000000` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?}: not a size; e.g. 512MiB, 1GiB, 100G"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use B, KiB, MiB, GiB or TiB")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?}: too large"))
+}
+
 /// `90s`, `5m`, `1h 30m`, `2d` (humantime), `forever`/`never` → None.
 pub fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
     match s.trim() {

@@ -31,6 +31,8 @@ pub struct Behaviour {
     pub link: super::links::Behaviour,
     /// End-to-end DATA sessions.
     pub e2e: super::sessions::Behaviour,
+    /// Shards and manifests of stored objects.
+    pub store: super::blobs::Behaviour,
 }
 
 /// Builds the swarm (no listeners yet).
@@ -102,6 +104,7 @@ pub fn build(keypair: &Keypair, cfg: &NetConfig, store: SharedStore) -> Result<S
                 member: Toggle::from(cfg.trust.is_some().then(super::members::behaviour)),
                 link: super::links::behaviour(),
                 e2e: super::sessions::behaviour(),
+                store: super::blobs::behaviour(),
             })
         })
         .map_err(|e| format!("libp2p behaviour: {e}"))?

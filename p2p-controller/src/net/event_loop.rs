@@ -63,6 +63,7 @@ pub struct EventLoop {
     /// End-to-end session keys, and the exchanges this node started.
     pub(super) sessions: crate::e2e::Sessions,
     pub(super) pending_sessions: super::sessions::Pending,
+    pub(super) blobs: super::blobs::Blobs,
     pub(super) overlay: OverlayHandle,
     pub(super) liveness: LivenessHandle,
     pub(super) reputation: ReputationHandle,
@@ -129,6 +130,7 @@ impl EventLoop {
             links: super::links::LinkKeys::new(cfg.auth, cfg.link_rotate, cfg.static_links.clone()),
             sessions,
             pending_sessions: Default::default(),
+            blobs: super::blobs::Blobs::new(cfg.shards.clone()),
             cfg,
             redials: HashMap::new(),
             dead_found: 0,
@@ -239,6 +241,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Member(e)) => self.on_member(e),
             SwarmEvent::Behaviour(BehaviourEvent::Link(e)) => self.on_link(e),
             SwarmEvent::Behaviour(BehaviourEvent::E2e(e)) => self.on_e2e(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Store(e)) => self.on_store(e),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.on_identify(e),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(e)) => self.on_mdns(e),
@@ -342,6 +345,7 @@ impl EventLoop {
             NetCommand::Get { key, network_only, reply } => self.get(key, network_only, reply),
             NetCommand::Publish { topic, data, reply } => self.publish(topic, data, reply),
             NetCommand::Subscribe { topic, tx, reply } => self.subscribe(topic, tx, reply),
+            NetCommand::Store { peer, request, reply } => self.store_request(peer, request, reply),
         }
     }
 

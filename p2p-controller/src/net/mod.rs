@@ -19,6 +19,7 @@
 
 pub mod advert;
 pub mod behaviour;
+mod blobs;
 pub mod bootstrap;
 mod defense;
 mod dht;
@@ -97,6 +98,8 @@ pub struct NetConfig {
     pub auth: crate::userspace::AuthPolicy,
     /// `--link-rotate`: how often link keys are renewed.
     pub link_rotate: Duration,
+    /// Shards and manifests this node holds for others (crate::blobs).
+    pub shards: Option<crate::blobs::ShardStore>,
 }
 
 /// The answer to a Kademlia get.
@@ -140,6 +143,12 @@ pub(crate) enum NetCommand {
     OpenSession {
         peer: PeerId,
         reply: Reply<()>,
+    },
+    /// A storage request to `peer` (crate::blobs::proto).
+    Store {
+        peer: PeerId,
+        request: crate::blobs::proto::StoreRequest,
+        reply: Reply<crate::blobs::proto::StoreResponse>,
     },
     /// The peer ID of a node ID, if this node knows it.
     PeerOf {
@@ -202,6 +211,15 @@ impl NetHandle {
                 Err(Error::Remote(format!("no end-to-end session with {peer} within {} ms", timeout.as_millis())))
             }
         }
+    }
+
+    /// Sends a storage request to `peer` (dialled if need be).
+    pub async fn store(
+        &self,
+        peer: PeerId,
+        request: crate::blobs::proto::StoreRequest,
+    ) -> Result<crate::blobs::proto::StoreResponse> {
+        self.ask(|reply| NetCommand::Store { peer, request, reply }).await?.map_err(Error::Remote)
     }
 
     /// The peer ID of node `node`, if this node knows it.

@@ -1,0 +1,621 @@
+//! Durable storage (issue 9; README "Storage"): objects split into
+//! segments, each erasure-coded into shards placed on the nodes closest to
+//! the segment's hash, a manifest on the nodes closest to the object's CID,
+//! every shard verified on every read, and repair: every second the
+//! responsible node of each object (the live manifest holder closest to
+//! its CID) rebuilds the shards whose holders are gone, dead to the churn
+//! detector or disconnected, and places them on new nodes.
+//!
+//! [`Storage`] is cloned into the control API's handlers; it talks to the
+//! swarm through [`NetHandle`] (requests to other nodes) and reads the
+//! churn detector's view through [`LivenessHandle`].
+
+pub mod erasure;
+pub mod manifest;
+pub mod placement;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use p2p_common::id::NodeId;
+
+use crate::api::{StoreObject, StorePut, StoreShardStatus, StoreSegmentStatus, StoreStatus};
+use crate::blobs::proto::{StoreRequest, StoreResponse};
+use crate::blobs::{Cid, ShardStore};
+use crate::error::{Error, Result};
+use crate::identity::node_id_of;
+use crate::liveness::LivenessHandle;
+use crate::net::NetHandle;
+use erasure::Redundancy;
+use manifest::{Manifest, Segment, Shard};
+use placement::Candidate;
+
+/// Bytes per segment the CLI sends (and the most a segment may have).
+pub const SEGMENT_SIZE: usize = 1 << 20;
+pub const MAX_SEGMENT: usize = 4 << 20;
+/// How often the repair sweep runs.
+const SWEEP: Duration = Duration::from_secs(1);
+/// Uploads idle this long are dropped.
+const UPLOAD_IDLE: Duration = Duration::from_secs(300);
+
+struct Upload {
+    redundancy: Redundancy,
+    hasher: blake3::Hasher,
+    size: u64,
+    segment_size: u64,
+    segments: Vec<Segment>,
+    touched: Instant,
+}
+
+#[derive(Default)]
+struct Counters {
+    repaired_shards: u64,
+    repairs: u64,
+    lost_segments: u64,
+    last_repair_ms: Option<u64>,
+}
+
+struct Inner {
+    me: PeerId,
+    node: NodeId,
+    disk: ShardStore,
+    net: NetHandle,
+    liveness: LivenessHandle,
+    uploads: Mutex<HashMap<u64, Upload>>,
+    counters: Mutex<Counters>,
+}
+
+/// Clones share one storage component.
+#[derive(Clone)]
+pub struct Storage {
+    inner: Arc<Inner>,
+}
+
+fn remote(e: impl std::fmt::Display) -> Error {
+    Error::Remote(e.to_string())
+}
+
+impl Storage {
+    /// Starts the repair sweep.
+    pub fn spawn(me: PeerId, disk: ShardStore, net: NetHandle, liveness: LivenessHandle) -> Storage {
+        let s = Storage {
+            inner: Arc::new(Inner {
+                me,
+                node: node_id_of(&me),
+                disk,
+                net,
+                liveness,
+                uploads: Mutex::new(HashMap::new()),
+                counters: Mutex::new(Counters::default()),
+            }),
+        };
+        let sweeper = s.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(SWEEP);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                t.tick().await;
+                sweeper.sweep().await;
+            }
+        });
+        s
+    }
+
+    fn me(&self) -> String {
+        self.inner.me.to_string()
+    }
+
+    /// Live nodes that may hold something: this one and every peer that
+    /// is connected or routed to, unless the churn detector calls it dead.
+    async fn candidates(&self) -> Vec<Candidate> {
+        let mut out = vec![Candidate { peer: self.me(), node: self.inner.node, ip: None, poor: false }];
+        let Ok(view) = self.inner.net.view().await else { return out };
+        let live = self.inner.liveness.view().await;
+        for p in view {
+            let (Some(peer), Ok(node)) = (p.peer_id.clone(), p.node_id.parse::<NodeId>()) else { continue };
+            if !(p.connected || p.routable) || live.get(&node).is_some_and(|l| l.state == "dead") {
+                continue;
+            }
+            let ip = p.overlay.as_deref().and_then(|o| o.parse::<SocketAddr>().ok()).map(|a| a.ip());
+            out.push(Candidate { peer, node, ip, poor: p.state.contains("banned") });
+        }
+        out
+    }
+
+    async fn send(&self, peer: &str, request: StoreRequest) -> std::result::Result<StoreResponse, String> {
+        let id: PeerId = peer.parse().map_err(|e| format!("peer {peer}: {e}"))?;
+        self.inner.net.store(id, request).await.map_err(|e| e.to_string())
+    }
+
+    /// Puts a shard on `peer` (this node: its own disk).
+    async fn put_shard(&self, peer: &str, cid: Cid, data: Vec<u8>) -> std::result::Result<(), String> {
+        if peer == self.me() {
+            return self.inner.disk.put_shard(&cid, &data).map_err(|e| e.to_string());
+        }
+        match self.send(peer, StoreRequest::PutShard { cid, data }).await? {
+            StoreResponse::Done => Ok(()),
+            StoreResponse::Refused(why) => Err(why),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+
+    /// The shard from one of `holders` (live ones first), verified.
+    async fn fetch_shard(&self, shard: &Shard, live: &HashSet<String>) -> Option<Vec<u8>> {
+        let mut holders = shard.holders.clone();
+        holders.sort_by_key(|h| !live.contains(h));
+        for h in holders {
+            if h == self.me() {
+                if let Some(d) = self.inner.disk.get_shard(&shard.cid) {
+                    return Some(d);
+                }
+                continue;
+            }
+            if !live.contains(&h) {
+                continue;
+            }
+            match self.send(&h, StoreRequest::GetShard { cid: shard.cid }).await {
+                Ok(StoreResponse::Data(d)) if Cid::of(&d) == shard.cid => return Some(d),
+                Ok(StoreResponse::Data(_)) => log::warn!("store: {h} answered shard {} with wrong bytes", shard.cid),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// The segment, from any `needed()` of its shards (data shards first,
+    /// fetched concurrently, more asked for as some fail); checked against
+    /// its hash.
+    async fn read_segment(&self, m: &Manifest, seg: &Segment, live: &HashSet<String>) -> Result<Vec<u8>> {
+        let need = m.redundancy.needed();
+        let mut have: Vec<Option<Vec<u8>>> = vec![None; seg.shards.len()];
+        let mut next = 0;
+        let mut got = 0;
+        while got < need && next < seg.shards.len() {
+            let batch: Vec<usize> = (next..seg.shards.len()).take(need - got).collect();
+            next += batch.len();
+            let fetched =
+                futures::future::join_all(batch.iter().map(|&j| self.fetch_shard(&seg.shards[j], live))).await;
+            for (j, d) in batch.into_iter().zip(fetched) {
+                if d.is_some() {
+                    got += 1;
+                }
+                have[j] = d;
+            }
+        }
+        if got < need {
+            return Err(Error::Remote(format!(
+                "segment {} of {}: only {got} of {} shards could be read, {need} needed: the object cannot be \
+                 rebuilt now (too many holders unreachable; `store status {}` shows which)",
+                seg.index,
+                m.cid,
+                seg.shards.len(),
+                m.cid
+            )));
+        }
+        let data = erasure::decode(m.redundancy, seg.size as usize, &have).map_err(remote)?;
+        if Cid::of(&data) != seg.hash {
+            return Err(Error::Remote(format!("segment {} of {}: rebuilt bytes do not match its hash", seg.index, m.cid)));
+        }
+        Ok(data)
+    }
+
+    fn live_set(cands: &[Candidate]) -> HashSet<String> {
+        cands.iter().map(|c| c.peer.clone()).collect()
+    }
+
+    // ---------------------------------------------------------------- put
+
+    pub fn put_begin(&self, redundancy: Redundancy) -> u64 {
+        let id: u64 = rand::random();
+        let mut uploads = self.inner.uploads.lock().expect("not poisoned");
+        uploads.retain(|_, u| u.touched.elapsed() < UPLOAD_IDLE);
+        uploads.insert(
+            id,
+            Upload {
+                redundancy,
+                hasher: blake3::Hasher::new(),
+                size: 0,
+                segment_size: 0,
+                segments: Vec::new(),
+                touched: Instant::now(),
+            },
+        );
+        id
+    }
+
+    /// Encodes and places one segment of upload `id`.
+    pub async fn put_segment(&self, id: u64, data: Vec<u8>) -> Result<()> {
+        let (redundancy, index) = {
+            let mut uploads = self.inner.uploads.lock().expect("not poisoned");
+            let u = uploads.get_mut(&id).ok_or_else(|| Error::Usage(format!("no upload {id} (expired?)")))?;
+            if data.is_empty() || data.len() > MAX_SEGMENT {
+                return Err(Error::Usage(format!("a segment has 1 to {MAX_SEGMENT} bytes, not {}", data.len())));
+            }
+            if u.segments.last().is_some_and(|s| s.size < u.segment_size) || (u.segment_size > 0 && data.len() as u64 > u.segment_size)
+            {
+                return Err(Error::Usage("segments after the first must be as long as it, the last may be shorter".into()));
+            }
+            if u.segment_size == 0 {
+                u.segment_size = data.len() as u64;
+            }
+            u.touched = Instant::now();
+            (u.redundancy, u.segments.len() as u64)
+        };
+        let hash = Cid::of(&data);
+        let shards = erasure::encode(redundancy, &data).map_err(remote)?;
+        let cands = self.candidates().await;
+        let placed = self.place(hash.key(), shards, &cands, &[]).await.map_err(|e| {
+            Error::Remote(format!("segment {index}: {e}"))
+        })?;
+        let mut uploads = self.inner.uploads.lock().expect("not poisoned");
+        let u = uploads.get_mut(&id).ok_or_else(|| Error::Usage(format!("no upload {id} (expired?)")))?;
+        u.hasher.update(&data);
+        u.size += data.len() as u64;
+        u.segments.push(Segment { index, size: data.len() as u64, hash, shards: placed });
+        Ok(())
+    }
+
+    /// Puts `shards` (all of a segment's, or the missing ones: `None` for
+    /// those not to place) on distinct nodes closest to `key`, skipping
+    /// `exclude`; a refusal moves the shard to the next node.
+    async fn place(
+        &self,
+        key: NodeId,
+        shards: Vec<Vec<u8>>,
+        cands: &[Candidate],
+        exclude: &[String],
+    ) -> std::result::Result<Vec<Shard>, String> {
+        // Nodes holding none of the segment's shards first; the others
+        // only when there are too few (two shards on a node beat one lost).
+        let mut order = placement::choose(&key, cands, cands.len(), exclude);
+        if order.len() < shards.len() {
+            let held: Vec<String> = order.iter().map(|c| c.peer.clone()).collect();
+            order.extend(placement::choose(&key, cands, cands.len(), &held));
+        }
+        if order.is_empty() {
+            return Err("no node to place shards on".into());
+        }
+        let n = shards.len();
+        let jobs = shards.into_iter().enumerate().map(|(j, data)| {
+            let order = &order;
+            async move {
+                let cid = Cid::of(&data);
+                let mut errors = Vec::new();
+                // Shard j first on the j-th closest, then on the others.
+                for t in 0..order.len() {
+                    let c = &order[(j + t) % order.len()];
+                    match self.put_shard(&c.peer, cid, data.clone()).await {
+                        Ok(()) => return Ok(Shard { cid, holders: vec![c.peer.clone()] }),
+                        Err(e) => errors.push(format!("{}: {e}", c.peer)),
+                    }
+                    if t + 1 >= order.len().min(n + 3) {
+                        break;
+                    }
+                }
+                Err(format!("shard {j}: no node took it ({})", errors.join("; ")))
+            }
+        });
+        futures::future::join_all(jobs).await.into_iter().collect()
+    }
+
+    /// Ends upload `id`: its manifest goes to the nodes closest to its CID.
+    pub async fn put_end(&self, id: u64) -> Result<StorePut> {
+        let u = self
+            .inner
+            .uploads
+            .lock()
+            .expect("not poisoned")
+            .remove(&id)
+            .ok_or_else(|| Error::Usage(format!("no upload {id} (expired?)")))?;
+        if u.segments.is_empty() {
+            return Err(Error::Usage("an empty object cannot be stored".into()));
+        }
+        let cid = Cid(*u.hasher.finalize().as_bytes());
+        let cands = self.candidates().await;
+        let holders: Vec<String> =
+            placement::choose(&cid.key(), &cands, u.redundancy.total(), &[]).into_iter().map(|c| c.peer).collect();
+        let m = Manifest {
+            version: manifest::VERSION,
+            cid,
+            size: u.size,
+            segment_size: u.segment_size,
+            redundancy: u.redundancy,
+            owner: self.me(),
+            revision: 1,
+            manifest_holders: holders,
+            segments: u.segments,
+        };
+        let stored = self.push_manifest(&m).await;
+        if stored == 0 {
+            return Err(Error::Remote(format!("no node took the manifest of {cid}")));
+        }
+        let distinct: HashSet<&String> = m.segments.iter().flat_map(|s| s.shards.iter().flat_map(|x| &x.holders)).collect();
+        Ok(StorePut {
+            cid: cid.to_string(),
+            size: m.size,
+            segments: m.segments.len() as u64,
+            redundancy: m.redundancy.to_string(),
+            shards: m.segments.iter().map(|s| s.shards.len() as u64).sum(),
+            holders: distinct.len() as u64,
+            manifest_holders: m.manifest_holders.clone(),
+        })
+    }
+
+    /// Sends `m` to its holders (this node: its disk); drops the holders
+    /// that refuse. How many hold it.
+    async fn push_manifest(&self, m: &Manifest) -> usize {
+        let bytes = m.encode();
+        let object = m.cid;
+        let sends = m.manifest_holders.iter().map(|h| {
+            let bytes = bytes.clone();
+            async move {
+                if *h == self.me() {
+                    return self.inner.disk.put_manifest(&object, &bytes).is_ok();
+                }
+                let r = self.send(h, StoreRequest::PutManifest { object, manifest: bytes }).await;
+                matches!(r, Ok(StoreResponse::Done))
+            }
+        });
+        let ok = futures::future::join_all(sends).await;
+        ok.iter().filter(|x| **x).count()
+    }
+
+    // ---------------------------------------------------------------- get
+
+    /// The manifest of `cid`: this node's copy, else the first valid one
+    /// from the live nodes closest to the CID.
+    pub async fn manifest(&self, cid: &Cid) -> Result<Manifest> {
+        if let Some(b) = self.inner.disk.get_manifest(cid)
+            && let Ok(m) = Manifest::decode(cid, &b)
+        {
+            return Ok(m);
+        }
+        let cands = self.candidates().await;
+        for c in placement::choose(&cid.key(), &cands, cands.len(), &[self.me()]) {
+            if let Ok(StoreResponse::Data(b)) = self.send(&c.peer, StoreRequest::GetManifest { object: *cid }).await {
+                match Manifest::decode(cid, &b) {
+                    Ok(m) => return Ok(m),
+                    Err(e) => log::warn!("store: {} sent a bad manifest: {e}", c.peer),
+                }
+            }
+        }
+        Err(Error::Remote(format!("{cid}: no reachable node has its manifest (not stored, removed, or its holders are down)")))
+    }
+
+    /// Segment `index` of `cid`, verified.
+    pub async fn get_segment(&self, cid: &Cid, index: u64) -> Result<Vec<u8>> {
+        let m = self.manifest(cid).await?;
+        let seg = m
+            .segments
+            .get(index as usize)
+            .ok_or_else(|| Error::Usage(format!("{cid} has {} segments, not {}", m.segments.len(), index + 1)))?;
+        let live = Self::live_set(&self.candidates().await);
+        self.read_segment(&m, seg, &live).await
+    }
+
+    // ---------------------------------------------------------------- status, ls, rm
+
+    pub async fn status(&self, cid: &Cid) -> Result<StoreStatus> {
+        let m = self.manifest(cid).await?;
+        let live = Self::live_set(&self.candidates().await);
+        let segments: Vec<StoreSegmentStatus> = m
+            .segments
+            .iter()
+            .map(|s| {
+                let shards: Vec<StoreShardStatus> = s
+                    .shards
+                    .iter()
+                    .enumerate()
+                    .map(|(j, x)| StoreShardStatus {
+                        index: j as u64,
+                        cid: x.cid.to_string(),
+                        holders: x.holders.clone(),
+                        live_holders: x.holders.iter().filter(|h| live.contains(*h)).cloned().collect(),
+                        healthy: x.holders.iter().any(|h| live.contains(h)),
+                    })
+                    .collect();
+                let healthy = shards.iter().filter(|x| x.healthy).count() as u64;
+                StoreSegmentStatus { index: s.index, size: s.size, healthy, total: s.shards.len() as u64, shards }
+            })
+            .collect();
+        let (total, needed) = (m.redundancy.total() as u64, m.redundancy.needed() as u64);
+        let health = if segments.iter().all(|s| s.healthy == total) {
+            "full"
+        } else if segments.iter().all(|s| s.healthy >= needed) {
+            "degraded"
+        } else {
+            "lost"
+        };
+        let c = self.inner.counters.lock().expect("not poisoned");
+        Ok(StoreStatus {
+            cid: m.cid.to_string(),
+            size: m.size,
+            redundancy: m.redundancy.to_string(),
+            owner: m.owner.clone(),
+            revision: m.revision,
+            health: health.into(),
+            manifest_holders: m.manifest_holders.clone(),
+            segments,
+            repairs_here: c.repairs,
+            repaired_shards_here: c.repaired_shards,
+            last_repair_ms: c.last_repair_ms,
+        })
+    }
+
+    pub fn ls(&self) -> Vec<StoreObject> {
+        let me = self.me();
+        self.inner
+            .disk
+            .manifests()
+            .into_iter()
+            .filter_map(|c| Manifest::decode(&c, &self.inner.disk.get_manifest(&c)?).ok())
+            .map(|m| StoreObject {
+                cid: m.cid.to_string(),
+                size: m.size,
+                segments: m.segments.len() as u64,
+                redundancy: m.redundancy.to_string(),
+                mine: m.owner == me,
+                revision: m.revision,
+            })
+            .collect()
+    }
+
+    /// Removes `cid` everywhere this node can reach (owner only).
+    pub async fn rm(&self, cid: &Cid) -> Result<(u64, Vec<String>)> {
+        let m = self.manifest(cid).await?;
+        if m.owner != self.me() {
+            return Err(Error::Usage(format!("{cid} belongs to {}; only its owner may remove it", m.owner)));
+        }
+        let shards = m.shard_cids();
+        let mut nodes: Vec<String> = m.manifest_holders.clone();
+        nodes.extend(m.segments.iter().flat_map(|s| s.shards.iter().flat_map(|x| x.holders.clone())));
+        nodes.sort();
+        nodes.dedup();
+        let (mut done, mut missed) = (0u64, Vec::new());
+        for n in nodes {
+            if n == self.me() {
+                self.inner.disk.remove_manifest(cid);
+                for s in &shards {
+                    self.inner.disk.remove_shard(s);
+                }
+                done += 1;
+                continue;
+            }
+            match self.send(&n, StoreRequest::Remove { object: *cid, shards: shards.clone() }).await {
+                Ok(StoreResponse::Done) => done += 1,
+                _ => missed.push(n),
+            }
+        }
+        Ok((done, missed))
+    }
+
+    // ---------------------------------------------------------------- repair
+
+    /// One pass over the manifests held here (see the module doc).
+    async fn sweep(&self) {
+        let objects = self.inner.disk.manifests();
+        if objects.is_empty() {
+            return;
+        }
+        let cands = self.candidates().await;
+        let live = Self::live_set(&cands);
+        for cid in objects {
+            let Some(m) = self.inner.disk.get_manifest(&cid).and_then(|b| Manifest::decode(&cid, &b).ok()) else {
+                continue;
+            };
+            if !self.responsible(&m, &live) {
+                continue;
+            }
+            let started = Instant::now();
+            match self.repair(m, &cands, &live).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    let ms = started.elapsed().as_millis() as u64;
+                    log::info!("store: repaired {n} shards of {cid} in {ms} ms");
+                    let mut c = self.inner.counters.lock().expect("not poisoned");
+                    c.repairs += 1;
+                    c.repaired_shards += n;
+                    c.last_repair_ms = Some(ms);
+                }
+                Err(e) => log::warn!("store: repair of {cid}: {e}"),
+            }
+        }
+    }
+
+    /// This node repairs `m` if it is the live manifest holder closest to
+    /// the object's CID.
+    fn responsible(&self, m: &Manifest, live: &HashSet<String>) -> bool {
+        let key = m.cid.key();
+        let closest = m
+            .manifest_holders
+            .iter()
+            .filter(|h| live.contains(*h))
+            .filter_map(|h| h.parse::<PeerId>().ok())
+            .min_by_key(|p| key.distance(&node_id_of(p)));
+        closest.is_none_or(|p| p == self.inner.me)
+    }
+
+    /// Rebuilds and re-places the shards of `m` without a live holder and
+    /// tops up its manifest holders; pushes the new revision. Shards placed.
+    async fn repair(&self, mut m: Manifest, cands: &[Candidate], live: &HashSet<String>) -> std::result::Result<u64, String> {
+        let mut placed = 0u64;
+        let mut changed = false;
+        for si in 0..m.segments.len() {
+            let seg = m.segments[si].clone();
+            let missing: Vec<usize> =
+                (0..seg.shards.len()).filter(|&j| !seg.shards[j].holders.iter().any(|h| live.contains(h))).collect();
+            if missing.is_empty() {
+                continue;
+            }
+            if seg.shards.len() - missing.len() < m.redundancy.needed() {
+                self.inner.counters.lock().expect("not poisoned").lost_segments += 1;
+                log::warn!("store: segment {si} of {}: {} shards left, {} needed: lost", m.cid, seg.shards.len() - missing.len(), m.redundancy.needed());
+                continue;
+            }
+            let data = match self.read_segment(&m, &seg, live).await {
+                Ok(d) => d,
+                Err(e) => {
+                    log::warn!("store: {e}");
+                    continue;
+                }
+            };
+            let all = erasure::encode(m.redundancy, &data).map_err(|e| e.to_string())?;
+            let holding: Vec<String> =
+                seg.shards.iter().flat_map(|x| x.holders.iter().filter(|h| live.contains(*h)).cloned()).collect();
+            let rebuilt: Vec<Vec<u8>> = missing.iter().map(|&j| all[j].clone()).collect();
+            for (&j, d) in missing.iter().zip(&rebuilt) {
+                if Cid::of(d) != seg.shards[j].cid {
+                    return Err(format!("segment {si} shard {j} rebuilt with another hash"));
+                }
+            }
+            // New holders: closest to the segment, not holding any of its shards.
+            let new = self.place(seg.hash.key(), rebuilt, cands, &holding).await?;
+            for (&j, s) in missing.iter().zip(new) {
+                m.segments[si].shards[j].holders = s.holders;
+                placed += 1;
+            }
+            changed = true;
+        }
+        // Shards with live holders keep only those (one without any keeps
+        // its list: its holders may come back).
+        for seg in m.segments.iter_mut() {
+            for x in seg.shards.iter_mut() {
+                if x.holders.iter().any(|h| live.contains(h)) {
+                    let before = x.holders.len();
+                    x.holders.retain(|h| live.contains(h));
+                    changed |= x.holders.len() != before;
+                }
+            }
+        }
+        let alive: Vec<String> = m.manifest_holders.iter().filter(|h| live.contains(*h)).cloned().collect();
+        let want = m.redundancy.total().min(cands.len());
+        if alive.len() < want || alive.len() != m.manifest_holders.len() {
+            let extra = placement::choose(&m.cid.key(), cands, want - alive.len().min(want), &alive);
+            m.manifest_holders = alive.into_iter().chain(extra.into_iter().map(|c| c.peer)).collect();
+            changed = true;
+        }
+        if changed {
+            m.revision += 1;
+            self.push_manifest(&m).await;
+        }
+        Ok(placed)
+    }
+
+    /// For `status`: what this node holds and has repaired.
+    pub fn summary(&self) -> crate::api::StoreSummary {
+        let c = self.inner.counters.lock().expect("not poisoned");
+        crate::api::StoreSummary {
+            shards: self.inner.disk.shard_count() as u64,
+            used_bytes: self.inner.disk.used(),
+            quota_bytes: self.inner.disk.quota(),
+            manifests: self.inner.disk.manifests().len() as u64,
+            corrupt_shards: self.inner.disk.corrupt(),
+            repairs: c.repairs,
+            repaired_shards: c.repaired_shards,
+            lost_segments: c.lost_segments,
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Durable storage end to end (issue 9): eight nodes on a bridge (k = 20),
+//! bootstrapping from h1. h1 puts a 16 MiB object of random bytes with
+//! `rs:4+2` (16 segments, 96 shards, each segment's six on six distinct
+//! nodes); h8 gets it back byte-identical. Then, three times:
+//!
+//! 1. two holders killed (-9): once h1 no longer routes to them (their
+//!    death declared), every segment is back to six live shards on six
+//!    distinct nodes within 5 s (`store status --json`), and h8 reads the
+//!    object again;
+//! 2. two more killed: still readable, and repaired to six live shards on
+//!    the four nodes left;
+//! 3. three holders of one segment killed at once, before any repair: h8's
+//!    `get` fails with the documented error and leaves no output file.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use p2p_tests::testbed::Testbed;
+use p2p_tests::util::wait_for;
+use p2p_tests::{NodeSpec, require};
+use serde_json::Value;
+
+/// Killed nodes keep their pins (kill -9); removed when the test ends.
+struct PinSweep(Vec<PathBuf>);
+
+impl Drop for PinSweep {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+fn kill(tb: &mut Testbed, victims: &[usize], pins: &mut PinSweep) -> Vec<NodeSpec> {
+    victims
+        .iter()
+        .map(|&v| {
+            let spec = tb.nodes[v].take().expect("running").kill9();
+            pins.0.push(spec.pin_dir());
+            spec
+        })
+        .collect()
+}
+
+/// Per segment: the testbed indices of its live holders, shard by shard.
+fn holders(tb: &Testbed, status: &Value) -> Result<Vec<Vec<Vec<usize>>>> {
+    let index: HashMap<&str, usize> = tb.specs.iter().enumerate().map(|(i, s)| (s.peer_id.as_str(), i)).collect();
+    let mut out = Vec::new();
+    for seg in status["segments"].as_array().context("segments")? {
+        let mut shards = Vec::new();
+        for sh in seg["shards"].as_array().context("shards")? {
+            let live: Vec<usize> = sh["live_holders"]
+                .as_array()
+                .context("live_holders")?
+                .iter()
+                .filter_map(|h| index.get(h.as_str()?).copied())
+                .collect();
+            shards.push(live);
+        }
+        out.push(shards);
+    }
+    Ok(out)
+}
+
+/// Every segment has all six shards on live nodes, none on `dead`, and
+/// (when `distinct`) on six distinct nodes.
+fn fully_repaired(tb: &Testbed, status: &Value, dead: &HashSet<usize>, distinct: bool) -> Result<bool> {
+    if status["health"] != "full" {
+        return Ok(false);
+    }
+    for seg in holders(tb, status)? {
+        if seg.len() != 6 || seg.iter().any(|h| h.is_empty() || h.iter().any(|n| dead.contains(n))) {
+            return Ok(false);
+        }
+        let nodes: HashSet<usize> = seg.iter().map(|h| h[0]).collect();
+        if distinct && nodes.len() != 6 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Waits until `observer` routes to none of `victims` (their death
+/// declared); when that happened.
+fn declared_dead(tb: &Testbed, observer: usize, victims: &[usize]) -> Result<Instant> {
+    wait_for(Duration::from_secs(10), || {
+        let routed = tb.routed(observer).ok()?.0;
+        victims.iter().all(|v| !routed.contains(v)).then(Instant::now)
+    })
+    .with_context(|| format!("h{} still routes to some of {victims:?}", observer + 1))
+}
+
+fn get(tb: &Testbed, node: usize, cid: &str, out: &Path) -> Result<Vec<u8>> {
+    let o = out.to_str().context("utf-8")?;
+    let v = tb.node(node).cli(&["store", "get", cid, "-o", o])?;
+    ensure!(v["cid"] == cid, "{v}");
+    Ok(std::fs::read(out)?)
+}
+
+#[test]
+fn objects_survive_holder_deaths_and_are_repaired() -> Result<()> {
+    let Some(env) = require("objects_survive_holder_deaths_and_are_repaired") else { return Ok(()) };
+    let ctl = &env.ctl;
+    let mut tb = Testbed::prepare(ctl, 8, &["--kbucket-size", "20"], true, false)?;
+    let mut pins = PinSweep(Vec::new());
+    for i in 0..8 {
+        tb.launch(i)?;
+    }
+    let mesh = wait_for(Duration::from_secs(60), || (0..8).all(|i| tb.routed(i).is_ok_and(|r| r.0.len() == 7)).then_some(()));
+    ensure!(mesh.is_some(), "no full mesh: {:?}", (0..8).map(|i| tb.routed(i).map(|r| r.0)).collect::<Vec<_>>());
+
+    let mut object = vec![0u8; 16 << 20];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut object)?;
+    let file = tb.tmp.path().join("object.bin");
+    std::fs::write(&file, &object)?;
+    let t = Instant::now();
+    let put = tb.node(0).cli(&["store", "put", file.to_str().context("utf-8")?, "--redundancy", "rs:4+2"])?;
+    eprintln!("put 16 MiB in {:?}: {put}", t.elapsed());
+    let cid = put["cid"].as_str().context("cid")?.to_string();
+    ensure!(put["segments"] == 16 && put["shards"] == 96 && put["size"] == 16 << 20, "{put}");
+    let status = tb.node(0).cli(&["store", "status", &cid])?;
+    ensure!(fully_repaired(&tb, &status, &HashSet::new(), true)?, "after put: {status}");
+    let ls = tb.node(0).cli(&["store", "ls"])?;
+    ensure!(ls["objects"].as_array().is_some_and(|o| o.iter().any(|x| x["cid"] == cid && x["mine"] == true)), "{ls}");
+    let t = Instant::now();
+    ensure!(get(&tb, 7, &cid, &tb.tmp.path().join("got1"))? == object, "h8's copy differs");
+    eprintln!("get 16 MiB from h8 in {:?}", t.elapsed());
+
+    let mut dead: HashSet<usize> = HashSet::new();
+    let mut repair_times = Vec::new();
+    // Rounds 1 and 2: two holders of segment 0 each time (never h1, which
+    // observes, nor h8, which reads).
+    for round in 1..=2 {
+        let status = tb.node(0).cli(&["store", "status", &cid])?;
+        let mut victims: Vec<usize> = holders(&tb, &status)?[0].iter().map(|h| h[0]).filter(|n| *n != 0 && *n != 7).collect();
+        victims.sort_unstable();
+        victims.dedup();
+        victims.truncate(2);
+        ensure!(victims.len() == 2, "round {round}: segment 0's holders {status}");
+        kill(&mut tb, &victims, &mut pins);
+        dead.extend(&victims);
+        let declared = declared_dead(&tb, 0, &victims)?;
+        let mut last = Value::Null;
+        let repaired = wait_for(Duration::from_secs(15), || {
+            last = tb.node(0).cli(&["store", "status", &cid]).ok()?;
+            fully_repaired(&tb, &last, &dead, round == 1).ok()?.then(Instant::now)
+        });
+        let Some(at) = repaired else { bail!("round {round}: not repaired after killing {victims:?}: {last}") };
+        let took = at.saturating_duration_since(declared);
+        eprintln!("round {round}: killed h{:?}; every segment back to 6 live shards {took:?} after h1 declared them dead", victims.iter().map(|v| v + 1).collect::<Vec<_>>());
+        repair_times.push(took);
+        ensure!(took <= Duration::from_secs(5), "round {round}: repair took {took:?} (target 5 s)");
+        let got = get(&tb, 7, &cid, &tb.tmp.path().join(format!("got-r{round}")))?;
+        ensure!(got == object, "round {round}: h8's copy differs");
+    }
+    let summary: u64 = (0..8).filter(|i| !dead.contains(i)).map(|i| tb.node(i).status().map(|s| s["store"]["repaired_shards"].as_u64().unwrap_or(0)).unwrap_or(0)).sum();
+    ensure!(summary > 0, "no node reports repaired shards in status.store");
+
+    // Round 3: every live holder of segment 0 but h8 killed at once.
+    let status = tb.node(0).cli(&["store", "status", &cid])?;
+    let mut victims: Vec<usize> = holders(&tb, &status)?[0].iter().flatten().copied().filter(|n| *n != 7).collect();
+    victims.sort_unstable();
+    victims.dedup();
+    let left = holders(&tb, &status)?[0].iter().filter(|h| h.iter().any(|n| !victims.contains(n))).count();
+    ensure!(victims.len() >= 3 && left < 4, "round 3: segment 0 would keep {left} shards: {status}");
+    kill(&mut tb, &victims, &mut pins);
+    let out = tb.tmp.path().join("got-lost");
+    let e = get(&tb, 7, &cid, &out).expect_err("a get with fewer than 4 shards of a segment must fail");
+    let msg = format!("{e:#}");
+    ensure!(msg.contains("shards could be read") && msg.contains("4 needed"), "{msg}");
+    ensure!(!out.exists() && !tb.tmp.path().join("got-lost.part").exists(), "a failed get left a file");
+    eprintln!("round 3: killed {victims:?}; get fails: {msg}");
+    Ok(())
+}
