@@ -260,9 +260,21 @@ pub const REASON_RECORDS: u32 = 6;
 pub const REASON_LOOKUP: u32 = 7;
 pub const REASON_GOSSIPSUB: u32 = 8;
 pub const REASON_PREFIX: u32 = 9;
+pub const REASON_SHARDS: u32 = 10;
 /// Reason names by code (index 0: unknown).
-pub const REASON_NAMES: [&str; 10] =
-    ["unknown", "operator", "malformed", "rate", "auth", "probes", "records", "lookup", "gossipsub", "prefix"];
+pub const REASON_NAMES: [&str; 11] = [
+    "unknown",
+    "operator",
+    "malformed",
+    "rate",
+    "auth",
+    "probes",
+    "records",
+    "lookup",
+    "gossipsub",
+    "prefix",
+    "shards",
+];
 
 /// BLOCKED / BLOCKED_NETS value.
 #[repr(C)]

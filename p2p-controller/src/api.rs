@@ -617,6 +617,8 @@ pub struct StoreSummary {
     pub repairs: u64,
     pub repaired_shards: u64,
     pub lost_segments: u64,
+    /// Shard copies dropped as beyond policy (garbage collection).
+    pub collected_shards: u64,
 }
 
 /// `pubsub_subscribe`'s first line.
@@ -663,7 +665,7 @@ pub struct Pinged {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BanView {
     /// "operator", "malformed", "rate", "auth", "probes", "records",
-    /// "lookup", "gossipsub" or "prefix".
+    /// "lookup", "gossipsub", "prefix" or "shards".
     pub reason: String,
     pub text: String,
     /// Null: until lifted.

@@ -295,7 +295,8 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         sessions,
     };
     let net = net::spawn(&identity.keypair, net_cfg, links)?;
-    let storage = crate::storage::Storage::spawn(identity.peer_id, shards, net.clone(), liveness.clone());
+    let storage =
+        crate::storage::Storage::spawn(identity.peer_id, shards, net.clone(), liveness.clone(), reputation.clone());
 
     // Set-up is done: from here on the daemon needs only its maps and, at
     // exit, to detach XDP.

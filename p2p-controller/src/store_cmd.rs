@@ -22,10 +22,9 @@ fn bar(len: Option<u64>, what: &str) -> indicatif::ProgressBar {
     if !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
-    let style = indicatif::ProgressStyle::with_template(
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    )
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let style =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     let b = match len {
         Some(n) => indicatif::ProgressBar::new(n).with_style(style),
         None => indicatif::ProgressBar::new_spinner(),
@@ -134,7 +133,8 @@ pub fn run(cmd: StoreCommand, instance: &str, socket: impl Fn(&crate::cli::Clien
                 (Ok(()), Some(t), Some(o)) => {
                     std::fs::rename(&t, &o).map_err(|e| Error::File { path: o.clone(), reason: e.to_string() })?;
                     if json {
-                        let v = serde_json::json!({"cid": cid, "size": info.size, "segments": info.segments, "output": o});
+                        let v =
+                            serde_json::json!({"cid": cid, "size": info.size, "segments": info.segments, "output": o});
                         println!("{v}");
                     } else {
                         eprintln!("{cid}: {} bytes to {}", info.size, o.display());
@@ -156,7 +156,10 @@ pub fn run(cmd: StoreCommand, instance: &str, socket: impl Fn(&crate::cli::Clien
                 print_json(&v);
                 return Ok(());
             }
-            println!("{} {} bytes {} owner {} revision {}: {}", v.cid, v.size, v.redundancy, v.owner, v.revision, v.health);
+            println!(
+                "{} {} bytes {} owner {} revision {}: {}",
+                v.cid, v.size, v.redundancy, v.owner, v.revision, v.health
+            );
             println!("  manifest on {}", v.manifest_holders.join(", "));
             for s in &v.segments {
                 let bad: Vec<String> = s.shards.iter().filter(|x| !x.healthy).map(|x| x.index.to_string()).collect();

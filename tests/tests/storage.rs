@@ -1,11 +1,22 @@
 //! Durable storage end to end (issue 9): eight nodes on a bridge (k = 20),
-//! bootstrapping from h1. h1 puts a 16 MiB object of random bytes with
-//! `rs:4+2` (16 segments, 96 shards, each segment's six on six distinct
-//! nodes); h8 gets it back byte-identical. Then, three times:
+//! bootstrapping from h1; h7 stores at most 1 MiB of shards.
+//!
+//! - h2 puts a small object from standard input with `replicate:3`; h3
+//!   reads it, may not remove it, h2 removes it, and it is gone.
+//! - h1 puts a 16 MiB object of random bytes with `rs:4+2` (16 segments,
+//!   96 shards, each segment's six on six distinct nodes, h7 within its
+//!   quota); h8 gets it back byte-identical.
+//! - A shard corrupted on its holder's disk is found on h8's read, which
+//!   still returns the right bytes, and given back to the holder.
+//! - A holder cut off by iptables on the bridge (both directions): once h1
+//!   no longer routes to it, every segment is back to six live shards
+//!   within 5 s; when the rule goes, it rejoins and drops the copies the
+//!   repair replaced, so that no shard is held beyond policy.
+//!
+//! Then, three times:
 //!
 //! 1. two holders killed (-9): once h1 no longer routes to them (their
-//!    death declared), every segment is back to six live shards on six
-//!    distinct nodes within 5 s (`store status --json`), and h8 reads the
+//!    death declared), every segment is back to six live shards within 5 s (`store status --json`), and h8 reads the
 //!    object again;
 //! 2. two more killed: still readable, and repaired to six live shards on
 //!    the four nodes left;
@@ -93,6 +104,40 @@ fn declared_dead(tb: &Testbed, observer: usize, victims: &[usize]) -> Result<Ins
     .with_context(|| format!("h{} still routes to some of {victims:?}", observer + 1))
 }
 
+/// `store put -` with `replicate:3` from h2; read on h3; removed by its
+/// owner only; then gone.
+fn small_object_put_read_removed(ctl: &p2p_tests::Controller, tb: &Testbed) -> Result<()> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let h2 = &tb.specs[1];
+    let sock = h2.control_socket();
+    let mut cmd = ctl.command();
+    cmd.args(["store", "put", "-", "--redundancy", "replicate:3", "--json", "--instance", &h2.instance])
+        .arg("--control-socket")
+        .arg(&sock)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let text = b"a small object, from standard input".to_vec();
+    child.stdin.take().context("stdin")?.write_all(&text)?;
+    let out = child.wait_with_output()?;
+    ensure!(out.status.success(), "put -: {}", String::from_utf8_lossy(&out.stderr));
+    let put: Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(put["segments"] == 1 && put["shards"] == 3 && put["redundancy"] == "replicate:3", "{put}");
+    let cid = put["cid"].as_str().context("cid")?;
+    let st = tb.node(2).cli(&["store", "status", cid])?;
+    ensure!(st["health"] == "full" && st["owner"] == h2.peer_id.as_str(), "{st}");
+    ensure!(get(tb, 2, cid, &tb.tmp.path().join("small"))? == text, "h3's copy of the small object");
+    let e = tb.node(2).cli(&["store", "rm", cid]).expect_err("h3 does not own it");
+    ensure!(format!("{e:#}").contains("only its owner"), "{e:#}");
+    let rm = tb.node(1).cli(&["store", "rm", cid])?;
+    ensure!(rm["removed_from"].as_u64().is_some_and(|n| n >= 3) && rm["unreachable"] == serde_json::json!([]), "{rm}");
+    let e = get(tb, 2, cid, &tb.tmp.path().join("small-gone")).expect_err("removed");
+    ensure!(format!("{e:#}").contains("no reachable node has its manifest"), "{e:#}");
+    Ok(())
+}
+
 fn get(tb: &Testbed, node: usize, cid: &str, out: &Path) -> Result<Vec<u8>> {
     let o = out.to_str().context("utf-8")?;
     let v = tb.node(node).cli(&["store", "get", cid, "-o", o])?;
@@ -105,12 +150,16 @@ fn objects_survive_holder_deaths_and_are_repaired() -> Result<()> {
     let Some(env) = require("objects_survive_holder_deaths_and_are_repaired") else { return Ok(()) };
     let ctl = &env.ctl;
     let mut tb = Testbed::prepare(ctl, 8, &["--kbucket-size", "20"], true, false)?;
+    tb.specs[6].extra_args.extend(["--store-quota".to_string(), "1MiB".to_string()]);
     let mut pins = PinSweep(Vec::new());
     for i in 0..8 {
         tb.launch(i)?;
     }
-    let mesh = wait_for(Duration::from_secs(60), || (0..8).all(|i| tb.routed(i).is_ok_and(|r| r.0.len() == 7)).then_some(()));
+    let mesh =
+        wait_for(Duration::from_secs(60), || (0..8).all(|i| tb.routed(i).is_ok_and(|r| r.0.len() == 7)).then_some(()));
     ensure!(mesh.is_some(), "no full mesh: {:?}", (0..8).map(|i| tb.routed(i).map(|r| r.0)).collect::<Vec<_>>());
+
+    small_object_put_read_removed(ctl, &tb)?;
 
     let mut object = vec![0u8; 16 << 20];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut object)?;
@@ -125,9 +174,60 @@ fn objects_survive_holder_deaths_and_are_repaired() -> Result<()> {
     ensure!(fully_repaired(&tb, &status, &HashSet::new(), true)?, "after put: {status}");
     let ls = tb.node(0).cli(&["store", "ls"])?;
     ensure!(ls["objects"].as_array().is_some_and(|o| o.iter().any(|x| x["cid"] == cid && x["mine"] == true)), "{ls}");
+    let h7 = tb.node(6).status()?["store"].clone();
+    ensure!(h7["used_bytes"].as_u64().is_some_and(|u| u <= 1 << 20), "h7 over its quota: {h7}");
     let t = Instant::now();
     ensure!(get(&tb, 7, &cid, &tb.tmp.path().join("got1"))? == object, "h8's copy differs");
     eprintln!("get 16 MiB from h8 in {:?}", t.elapsed());
+
+    // A corrupt shard: segment 0's first shard, on its holder's disk.
+    let seg0 = &status["segments"][0]["shards"][0];
+    let (shard_cid, holder) = (seg0["cid"].as_str().context("cid")?, holders(&tb, &status)?[0][0][0]);
+    let path = tb.specs[holder].state_dir().join("store").join("shards").join(shard_cid);
+    let intact = std::fs::read(&path)?;
+    let mut bad = intact.clone();
+    bad[7] ^= 0xff;
+    std::fs::write(&path, &bad)?;
+    ensure!(get(&tb, 7, &cid, &tb.tmp.path().join("got-corrupt"))? == object, "read with a corrupt shard");
+    let st = tb.node(holder).status()?["store"].clone();
+    ensure!(st["corrupt_shards"] == 1, "h{}: {st}", holder + 1);
+    ensure!(std::fs::read(&path).ok() == Some(intact), "the corrupt shard was not given back intact");
+
+    // A holder cut off on the bridge, then back.
+    let victim = holders(&tb, &status)?[1].iter().map(|h| h[0]).find(|n| ![0, 6, 7].contains(n)).context("victim")?;
+    {
+        let _cut = tb.lan.isolate(victim + 1)?;
+        let declared = declared_dead(&tb, 0, &[victim])?;
+        let mut last = Value::Null;
+        let gone = HashSet::from([victim]);
+        let at = wait_for(Duration::from_secs(15), || {
+            last = tb.node(0).cli(&["store", "status", &cid]).ok()?;
+            fully_repaired(&tb, &last, &gone, true).ok()?.then(Instant::now)
+        });
+        let Some(at) = at else { bail!("not repaired around cut-off h{}: {last}", victim + 1) };
+        let took = at.saturating_duration_since(declared);
+        eprintln!("h{} cut off: repaired {took:?} after h1 declared it dead", victim + 1);
+        ensure!(took <= Duration::from_secs(5), "repair took {took:?} (target 5 s)");
+    }
+    // Back in every node's maps (the next repair places on it again).
+    let back =
+        wait_for(Duration::from_secs(30), || (0..8).all(|i| tb.routed(i).is_ok_and(|r| r.0.len() == 7)).then_some(()));
+    ensure!(
+        back.is_some(),
+        "h{} did not rejoin: {:?}",
+        victim + 1,
+        (0..8).map(|i| tb.routed(i).map(|r| r.0)).collect::<Vec<_>>()
+    );
+    let mut last = (Value::Null, Value::Null);
+    let tidy = wait_for(Duration::from_secs(40), || {
+        let st = tb.node(0).cli(&["store", "status", &cid]).ok()?;
+        let placed: usize = holders(&tb, &st).ok()?.iter().flatten().filter(|h| h.contains(&victim)).count();
+        let held = tb.node(victim).status().ok()?["store"].clone();
+        let once = holders(&tb, &st).ok()?.iter().flatten().all(|h| h.len() == 1);
+        last = (st, held.clone());
+        (once && held["shards"].as_u64() == Some(placed as u64)).then_some(())
+    });
+    ensure!(tidy.is_some(), "h{} holds copies beyond policy after rejoining: {:?}", victim + 1, last);
 
     let mut dead: HashSet<usize> = HashSet::new();
     let mut repair_times = Vec::new();
@@ -135,7 +235,8 @@ fn objects_survive_holder_deaths_and_are_repaired() -> Result<()> {
     // observes, nor h8, which reads).
     for round in 1..=2 {
         let status = tb.node(0).cli(&["store", "status", &cid])?;
-        let mut victims: Vec<usize> = holders(&tb, &status)?[0].iter().map(|h| h[0]).filter(|n| *n != 0 && *n != 7).collect();
+        let mut victims: Vec<usize> =
+            holders(&tb, &status)?[0].iter().map(|h| h[0]).filter(|n| *n != 0 && *n != 7).collect();
         victims.sort_unstable();
         victims.dedup();
         victims.truncate(2);
@@ -146,18 +247,27 @@ fn objects_survive_holder_deaths_and_are_repaired() -> Result<()> {
         let mut last = Value::Null;
         let repaired = wait_for(Duration::from_secs(15), || {
             last = tb.node(0).cli(&["store", "status", &cid]).ok()?;
-            fully_repaired(&tb, &last, &dead, round == 1).ok()?.then(Instant::now)
+            // Not six distinct nodes any more: h7 is full (its quota).
+            fully_repaired(&tb, &last, &dead, false).ok()?.then(Instant::now)
         });
         let Some(at) = repaired else { bail!("round {round}: not repaired after killing {victims:?}: {last}") };
         let took = at.saturating_duration_since(declared);
-        eprintln!("round {round}: killed h{:?}; every segment back to 6 live shards {took:?} after h1 declared them dead", victims.iter().map(|v| v + 1).collect::<Vec<_>>());
+        eprintln!(
+            "round {round}: killed h{:?}; every segment back to 6 live shards {took:?} after h1 declared them dead",
+            victims.iter().map(|v| v + 1).collect::<Vec<_>>()
+        );
         repair_times.push(took);
         ensure!(took <= Duration::from_secs(5), "round {round}: repair took {took:?} (target 5 s)");
         let got = get(&tb, 7, &cid, &tb.tmp.path().join(format!("got-r{round}")))?;
         ensure!(got == object, "round {round}: h8's copy differs");
     }
-    let summary: u64 = (0..8).filter(|i| !dead.contains(i)).map(|i| tb.node(i).status().map(|s| s["store"]["repaired_shards"].as_u64().unwrap_or(0)).unwrap_or(0)).sum();
+    let summary: u64 = (0..8)
+        .filter(|i| !dead.contains(i))
+        .map(|i| tb.node(i).status().map(|s| s["store"]["repaired_shards"].as_u64().unwrap_or(0)).unwrap_or(0))
+        .sum();
     ensure!(summary > 0, "no node reports repaired shards in status.store");
+    let h7 = tb.node(6).status()?["store"].clone();
+    ensure!(h7["used_bytes"].as_u64().is_some_and(|u| u <= 1 << 20), "h7 over its quota: {h7}");
 
     // Round 3: every live holder of segment 0 but h8 killed at once.
     let status = tb.node(0).cli(&["store", "status", &cid])?;

@@ -46,7 +46,8 @@ impl fmt::Debug for Cid {
 impl FromStr for Cid {
     type Err = String;
     fn from_str(s: &str) -> Result<Cid, String> {
-        let bad = |why: &str| format!("{s:?} is not a p2p-nos CID ({why}; expected `b` + base32 of CIDv1 raw BLAKE3-256)");
+        let bad =
+            |why: &str| format!("{s:?} is not a p2p-nos CID ({why}; expected `b` + base32 of CIDv1 raw BLAKE3-256)");
         let body = s.strip_prefix('b').ok_or_else(|| bad("no `b` multibase prefix"))?;
         let bytes =
             data_encoding::BASE32_NOPAD.decode(body.to_ascii_uppercase().as_bytes()).map_err(|_| bad("not base32"))?;

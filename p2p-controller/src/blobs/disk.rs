@@ -35,19 +35,14 @@ fn io(path: &Path, e: std::io::Error) -> DiskError {
 impl ShardStore {
     /// Opens (creating) `dir`; counts what it already holds.
     pub fn open(dir: &Path, quota: u64) -> Result<ShardStore, DiskError> {
-        for sub in ["shards", "manifests"] {
+        for sub in ["shards", "manifests", "refs"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| io(dir, e))?;
         }
         let mut used = 0;
         for e in std::fs::read_dir(dir.join("shards")).map_err(|e| io(dir, e))?.flatten() {
             used += e.metadata().map(|m| m.len()).unwrap_or(0);
         }
-        Ok(ShardStore {
-            dir: dir.into(),
-            quota,
-            used: Arc::new(Mutex::new(used)),
-            corrupt: Arc::new(Mutex::new(0)),
-        })
+        Ok(ShardStore { dir: dir.into(), quota, used: Arc::new(Mutex::new(used)), corrupt: Arc::new(Mutex::new(0)) })
     }
 
     pub fn used(&self) -> u64 {
@@ -74,13 +69,22 @@ impl ShardStore {
         std::fs::rename(&tmp, path).map_err(|e| io(path, e))
     }
 
-    /// Stores a shard that hashes to `cid` (a no-op if it is already here).
-    pub fn put_shard(&self, cid: &Cid, data: &[u8]) -> Result<(), DiskError> {
+    /// Stores a shard of `object` that hashes to `cid` (if it is already
+    /// here, only the reference is added).
+    pub fn put_shard(&self, object: Option<&Cid>, cid: &Cid, data: &[u8]) -> Result<(), DiskError> {
         if Cid::of(data) != *cid {
             return Err(DiskError::Mismatch(*cid));
         }
+        if let Some(o) = object {
+            self.add_ref(cid, o)?;
+        }
         let path = self.shard_path(cid);
         if path.exists() {
+            // Touched: the garbage collector's grace period starts again.
+            let _ = std::fs::File::options()
+                .append(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
             return Ok(());
         }
         let mut used = self.used.lock().expect("not poisoned");
@@ -110,7 +114,51 @@ impl ShardStore {
         self.shard_path(cid).exists()
     }
 
+    fn refs_path(&self, cid: &Cid) -> PathBuf {
+        self.dir.join("refs").join(cid.to_string())
+    }
+
+    /// The objects a shard here was put for.
+    pub fn refs(&self, cid: &Cid) -> Vec<Cid> {
+        let text = std::fs::read_to_string(self.refs_path(cid)).unwrap_or_default();
+        text.lines().filter_map(|l| l.parse().ok()).collect()
+    }
+
+    pub fn add_ref(&self, cid: &Cid, object: &Cid) -> Result<(), DiskError> {
+        let mut refs = self.refs(cid);
+        if !refs.contains(object) {
+            refs.push(*object);
+            let text: String = refs.iter().map(|r| format!("{r}\n")).collect();
+            Self::write_atomic(&self.refs_path(cid), text.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Drops `object`'s reference to a shard; the shard goes with its last one.
+    pub fn release(&self, cid: &Cid, object: &Cid) {
+        let refs: Vec<Cid> = self.refs(cid).into_iter().filter(|r| r != object).collect();
+        if refs.is_empty() {
+            self.remove_shard(cid);
+        } else {
+            let text: String = refs.iter().map(|r| format!("{r}\n")).collect();
+            let _ = Self::write_atomic(&self.refs_path(cid), text.as_bytes());
+        }
+    }
+
+    /// Shards held here, with how long ago each was last written.
+    pub fn shards_with_age(&self) -> Vec<(Cid, std::time::Duration)> {
+        let Ok(d) = std::fs::read_dir(self.dir.join("shards")) else { return Vec::new() };
+        d.flatten()
+            .filter_map(|e| {
+                let cid: Cid = e.file_name().to_str()?.parse().ok()?;
+                let age = e.metadata().ok()?.modified().ok()?.elapsed().unwrap_or_default();
+                Some((cid, age))
+            })
+            .collect()
+    }
+
     pub fn remove_shard(&self, cid: &Cid) {
+        let _ = std::fs::remove_file(self.refs_path(cid));
         let path = self.shard_path(cid);
         if let Ok(m) = std::fs::metadata(&path)
             && std::fs::remove_file(&path).is_ok()
@@ -121,7 +169,9 @@ impl ShardStore {
     }
 
     pub fn shard_count(&self) -> usize {
-        std::fs::read_dir(self.dir.join("shards")).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(self.dir.join("shards"))
+            .map(|d| d.flatten().filter(|e| e.file_name().to_str().is_some_and(|n| !n.ends_with(".tmp"))).count())
+            .unwrap_or(0)
     }
 
     pub fn put_manifest(&self, object: &Cid, bytes: &[u8]) -> Result<(), DiskError> {
@@ -160,11 +210,15 @@ mod tests {
         let d = tmp("quota");
         let s = ShardStore::open(&d, 10).unwrap();
         let (a, b) = (b"12345678".to_vec(), b"abcdefgh".to_vec());
-        assert_eq!(s.put_shard(&Cid::of(&b), &a), Err(DiskError::Mismatch(Cid::of(&b))));
-        s.put_shard(&Cid::of(&a), &a).unwrap();
-        s.put_shard(&Cid::of(&a), &a).unwrap(); // already here: no double count
+        let (o1, o2) = (Cid::of(b"o1"), Cid::of(b"o2"));
+        assert_eq!(s.put_shard(Some(&o1), &Cid::of(&b), &a), Err(DiskError::Mismatch(Cid::of(&b))));
+        s.put_shard(Some(&o1), &Cid::of(&a), &a).unwrap();
+        s.put_shard(Some(&o2), &Cid::of(&a), &a).unwrap(); // already here: no double count, one more reference
         assert_eq!(s.used(), 8);
-        let e = s.put_shard(&Cid::of(&b), &b).unwrap_err();
+        assert_eq!(s.refs(&Cid::of(&a)), vec![o1, o2]);
+        s.release(&Cid::of(&a), &o1);
+        assert!(s.has_shard(&Cid::of(&a)), "o2 still refers to it");
+        let e = s.put_shard(Some(&o1), &Cid::of(&b), &b).unwrap_err();
         assert!(e.to_string().contains("8 of 10 bytes used, 8 more"), "{e}");
         assert_eq!(s.get_shard(&Cid::of(&a)).unwrap(), a);
         // Reopened, the count survives.

@@ -11,14 +11,21 @@ pub const PROTOCOL: &str = "/p2p-nos/store/1.0.0";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum StoreRequest {
-    /// Hold this shard (it must hash to `cid`).
+    /// Hold this shard (it must hash to `cid`) of `object` (unknown while
+    /// the object is still being put: `Hold` follows).
     PutShard {
+        object: Option<Cid>,
         cid: Cid,
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     GetShard {
         cid: Cid,
+    },
+    /// The shards this node was given during a put belong to `object`.
+    Hold {
+        object: Cid,
+        shards: Vec<Cid>,
     },
     /// Hold the manifest of `object` (JSON, see `storage::manifest`); a
     /// holder keeps the highest revision it was given.

@@ -59,10 +59,18 @@ impl EventLoop {
             return StoreResponse::Refused("not a member of this network".into());
         }
         match request {
-            StoreRequest::PutShard { cid, data } => match disk.put_shard(&cid, &data) {
+            StoreRequest::PutShard { object, cid, data } => match disk.put_shard(object.as_ref(), &cid, &data) {
                 Ok(()) => StoreResponse::Done,
                 Err(e) => StoreResponse::Refused(e.to_string()),
             },
+            StoreRequest::Hold { object, shards } => {
+                for s in shards.iter().filter(|s| disk.has_shard(s)) {
+                    if let Err(e) = disk.add_ref(s, &object) {
+                        return StoreResponse::Refused(e.to_string());
+                    }
+                }
+                StoreResponse::Done
+            }
             StoreRequest::GetShard { cid } => match disk.get_shard(&cid) {
                 Some(d) => StoreResponse::Data(d),
                 None => StoreResponse::NotFound,
@@ -99,7 +107,7 @@ impl EventLoop {
                 }
                 disk.remove_manifest(&object);
                 for s in shards {
-                    disk.remove_shard(&s);
+                    disk.release(&s, &object);
                 }
                 StoreResponse::Done
             }

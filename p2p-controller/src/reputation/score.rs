@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use p2p_common::id::NodeId;
 use p2p_common::maps::{
     REASON_AUTH, REASON_GOSSIPSUB, REASON_LOOKUP, REASON_MALFORMED, REASON_OPERATOR, REASON_PROBES, REASON_RATE,
-    REASON_RECORDS,
+    REASON_RECORDS, REASON_SHARDS,
 };
 
 /// Whose score.
@@ -48,6 +48,9 @@ pub enum Evidence {
     Unsolicited,
     FailedProbes,
     Gossipsub,
+    /// A storage holder answered a shard request with bytes that do not
+    /// hash to the shard's CID.
+    BadShard,
 }
 
 impl Evidence {
@@ -61,6 +64,7 @@ impl Evidence {
             Evidence::Unsolicited => -1.0,
             Evidence::FailedProbes => -5.0,
             Evidence::Gossipsub => -10.0,
+            Evidence::BadShard => -25.0,
         }
     }
 
@@ -74,6 +78,7 @@ impl Evidence {
             Evidence::Unsolicited => "unsolicited",
             Evidence::FailedProbes => "probes",
             Evidence::Gossipsub => "gossipsub",
+            Evidence::BadShard => "shards",
         }
     }
 
@@ -87,6 +92,7 @@ impl Evidence {
             Evidence::BadLookupReply => REASON_LOOKUP,
             Evidence::FailedProbes => REASON_PROBES,
             Evidence::Gossipsub => REASON_GOSSIPSUB,
+            Evidence::BadShard => REASON_SHARDS,
         }
     }
 }

@@ -112,8 +112,8 @@ pub fn decode(r: Redundancy, len: usize, shards: &[Option<Vec<u8>>]) -> Result<V
             if data.iter().any(|s| s.is_none()) {
                 let originals = data.iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|s| (i, s)));
                 let recovery = shards[k..].iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|s| (i, s)));
-                let restored = reed_solomon_simd::decode(k, m, originals, recovery)
-                    .map_err(|e| format!("erasure decode: {e}"))?;
+                let restored =
+                    reed_solomon_simd::decode(k, m, originals, recovery).map_err(|e| format!("erasure decode: {e}"))?;
                 for (i, s) in restored {
                     data[i] = Some(s);
                 }

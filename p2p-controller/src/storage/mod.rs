@@ -22,13 +22,14 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use p2p_common::id::NodeId;
 
-use crate::api::{StoreObject, StorePut, StoreShardStatus, StoreSegmentStatus, StoreStatus};
+use crate::api::{StoreObject, StorePut, StoreSegmentStatus, StoreShardStatus, StoreStatus};
 use crate::blobs::proto::{StoreRequest, StoreResponse};
 use crate::blobs::{Cid, ShardStore};
 use crate::error::{Error, Result};
 use crate::identity::node_id_of;
 use crate::liveness::LivenessHandle;
 use crate::net::NetHandle;
+use crate::reputation::{Evidence, ReputationHandle, Subject};
 use erasure::Redundancy;
 use manifest::{Manifest, Segment, Shard};
 use placement::Candidate;
@@ -40,6 +41,17 @@ pub const MAX_SEGMENT: usize = 4 << 20;
 const SWEEP: Duration = Duration::from_secs(1);
 /// Uploads idle this long are dropped.
 const UPLOAD_IDLE: Duration = Duration::from_secs(300);
+/// Garbage collection every this many sweeps; the responsible node sends
+/// its manifest to the holders every `REFRESH_EVERY` sweeps.
+const GC_EVERY: u64 = 5;
+const REFRESH_EVERY: u64 = 10;
+/// A shard is collected only this long after it was last written (a
+/// repair's new holder gets its shard before the manifest that names it).
+const GC_GRACE: Duration = Duration::from_secs(10);
+/// A shard no object claimed (its put never ended) goes after this long.
+const UNCLAIMED_GRACE: Duration = Duration::from_secs(600);
+/// Nodes asked for the newest manifest when collecting garbage.
+const GC_ASK: usize = 3;
 
 struct Upload {
     redundancy: Redundancy,
@@ -56,6 +68,9 @@ struct Counters {
     repairs: u64,
     lost_segments: u64,
     last_repair_ms: Option<u64>,
+    sweeps: u64,
+    /// Shard copies dropped by garbage collection.
+    collected: u64,
 }
 
 struct Inner {
@@ -64,6 +79,7 @@ struct Inner {
     disk: ShardStore,
     net: NetHandle,
     liveness: LivenessHandle,
+    reputation: ReputationHandle,
     uploads: Mutex<HashMap<u64, Upload>>,
     counters: Mutex<Counters>,
 }
@@ -80,7 +96,13 @@ fn remote(e: impl std::fmt::Display) -> Error {
 
 impl Storage {
     /// Starts the repair sweep.
-    pub fn spawn(me: PeerId, disk: ShardStore, net: NetHandle, liveness: LivenessHandle) -> Storage {
+    pub fn spawn(
+        me: PeerId,
+        disk: ShardStore,
+        net: NetHandle,
+        liveness: LivenessHandle,
+        reputation: ReputationHandle,
+    ) -> Storage {
         let s = Storage {
             inner: Arc::new(Inner {
                 me,
@@ -88,6 +110,7 @@ impl Storage {
                 disk,
                 net,
                 liveness,
+                reputation,
                 uploads: Mutex::new(HashMap::new()),
                 counters: Mutex::new(Counters::default()),
             }),
@@ -130,39 +153,52 @@ impl Storage {
         self.inner.net.store(id, request).await.map_err(|e| e.to_string())
     }
 
-    /// Puts a shard on `peer` (this node: its own disk).
-    async fn put_shard(&self, peer: &str, cid: Cid, data: Vec<u8>) -> std::result::Result<(), String> {
+    /// Puts a shard of `object` (None: still being put) on `peer` (this
+    /// node: its own disk).
+    async fn put_shard(
+        &self,
+        peer: &str,
+        object: Option<Cid>,
+        cid: Cid,
+        data: Vec<u8>,
+    ) -> std::result::Result<(), String> {
         if peer == self.me() {
-            return self.inner.disk.put_shard(&cid, &data).map_err(|e| e.to_string());
+            return self.inner.disk.put_shard(object.as_ref(), &cid, &data).map_err(|e| e.to_string());
         }
-        match self.send(peer, StoreRequest::PutShard { cid, data }).await? {
+        match self.send(peer, StoreRequest::PutShard { object, cid, data }).await? {
             StoreResponse::Done => Ok(()),
             StoreResponse::Refused(why) => Err(why),
             other => Err(format!("unexpected answer {other:?}")),
         }
     }
 
-    /// The shard from one of `holders` (live ones first), verified.
-    async fn fetch_shard(&self, shard: &Shard, live: &HashSet<String>) -> Option<Vec<u8>> {
-        let mut holders = shard.holders.clone();
-        holders.sort_by_key(|h| !live.contains(h));
-        for h in holders {
-            if h == self.me() {
-                if let Some(d) = self.inner.disk.get_shard(&shard.cid) {
-                    return Some(d);
+    /// The shard from one of its live holders, verified; and the live
+    /// holders that did not have it intact (to be given it again).
+    async fn fetch_shard(&self, shard: &Shard, live: &HashSet<String>) -> (Option<Vec<u8>>, Vec<String>) {
+        let mut failed = Vec::new();
+        for h in shard.holders.iter().filter(|h| live.contains(*h)) {
+            if *h == self.me() {
+                match self.inner.disk.get_shard(&shard.cid) {
+                    Some(d) => return (Some(d), failed),
+                    None => failed.push(h.clone()),
                 }
                 continue;
             }
-            if !live.contains(&h) {
-                continue;
-            }
-            match self.send(&h, StoreRequest::GetShard { cid: shard.cid }).await {
-                Ok(StoreResponse::Data(d)) if Cid::of(&d) == shard.cid => return Some(d),
-                Ok(StoreResponse::Data(_)) => log::warn!("store: {h} answered shard {} with wrong bytes", shard.cid),
+            match self.send(h, StoreRequest::GetShard { cid: shard.cid }).await {
+                Ok(StoreResponse::Data(d)) if Cid::of(&d) == shard.cid => return (Some(d), failed),
+                Ok(StoreResponse::Data(_)) => {
+                    // An honest holder checks its copy before sending it.
+                    log::warn!("store: {h} answered shard {} with wrong bytes (reputation evidence)", shard.cid);
+                    if let Ok(p) = h.parse::<PeerId>() {
+                        self.inner.reputation.report(Subject::Node(node_id_of(&p)), Evidence::BadShard, 1);
+                    }
+                    failed.push(h.clone());
+                }
+                Ok(StoreResponse::NotFound) => failed.push(h.clone()),
                 _ => {}
             }
         }
-        None
+        (None, failed)
     }
 
     /// The segment, from any `needed()` of its shards (data shards first,
@@ -171,6 +207,8 @@ impl Storage {
     async fn read_segment(&self, m: &Manifest, seg: &Segment, live: &HashSet<String>) -> Result<Vec<u8>> {
         let need = m.redundancy.needed();
         let mut have: Vec<Option<Vec<u8>>> = vec![None; seg.shards.len()];
+        // Live holders whose copy was missing or corrupt, by shard.
+        let mut lacking: Vec<(usize, Vec<String>)> = Vec::new();
         let mut next = 0;
         let mut got = 0;
         while got < need && next < seg.shards.len() {
@@ -178,9 +216,12 @@ impl Storage {
             next += batch.len();
             let fetched =
                 futures::future::join_all(batch.iter().map(|&j| self.fetch_shard(&seg.shards[j], live))).await;
-            for (j, d) in batch.into_iter().zip(fetched) {
+            for (j, (d, failed)) in batch.into_iter().zip(fetched) {
                 if d.is_some() {
                     got += 1;
+                }
+                if !failed.is_empty() {
+                    lacking.push((j, failed));
                 }
                 have[j] = d;
             }
@@ -197,9 +238,37 @@ impl Storage {
         }
         let data = erasure::decode(m.redundancy, seg.size as usize, &have).map_err(remote)?;
         if Cid::of(&data) != seg.hash {
-            return Err(Error::Remote(format!("segment {} of {}: rebuilt bytes do not match its hash", seg.index, m.cid)));
+            return Err(Error::Remote(format!(
+                "segment {} of {}: rebuilt bytes do not match its hash",
+                seg.index, m.cid
+            )));
+        }
+        if !lacking.is_empty() {
+            self.read_repair(m, seg, &data, lacking).await;
         }
         Ok(data)
+    }
+
+    /// Read repair: live holders found without an intact copy of a shard
+    /// (deleted, or corrupt and so deleted on read) get it again, rebuilt
+    /// from the segment just read.
+    async fn read_repair(&self, m: &Manifest, seg: &Segment, data: &[u8], lacking: Vec<(usize, Vec<String>)>) {
+        let Ok(all) = erasure::encode(m.redundancy, data) else { return };
+        for (j, holders) in lacking {
+            let (Some(shard), Some(want)) = (all.get(j), seg.shards.get(j)) else { continue };
+            if Cid::of(shard) != want.cid {
+                continue;
+            }
+            for h in holders {
+                match self.put_shard(&h, Some(m.cid), want.cid, shard.clone()).await {
+                    Ok(()) => {
+                        log::info!("store: shard {j} of segment {} of {} given again to {h}", seg.index, m.cid);
+                        self.inner.counters.lock().expect("not poisoned").repaired_shards += 1;
+                    }
+                    Err(e) => log::warn!("store: read repair of shard {} on {h}: {e}", want.cid),
+                }
+            }
+        }
     }
 
     fn live_set(cands: &[Candidate]) -> HashSet<String> {
@@ -234,9 +303,12 @@ impl Storage {
             if data.is_empty() || data.len() > MAX_SEGMENT {
                 return Err(Error::Usage(format!("a segment has 1 to {MAX_SEGMENT} bytes, not {}", data.len())));
             }
-            if u.segments.last().is_some_and(|s| s.size < u.segment_size) || (u.segment_size > 0 && data.len() as u64 > u.segment_size)
+            if u.segments.last().is_some_and(|s| s.size < u.segment_size)
+                || (u.segment_size > 0 && data.len() as u64 > u.segment_size)
             {
-                return Err(Error::Usage("segments after the first must be as long as it, the last may be shorter".into()));
+                return Err(Error::Usage(
+                    "segments after the first must be as long as it, the last may be shorter".into(),
+                ));
             }
             if u.segment_size == 0 {
                 u.segment_size = data.len() as u64;
@@ -247,9 +319,10 @@ impl Storage {
         let hash = Cid::of(&data);
         let shards = erasure::encode(redundancy, &data).map_err(remote)?;
         let cands = self.candidates().await;
-        let placed = self.place(hash.key(), shards, &cands, &[]).await.map_err(|e| {
-            Error::Remote(format!("segment {index}: {e}"))
-        })?;
+        let placed = self
+            .place(None, hash.key(), shards, &cands, &[])
+            .await
+            .map_err(|e| Error::Remote(format!("segment {index}: {e}")))?;
         let mut uploads = self.inner.uploads.lock().expect("not poisoned");
         let u = uploads.get_mut(&id).ok_or_else(|| Error::Usage(format!("no upload {id} (expired?)")))?;
         u.hasher.update(&data);
@@ -263,6 +336,7 @@ impl Storage {
     /// `exclude`; a refusal moves the shard to the next node.
     async fn place(
         &self,
+        object: Option<Cid>,
         key: NodeId,
         shards: Vec<Vec<u8>>,
         cands: &[Candidate],
@@ -278,27 +352,52 @@ impl Storage {
         if order.is_empty() {
             return Err("no node to place shards on".into());
         }
-        let n = shards.len();
-        let jobs = shards.into_iter().enumerate().map(|(j, data)| {
-            let order = &order;
-            async move {
-                let cid = Cid::of(&data);
-                let mut errors = Vec::new();
-                // Shard j first on the j-th closest, then on the others.
-                for t in 0..order.len() {
-                    let c = &order[(j + t) % order.len()];
-                    match self.put_shard(&c.peer, cid, data.clone()).await {
-                        Ok(()) => return Ok(Shard { cid, holders: vec![c.peer.clone()] }),
-                        Err(e) => errors.push(format!("{}: {e}", c.peer)),
-                    }
-                    if t + 1 >= order.len().min(n + 3) {
+        // Shard j on the j-th node, all at once; a refused one then on the
+        // first node not yet holding a shard of this segment, one by one.
+        let cids: Vec<Cid> = shards.iter().map(|d| Cid::of(d)).collect();
+        let first = futures::future::join_all(
+            shards
+                .iter()
+                .enumerate()
+                .map(|(j, d)| self.put_shard(&order[j % order.len()].peer, object, cids[j], d.clone())),
+        )
+        .await;
+        let mut placed: Vec<Option<String>> = vec![None; shards.len()];
+        let mut errors: Vec<Vec<String>> = vec![Vec::new(); shards.len()];
+        for (j, r) in first.into_iter().enumerate() {
+            let peer = &order[j % order.len()].peer;
+            match r {
+                Ok(()) => placed[j] = Some(peer.clone()),
+                Err(e) => errors[j].push(format!("{peer}: {e}")),
+            }
+        }
+        for j in 0..shards.len() {
+            if placed[j].is_some() {
+                continue;
+            }
+            let used: HashSet<String> = placed.iter().flatten().cloned().collect();
+            let tried = order[j % order.len()].peer.clone();
+            let next =
+                order.iter().filter(|c| !used.contains(&c.peer)).chain(order.iter().filter(|c| used.contains(&c.peer)));
+            for c in next.filter(|c| c.peer != tried) {
+                match self.put_shard(&c.peer, object, cids[j], shards[j].clone()).await {
+                    Ok(()) => {
+                        placed[j] = Some(c.peer.clone());
                         break;
                     }
+                    Err(e) => errors[j].push(format!("{}: {e}", c.peer)),
                 }
-                Err(format!("shard {j}: no node took it ({})", errors.join("; ")))
             }
-        });
-        futures::future::join_all(jobs).await.into_iter().collect()
+        }
+        placed
+            .into_iter()
+            .zip(cids)
+            .enumerate()
+            .map(|(j, (p, cid))| match p {
+                Some(p) => Ok(Shard { cid, holders: vec![p] }),
+                None => Err(format!("shard {j}: no node took it ({})", errors[j].join("; "))),
+            })
+            .collect()
     }
 
     /// Ends upload `id`: its manifest goes to the nodes closest to its CID.
@@ -332,7 +431,28 @@ impl Storage {
         if stored == 0 {
             return Err(Error::Remote(format!("no node took the manifest of {cid}")));
         }
-        let distinct: HashSet<&String> = m.segments.iter().flat_map(|s| s.shards.iter().flat_map(|x| &x.holders)).collect();
+        // The holders learn which object their shards belong to (for their
+        // garbage collection).
+        let mut by_holder: HashMap<String, Vec<Cid>> = HashMap::new();
+        for s in &m.segments {
+            for x in &s.shards {
+                for h in &x.holders {
+                    by_holder.entry(h.clone()).or_default().push(x.cid);
+                }
+            }
+        }
+        let holds = by_holder.into_iter().map(|(h, shards)| async move {
+            if h == self.me() {
+                for s in &shards {
+                    let _ = self.inner.disk.add_ref(s, &cid);
+                }
+            } else if let Err(e) = self.send(&h, StoreRequest::Hold { object: cid, shards }).await {
+                log::warn!("store: {h} was not told which object its shards belong to: {e}");
+            }
+        });
+        futures::future::join_all(holds).await;
+        let distinct: HashSet<&String> =
+            m.segments.iter().flat_map(|s| s.shards.iter().flat_map(|x| &x.holders)).collect();
         Ok(StorePut {
             cid: cid.to_string(),
             size: m.size,
@@ -382,7 +502,9 @@ impl Storage {
                 }
             }
         }
-        Err(Error::Remote(format!("{cid}: no reachable node has its manifest (not stored, removed, or its holders are down)")))
+        Err(Error::Remote(format!(
+            "{cid}: no reachable node has its manifest (not stored, removed, or its holders are down)"
+        )))
     }
 
     /// Segment `index` of `cid`, verified.
@@ -479,7 +601,7 @@ impl Storage {
             if n == self.me() {
                 self.inner.disk.remove_manifest(cid);
                 for s in &shards {
-                    self.inner.disk.remove_shard(s);
+                    self.inner.disk.release(s, cid);
                 }
                 done += 1;
                 continue;
@@ -494,8 +616,17 @@ impl Storage {
 
     // ---------------------------------------------------------------- repair
 
-    /// One pass over the manifests held here (see the module doc).
+    /// One pass over the manifests held here (see the module doc); every
+    /// [`GC_EVERY`] passes, garbage collection too.
     async fn sweep(&self) {
+        let pass = {
+            let mut c = self.inner.counters.lock().expect("not poisoned");
+            c.sweeps += 1;
+            c.sweeps
+        };
+        if pass % GC_EVERY == 0 {
+            self.collect_garbage().await;
+        }
         let objects = self.inner.disk.manifests();
         if objects.is_empty() {
             return;
@@ -510,7 +641,8 @@ impl Storage {
                 continue;
             }
             let started = Instant::now();
-            match self.repair(m, &cands, &live).await {
+            let refresh = pass % REFRESH_EVERY == 0;
+            match self.repair(m, &cands, &live, refresh).await {
                 Ok(0) => {}
                 Ok(n) => {
                     let ms = started.elapsed().as_millis() as u64;
@@ -526,21 +658,27 @@ impl Storage {
     }
 
     /// This node repairs `m` if it is the live manifest holder closest to
-    /// the object's CID.
+    /// the object's CID, and sees a majority of the manifest's holders live
+    /// (a node cut off from the others must not rewrite the manifest).
     fn responsible(&self, m: &Manifest, live: &HashSet<String>) -> bool {
         let key = m.cid.key();
-        let closest = m
-            .manifest_holders
-            .iter()
-            .filter(|h| live.contains(*h))
-            .filter_map(|h| h.parse::<PeerId>().ok())
-            .min_by_key(|p| key.distance(&node_id_of(p)));
-        closest.is_none_or(|p| p == self.inner.me)
+        let alive: Vec<PeerId> =
+            m.manifest_holders.iter().filter(|h| live.contains(*h)).filter_map(|h| h.parse().ok()).collect();
+        if alive.len() * 2 <= m.manifest_holders.len() {
+            return false;
+        }
+        alive.iter().min_by_key(|p| key.distance(&node_id_of(p))) == Some(&self.inner.me)
     }
 
     /// Rebuilds and re-places the shards of `m` without a live holder and
     /// tops up its manifest holders; pushes the new revision. Shards placed.
-    async fn repair(&self, mut m: Manifest, cands: &[Candidate], live: &HashSet<String>) -> std::result::Result<u64, String> {
+    async fn repair(
+        &self,
+        mut m: Manifest,
+        cands: &[Candidate],
+        live: &HashSet<String>,
+        refresh: bool,
+    ) -> std::result::Result<u64, String> {
         let mut placed = 0u64;
         let mut changed = false;
         for si in 0..m.segments.len() {
@@ -552,7 +690,12 @@ impl Storage {
             }
             if seg.shards.len() - missing.len() < m.redundancy.needed() {
                 self.inner.counters.lock().expect("not poisoned").lost_segments += 1;
-                log::warn!("store: segment {si} of {}: {} shards left, {} needed: lost", m.cid, seg.shards.len() - missing.len(), m.redundancy.needed());
+                log::warn!(
+                    "store: segment {si} of {}: {} shards left, {} needed: lost",
+                    m.cid,
+                    seg.shards.len() - missing.len(),
+                    m.redundancy.needed()
+                );
                 continue;
             }
             let data = match self.read_segment(&m, &seg, live).await {
@@ -572,7 +715,7 @@ impl Storage {
                 }
             }
             // New holders: closest to the segment, not holding any of its shards.
-            let new = self.place(seg.hash.key(), rebuilt, cands, &holding).await?;
+            let new = self.place(Some(m.cid), seg.hash.key(), rebuilt, cands, &holding).await?;
             for (&j, s) in missing.iter().zip(new) {
                 m.segments[si].shards[j].holders = s.holders;
                 placed += 1;
@@ -600,8 +743,84 @@ impl Storage {
         if changed {
             m.revision += 1;
             self.push_manifest(&m).await;
+        } else if refresh {
+            // Anti-entropy: a holder that missed a revision (cut off for a
+            // while) gets the current one.
+            self.push_manifest(&m).await;
         }
         Ok(placed)
+    }
+
+    /// The newest manifest of `object` this node can find: its own copy
+    /// and those of the live nodes closest to the CID.
+    async fn newest_manifest(&self, object: &Cid, cands: &[Candidate]) -> Option<Manifest> {
+        let mut best = self.inner.disk.get_manifest(object).and_then(|b| Manifest::decode(object, &b).ok());
+        for c in placement::choose(&object.key(), cands, GC_ASK, &[self.me()]) {
+            if let Ok(StoreResponse::Data(b)) = self.send(&c.peer, StoreRequest::GetManifest { object: *object }).await
+                && let Ok(m) = Manifest::decode(object, &b)
+                && best.as_ref().is_none_or(|x| m.revision > x.revision)
+            {
+                best = Some(m);
+            }
+        }
+        best
+    }
+
+    /// Drops what this node holds beyond policy: shards the newest
+    /// manifest of their object no longer places here (a holder that was
+    /// cut off and repaired around, then came back), shards no object ever
+    /// claimed ([`UNCLAIMED_GRACE`]: a put that never ended), and stale
+    /// manifests of objects whose manifest moved elsewhere.
+    async fn collect_garbage(&self) {
+        let cands = self.candidates().await;
+        let me = self.me();
+        let mut newest: HashMap<Cid, Option<Manifest>> = HashMap::new();
+        let disk = &self.inner.disk;
+        for (cid, age) in disk.shards_with_age() {
+            let refs = disk.refs(&cid);
+            if refs.is_empty() {
+                if age > UNCLAIMED_GRACE {
+                    disk.remove_shard(&cid);
+                }
+                continue;
+            }
+            if age < GC_GRACE {
+                continue;
+            }
+            for object in refs {
+                if let std::collections::hash_map::Entry::Vacant(e) = newest.entry(object) {
+                    e.insert(self.newest_manifest(&object, &cands).await);
+                }
+                let Some(Some(m)) = newest.get(&object) else { continue };
+                let placed_here =
+                    m.segments.iter().flat_map(|s| &s.shards).any(|x| x.cid == cid && x.holders.contains(&me));
+                if !placed_here {
+                    log::info!(
+                        "store: shard {cid} of {object} is no longer placed here (revision {}): dropped",
+                        m.revision
+                    );
+                    disk.release(&cid, &object);
+                    self.inner.counters.lock().expect("not poisoned").collected += 1;
+                }
+            }
+        }
+        for object in disk.manifests() {
+            let Some(local) = disk.get_manifest(&object).and_then(|b| Manifest::decode(&object, &b).ok()) else {
+                continue;
+            };
+            if let std::collections::hash_map::Entry::Vacant(e) = newest.entry(object) {
+                e.insert(self.newest_manifest(&object, &cands).await);
+            }
+            if let Some(Some(m)) = newest.get(&object)
+                && m.revision > local.revision
+            {
+                if m.manifest_holders.contains(&me) {
+                    let _ = disk.put_manifest(&object, &m.encode());
+                } else {
+                    disk.remove_manifest(&object);
+                }
+            }
+        }
     }
 
     /// For `status`: what this node holds and has repaired.
@@ -616,6 +835,7 @@ impl Storage {
             repairs: c.repairs,
             repaired_shards: c.repaired_shards,
             lost_segments: c.lost_segments,
+            collected_shards: c.collected,
         }
     }
 }
