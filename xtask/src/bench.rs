@@ -84,8 +84,16 @@ pub struct BenchArgs {
     /// Which benchmark: `forward` (XDP vs userspace transit capacity,
     /// TEST_RUN ns/packet) or `lookup` (lookup RTT over the kernel path vs
     /// Kademlia's iterative get, 12-node testbed).
-    #[arg(default_value = "forward", value_parser = ["forward", "lookup"])]
+    /// `storage`: erasure GiB/s, put/get against a TCP copy and repair
+    /// times on the 8-node testbed.
+    #[arg(default_value = "forward", value_parser = ["forward", "lookup", "storage"])]
     pub which: String,
+    /// storage: object size in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub object_mib: usize,
+    /// storage: holders killed one after another, each repair timed.
+    #[arg(long, default_value_t = 10)]
+    pub kills: usize,
     /// lookup: nodes in the testbed.
     #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u16).range(2..=64))]
     pub nodes: u16,
@@ -185,7 +193,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if !args.no_build {
         let mut c = util::cargo();
         c.args(["build", "--release", "-p", "p2p-controller"]);
-        if forward {
+        if forward || args.which == "storage" {
             c.args(["-p", "p2p-bench"]);
         }
         util::run_inherit(&mut c, "cargo build --release")?;
@@ -193,7 +201,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let release = util::target_dir().join("release");
     let bin = release.join("p2p-controller");
     let tool = release.join("p2p-bench");
-    for b in if forward { vec![&bin, &tool] } else { vec![&bin] } {
+    for b in if args.which != "lookup" { vec![&bin, &tool] } else { vec![&bin] } {
         if !b.is_file() {
             bail!("{} is missing; run without --no-build", b.display());
         }
@@ -201,13 +209,17 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if util::stdout_of("mountpoint", ["-q", "/sys/fs/bpf"]).is_none() {
         bail!("bpffs is not mounted at /sys/fs/bpf: run `cargo xtask setup`");
     }
+    if args.which == "storage" {
+        let report = crate::bench_storage::run(&args, bin, &tool)?;
+        return write_report(&args, &report);
+    }
     if !forward {
         let report = crate::bench_lookup::run(&args, bin)?;
         return write_report(&args, &report);
     }
     for m in &args.modes {
         if Mode::parse(m).is_none() {
-            bail!("--modes: unknown forwarder {m:?} (xdp, userspace, minimal, null)");
+            bail!("--modes: unknown forwarder {m:?} (xdp, xdp-auth, userspace, minimal, null)");
         }
     }
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);

@@ -11,6 +11,7 @@
 
 mod bench;
 mod bench_lookup;
+mod bench_storage;
 mod doctor;
 mod fuzz;
 mod prereq;

@@ -84,16 +84,23 @@ pub fn encode(r: Redundancy, segment: &[u8]) -> Result<Vec<Vec<u8>>, String> {
         Redundancy::Replicate { n } => Ok(vec![segment.to_vec(); n]),
         Redundancy::Rs { k, m } => {
             let len = shard_len(r, segment.len());
-            let mut data: Vec<Vec<u8>> = (0..k)
+            // Data shards are borrowed from the segment; only the last,
+            // padded, and any empty ones are new (zeros).
+            let pad: Vec<Vec<u8>> = (0..k)
+                .filter(|i| (i + 1) * len > segment.len())
                 .map(|i| {
-                    let mut s = segment.get(i * len..((i + 1) * len).min(segment.len())).unwrap_or(&[]).to_vec();
-                    s.resize(len, 0);
-                    s
+                    let mut t = segment.get(i * len..).unwrap_or(&[]).to_vec();
+                    t.resize(len, 0);
+                    t
                 })
                 .collect();
-            let parity = reed_solomon_simd::encode(k, m, &data).map_err(|e| format!("erasure encode: {e}"))?;
-            data.extend(parity);
-            Ok(data)
+            let full = k - pad.len();
+            let parts: Vec<&[u8]> =
+                (0..k).map(|i| if i < full { &segment[i * len..(i + 1) * len] } else { &pad[i - full][..] }).collect();
+            let parity = reed_solomon_simd::encode(k, m, &parts).map_err(|e| format!("erasure encode: {e}"))?;
+            let mut out: Vec<Vec<u8>> = parts.iter().map(|p| p.to_vec()).collect();
+            out.extend(parity);
+            Ok(out)
         }
     }
 }
@@ -108,17 +115,24 @@ pub fn decode(r: Redundancy, len: usize, shards: &[Option<Vec<u8>>]) -> Result<V
     let mut out = match r {
         Redundancy::Replicate { .. } => shards.iter().flatten().next().cloned().unwrap_or_default(),
         Redundancy::Rs { k, m } => {
-            let mut data: Vec<Option<Vec<u8>>> = shards[..k].to_vec();
-            if data.iter().any(|s| s.is_none()) {
-                let originals = data.iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|s| (i, s)));
+            let mut restored = std::collections::BTreeMap::new();
+            if shards[..k].iter().any(|s| s.is_none()) {
+                let originals = shards[..k].iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|s| (i, s)));
                 let recovery = shards[k..].iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|s| (i, s)));
-                let restored =
+                restored =
                     reed_solomon_simd::decode(k, m, originals, recovery).map_err(|e| format!("erasure decode: {e}"))?;
-                for (i, s) in restored {
-                    data[i] = Some(s);
+            }
+            let mut out = Vec::with_capacity(len + shard_len(r, len));
+            for (i, s) in shards[..k].iter().enumerate() {
+                if out.len() >= len {
+                    break;
+                }
+                match s.as_ref().or_else(|| restored.get(&i)) {
+                    Some(s) => out.extend_from_slice(s),
+                    None => return Err(format!("erasure decode: data shard {i} was not rebuilt")),
                 }
             }
-            data.into_iter().flatten().flatten().collect()
+            out
         }
     };
     if out.len() < len {

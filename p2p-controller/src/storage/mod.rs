@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use libp2p::PeerId;
 use p2p_common::id::NodeId;
 
@@ -50,6 +51,12 @@ const REFRESH_EVERY: u64 = 10;
 const GC_GRACE: Duration = Duration::from_secs(10);
 /// A shard no object claimed (its put never ended) goes after this long.
 const UNCLAIMED_GRACE: Duration = Duration::from_secs(600);
+/// An object degraded this long is repaired by any holder of its manifest.
+const TAKEOVER: Duration = Duration::from_secs(2);
+/// How long a manifest read for `get` or `status` is reused.
+const MANIFEST_TTL: Duration = Duration::from_millis(500);
+/// Segments a repair rebuilds at once.
+const REPAIR_PARALLEL: usize = 8;
 /// Nodes asked for the newest manifest when collecting garbage.
 const GC_ASK: usize = 3;
 
@@ -82,6 +89,10 @@ struct Inner {
     reputation: ReputationHandle,
     uploads: Mutex<HashMap<u64, Upload>>,
     counters: Mutex<Counters>,
+    /// Manifests recently read, for `get`'s segment requests.
+    manifests: Mutex<HashMap<Cid, (Instant, Manifest)>>,
+    /// Since when each object held here has needed repair.
+    degraded: Mutex<HashMap<Cid, Instant>>,
 }
 
 /// Clones share one storage component.
@@ -113,6 +124,8 @@ impl Storage {
                 reputation,
                 uploads: Mutex::new(HashMap::new()),
                 counters: Mutex::new(Counters::default()),
+                manifests: Mutex::new(HashMap::new()),
+                degraded: Mutex::new(HashMap::new()),
             }),
         };
         let sweeper = s.clone();
@@ -485,26 +498,24 @@ impl Storage {
 
     // ---------------------------------------------------------------- get
 
-    /// The manifest of `cid`: this node's copy, else the first valid one
-    /// from the live nodes closest to the CID.
+    /// The manifest of `cid`: the newest of this node's copy and those of
+    /// the live nodes closest to the CID (a copy here may be stale: this
+    /// node may have stopped holding it), kept for [`MANIFEST_TTL`] so that
+    /// a `get` asks once, not once a segment.
     pub async fn manifest(&self, cid: &Cid) -> Result<Manifest> {
-        if let Some(b) = self.inner.disk.get_manifest(cid)
-            && let Ok(m) = Manifest::decode(cid, &b)
+        if let Some((at, m)) = self.inner.manifests.lock().expect("not poisoned").get(cid)
+            && at.elapsed() < MANIFEST_TTL
         {
-            return Ok(m);
+            return Ok(m.clone());
         }
         let cands = self.candidates().await;
-        for c in placement::choose(&cid.key(), &cands, cands.len(), &[self.me()]) {
-            if let Ok(StoreResponse::Data(b)) = self.send(&c.peer, StoreRequest::GetManifest { object: *cid }).await {
-                match Manifest::decode(cid, &b) {
-                    Ok(m) => return Ok(m),
-                    Err(e) => log::warn!("store: {} sent a bad manifest: {e}", c.peer),
-                }
-            }
-        }
-        Err(Error::Remote(format!(
-            "{cid}: no reachable node has its manifest (not stored, removed, or its holders are down)"
-        )))
+        let m = self.newest_manifest(cid, &cands).await.ok_or_else(|| {
+            Error::Remote(format!(
+                "{cid}: no reachable node has its manifest (not stored, removed, or its holders are down)"
+            ))
+        })?;
+        self.inner.manifests.lock().expect("not poisoned").insert(*cid, (Instant::now(), m.clone()));
+        Ok(m)
     }
 
     /// Segment `index` of `cid`, verified.
@@ -637,8 +648,23 @@ impl Storage {
             let Some(m) = self.inner.disk.get_manifest(&cid).and_then(|b| Manifest::decode(&cid, &b).ok()) else {
                 continue;
             };
-            if !self.responsible(&m, &live) {
+            // Needs repair: a shard or a manifest holder without a live node.
+            let degraded =
+                m.segments.iter().flat_map(|s| &s.shards).any(|x| !x.holders.iter().any(|h| live.contains(h)))
+                    || m.manifest_holders.iter().any(|h| !live.contains(h));
+            let since = {
+                let mut d = self.inner.degraded.lock().expect("not poisoned");
+                if degraded { Some(*d.entry(cid).or_insert_with(Instant::now)) } else { d.remove(&cid).and(None) }
+            };
+            // The responsible node repairs; any other holder takes over once
+            // an object stays degraded for TAKEOVER (the responsible node
+            // may lack the manifest, or see the network otherwise).
+            let takeover = since.is_some_and(|t| t.elapsed() >= TAKEOVER);
+            if !self.responsible(&m, &live) && !takeover {
                 continue;
+            }
+            if takeover && !self.responsible(&m, &live) {
+                log::info!("store: {cid} degraded for {:?}: repairing it from here", since.map(|t| t.elapsed()));
             }
             let started = Instant::now();
             let refresh = pass % REFRESH_EVERY == 0;
@@ -681,12 +707,13 @@ impl Storage {
     ) -> std::result::Result<u64, String> {
         let mut placed = 0u64;
         let mut changed = false;
-        for si in 0..m.segments.len() {
-            let seg = m.segments[si].clone();
+        // Segments are rebuilt REPAIR_PARALLEL at a time.
+        let jobs = (0..m.segments.len()).filter_map(|si| {
+            let seg = &m.segments[si];
             let missing: Vec<usize> =
                 (0..seg.shards.len()).filter(|&j| !seg.shards[j].holders.iter().any(|h| live.contains(h))).collect();
             if missing.is_empty() {
-                continue;
+                return None;
             }
             if seg.shards.len() - missing.len() < m.redundancy.needed() {
                 self.inner.counters.lock().expect("not poisoned").lost_segments += 1;
@@ -696,31 +723,22 @@ impl Storage {
                     seg.shards.len() - missing.len(),
                     m.redundancy.needed()
                 );
-                continue;
+                return None;
             }
-            let data = match self.read_segment(&m, &seg, live).await {
-                Ok(d) => d,
-                Err(e) => {
-                    log::warn!("store: {e}");
-                    continue;
+            Some(self.repair_segment(&m, si, missing, cands, live))
+        });
+        let results: Vec<_> = futures::stream::iter(jobs).buffer_unordered(REPAIR_PARALLEL).collect().await;
+        for r in results {
+            match r {
+                Ok((si, new)) => {
+                    for (j, holders) in new {
+                        m.segments[si].shards[j].holders = holders;
+                        placed += 1;
+                    }
+                    changed = true;
                 }
-            };
-            let all = erasure::encode(m.redundancy, &data).map_err(|e| e.to_string())?;
-            let holding: Vec<String> =
-                seg.shards.iter().flat_map(|x| x.holders.iter().filter(|h| live.contains(*h)).cloned()).collect();
-            let rebuilt: Vec<Vec<u8>> = missing.iter().map(|&j| all[j].clone()).collect();
-            for (&j, d) in missing.iter().zip(&rebuilt) {
-                if Cid::of(d) != seg.shards[j].cid {
-                    return Err(format!("segment {si} shard {j} rebuilt with another hash"));
-                }
+                Err(e) => log::warn!("store: {e}"),
             }
-            // New holders: closest to the segment, not holding any of its shards.
-            let new = self.place(Some(m.cid), seg.hash.key(), rebuilt, cands, &holding).await?;
-            for (&j, s) in missing.iter().zip(new) {
-                m.segments[si].shards[j].holders = s.holders;
-                placed += 1;
-            }
-            changed = true;
         }
         // Shards with live holders keep only those (one without any keeps
         // its list: its holders may come back).
@@ -751,16 +769,54 @@ impl Storage {
         Ok(placed)
     }
 
+    /// Rebuilds segment `si`'s `missing` shards from the others and places
+    /// them on nodes closest to it that hold none of its shards; the new
+    /// holders by shard.
+    async fn repair_segment(
+        &self,
+        m: &Manifest,
+        si: usize,
+        missing: Vec<usize>,
+        cands: &[Candidate],
+        live: &HashSet<String>,
+    ) -> std::result::Result<(usize, Vec<(usize, Vec<String>)>), String> {
+        let seg = &m.segments[si];
+        let data = self.read_segment(m, seg, live).await.map_err(|e| e.to_string())?;
+        let all = erasure::encode(m.redundancy, &data)?;
+        let holding: Vec<String> =
+            seg.shards.iter().flat_map(|x| x.holders.iter().filter(|h| live.contains(*h)).cloned()).collect();
+        let rebuilt: Vec<Vec<u8>> = missing.iter().map(|&j| all[j].clone()).collect();
+        for (&j, d) in missing.iter().zip(&rebuilt) {
+            if Cid::of(d) != seg.shards[j].cid {
+                return Err(format!("segment {si} shard {j} rebuilt with another hash"));
+            }
+        }
+        let new = self.place(Some(m.cid), seg.hash.key(), rebuilt, cands, &holding).await?;
+        Ok((si, missing.into_iter().zip(new.into_iter().map(|s| s.holders)).collect()))
+    }
+
     /// The newest manifest of `object` this node can find: its own copy
     /// and those of the live nodes closest to the CID.
     async fn newest_manifest(&self, object: &Cid, cands: &[Candidate]) -> Option<Manifest> {
         let mut best = self.inner.disk.get_manifest(object).and_then(|b| Manifest::decode(object, &b).ok());
-        for c in placement::choose(&object.key(), cands, GC_ASK, &[self.me()]) {
-            if let Ok(StoreResponse::Data(b)) = self.send(&c.peer, StoreRequest::GetManifest { object: *object }).await
-                && let Ok(m) = Manifest::decode(object, &b)
-                && best.as_ref().is_none_or(|x| m.revision > x.revision)
-            {
-                best = Some(m);
+        // Closest first, until GC_ASK copies were seen (or everyone asked).
+        let mut seen = 0;
+        for c in placement::choose(&object.key(), cands, cands.len(), &[self.me()]) {
+            if seen >= GC_ASK {
+                break;
+            }
+            let Ok(StoreResponse::Data(b)) = self.send(&c.peer, StoreRequest::GetManifest { object: *object }).await
+            else {
+                continue;
+            };
+            match Manifest::decode(object, &b) {
+                Ok(m) => {
+                    seen += 1;
+                    if best.as_ref().is_none_or(|x| m.revision > x.revision) {
+                        best = Some(m);
+                    }
+                }
+                Err(e) => log::warn!("store: {} sent a bad manifest: {e}", c.peer),
             }
         }
         best

@@ -13,6 +13,7 @@
 //!   1k/10k/100k peers in its routing maps, in a namespace it creates.
 
 mod aead;
+mod erasure;
 mod frame;
 mod object;
 mod signals;
@@ -42,12 +43,14 @@ enum Tool {
     Testrun(testrun::TestrunArgs),
     /// End-to-end DATA envelopes sealed and opened per second on one core (no root needed).
     Aead(aead::AeadArgs),
+    /// Erasure encode/decode GiB/s per core, ours against the library (no root needed).
+    Erasure(erasure::ErasureArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     signals::install();
-    let needs_root = !matches!(cli.tool, Tool::Aead(_));
+    let needs_root = !matches!(cli.tool, Tool::Aead(_) | Tool::Erasure(_));
     if needs_root && !p2p_tests::env::privileged() {
         eprintln!("p2p-bench: needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_SYS_ADMIN");
         return ExitCode::FAILURE;
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Tool::Minfwd(a) => tools::minfwd_cmd(a),
         Tool::Testrun(a) => testrun::testrun_cmd(a),
         Tool::Aead(a) => aead::aead_cmd(a),
+        Tool::Erasure(a) => erasure::erasure_cmd(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
