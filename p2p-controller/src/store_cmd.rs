@@ -14,6 +14,9 @@ use crate::control;
 use crate::error::{Error, Result};
 use crate::storage::SEGMENT_SIZE;
 
+/// Segments `get` asks the daemon for at once.
+const GET_WINDOW: u64 = 4;
+
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
@@ -113,13 +116,32 @@ pub fn run(cmd: StoreCommand, instance: &str, socket: impl Fn(&crate::cli::Clien
             let pb = bar(Some(info.size), "get");
             let mut hasher = blake3::Hasher::new();
             let result = (|| -> Result<()> {
-                for index in 0..info.segments {
+                // GET_WINDOW segments asked for at once (the daemon rebuilds
+                // them in parallel), written in order.
+                let fetch = |index: u64| -> Result<Vec<u8>> {
                     let s: api::StoreSegmentData =
                         control::call(&path, instance, &Request::StoreGetSegment { cid: cid.clone(), index })?;
-                    let data = b64().decode(s.data).map_err(|e| Error::Remote(format!("segment {index}: {e}")))?;
-                    hasher.update(&data);
-                    out.write_all(&data).map_err(|e| Error::Remote(format!("write: {e}")))?;
-                    pb.inc(data.len() as u64);
+                    b64().decode(s.data).map_err(|e| Error::Remote(format!("segment {index}: {e}")))
+                };
+                let mut next = 0;
+                while next < info.segments {
+                    let batch: Vec<u64> = (next..info.segments.min(next + GET_WINDOW)).collect();
+                    next += batch.len() as u64;
+                    let got: Vec<Result<Vec<u8>>> = std::thread::scope(|s| {
+                        let handles: Vec<_> = batch.iter().map(|&i| s.spawn(move || fetch(i))).collect();
+                        handles
+                            .into_iter()
+                            .map(|h| {
+                                h.join().unwrap_or_else(|_| Err(Error::Remote("a segment reader panicked".into())))
+                            })
+                            .collect()
+                    });
+                    for data in got {
+                        let data = data?;
+                        hasher.update(&data);
+                        out.write_all(&data).map_err(|e| Error::Remote(format!("write: {e}")))?;
+                        pb.inc(data.len() as u64);
+                    }
                 }
                 out.flush().map_err(|e| Error::Remote(format!("write: {e}")))?;
                 if Cid(*hasher.finalize().as_bytes()) != want {

@@ -155,7 +155,10 @@ pub fn run(args: &BenchArgs, bin: PathBuf, tool: &Path) -> Result<Value> {
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let q = |p: f64| {
-        sorted.get(((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1).copied().unwrap_or(0.0)
+        sorted
+            .get(((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len().max(1)) - 1)
+            .copied()
+            .unwrap_or(0.0)
     };
     let (median, p99, max) = (q(0.5), q(0.99), sorted.last().copied().unwrap_or(0.0));
     println!("  repair: median {median:.0} ms, p99 {p99:.0} ms, max {max:.0} ms (target 5000 ms)");
