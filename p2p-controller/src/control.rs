@@ -6,6 +6,7 @@
 use std::os::unix::fs::PermissionsExt;
 
 use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -71,10 +72,6 @@ pub fn serve(ctx: Ctx, path: &Path) -> Result<()> {
         }
     });
     Ok(())
-}
-
-fn b64() -> base64::engine::GeneralPurpose {
-    base64::engine::general_purpose::STANDARD
 }
 
 fn parse_cid(s: &str) -> Result<crate::blobs::Cid> {
@@ -253,7 +250,7 @@ async fn dispatch(ctx: &Ctx, req: Request) -> Result<String> {
             ok_line(&api::StoreUpload { upload: ctx.storage.put_begin(r) })
         }
         Request::StorePutSegment { upload, data } => {
-            let data = b64().decode(data).map_err(|e| Error::Usage(format!("segment data: {e}")))?;
+            let data = B64.decode(data).map_err(|e| Error::Usage(format!("segment data: {e}")))?;
             ctx.storage.put_segment(upload, data).await?;
             ok_line(&serde_json::json!({}))
         }
@@ -270,7 +267,7 @@ async fn dispatch(ctx: &Ctx, req: Request) -> Result<String> {
         }
         Request::StoreGetSegment { cid, index } => {
             let data = ctx.storage.get_segment(&parse_cid(&cid)?, index).await?;
-            ok_line(&api::StoreSegmentData { index, data: b64().encode(data) })
+            ok_line(&api::StoreSegmentData { index, data: B64.encode(data) })
         }
         Request::StoreStatus { cid } => ok_line(&ctx.storage.status(&parse_cid(&cid)?).await?),
         Request::StoreLs => ok_line(&api::StoreLs { objects: ctx.storage.ls() }),

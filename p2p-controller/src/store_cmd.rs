@@ -6,6 +6,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 
 use crate::api::{self, Request};
 use crate::blobs::Cid;
@@ -16,10 +17,6 @@ use crate::storage::SEGMENT_SIZE;
 
 /// Segments `get` asks the daemon for at once.
 const GET_WINDOW: u64 = 4;
-
-fn b64() -> base64::engine::GeneralPurpose {
-    base64::engine::general_purpose::STANDARD
-}
 
 fn bar(len: Option<u64>, what: &str) -> indicatif::ProgressBar {
     if !std::io::stderr().is_terminal() {
@@ -70,7 +67,7 @@ pub fn run(cmd: StoreCommand, instance: &str, socket: impl Fn(&crate::cli::Clien
                 if n == 0 {
                     break;
                 }
-                let req = Request::StorePutSegment { upload: up.upload, data: b64().encode(&buf[..n]) };
+                let req = Request::StorePutSegment { upload: up.upload, data: B64.encode(&buf[..n]) };
                 let _: serde_json::Value = control::call(&path, instance, &req)?;
                 pb.inc(n as u64);
                 if n < buf.len() {
@@ -121,7 +118,7 @@ pub fn run(cmd: StoreCommand, instance: &str, socket: impl Fn(&crate::cli::Clien
                 let fetch = |index: u64| -> Result<Vec<u8>> {
                     let s: api::StoreSegmentData =
                         control::call(&path, instance, &Request::StoreGetSegment { cid: cid.clone(), index })?;
-                    b64().decode(s.data).map_err(|e| Error::Remote(format!("segment {index}: {e}")))
+                    B64.decode(s.data).map_err(|e| Error::Remote(format!("segment {index}: {e}")))
                 };
                 let mut next = 0;
                 while next < info.segments {

@@ -660,10 +660,11 @@ impl Storage {
             // an object stays degraded for TAKEOVER (the responsible node
             // may lack the manifest, or see the network otherwise).
             let takeover = since.is_some_and(|t| t.elapsed() >= TAKEOVER);
-            if !self.responsible(&m, &live) && !takeover {
+            let responsible = self.responsible(&m, &live);
+            if !responsible && !takeover {
                 continue;
             }
-            if takeover && !self.responsible(&m, &live) {
+            if !responsible {
                 log::info!("store: {cid} degraded for {:?}: repairing it from here", since.map(|t| t.elapsed()));
             }
             let started = Instant::now();
