@@ -358,6 +358,12 @@ pub struct PeerLiveness {
     /// Where the last evidence came from, or what declared it dead:
     /// "passive", "probe", "indirect" or "connection".
     pub source: String,
+    /// Times it was declared dead while this node knew it, and how long
+    /// ago the last time was (ms).
+    #[serde(default)]
+    pub deaths: u32,
+    #[serde(default)]
+    pub last_death_ms: Option<u64>,
 }
 
 /// `status`.
@@ -619,6 +625,14 @@ pub struct StoreSummary {
     pub lost_segments: u64,
     /// Shard copies dropped as beyond policy (garbage collection).
     pub collected_shards: u64,
+    /// Hot segments cached here now (popularity), and their bytes.
+    pub cached_segments: u64,
+    pub cache_bytes: u64,
+    /// Segment reads served from the cache; segments ever cached here;
+    /// cached segments dropped because no one read them (cooled).
+    pub cache_hits: u64,
+    pub cached_total: u64,
+    pub cooled_total: u64,
 }
 
 /// `pubsub_subscribe`'s first line.

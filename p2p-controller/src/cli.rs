@@ -491,6 +491,14 @@ pub struct RunArgs {
     /// and placed elsewhere.
     #[arg(long, value_name = "SIZE", default_value = "1GiB")]
     pub store_quota: String,
+    /// A segment that `store get` on this node reads this many times within
+    /// a minute is cached here whole (in the quota, at most a quarter of
+    /// it) and later reads are served from the cache; 0 turns caching off.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub store_hot_reads: u32,
+    /// A cached segment not read for this long is dropped.
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    pub store_cache_cool: String,
     /// Control socket [default: /run/p2p-nos/<instance>.sock]
     #[arg(long)]
     pub control_socket: Option<PathBuf>,

@@ -190,6 +190,12 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         net_cfg.known_peers = Some(net::known::KnownPeers::load(&state_dir.join(paths::KNOWN_PEERS_FILE))?);
     }
     let store_quota = units::parse_size(&args.store_quota).map_err(|e| Error::Usage(format!("--store-quota {e}")))?;
+    let store_cache = crate::storage::CachePolicy {
+        hot_reads: args.store_hot_reads,
+        cool: units::parse_duration(&args.store_cache_cool)
+            .map_err(|e| Error::Usage(format!("--store-cache-cool {e}")))?
+            .ok_or_else(|| Error::Usage("--store-cache-cool must be finite (e.g. 5m)".into()))?,
+    };
     let (identity, created) = Identity::load_or_create(&state_dir)?;
     if let Some(t) = &net_cfg.trust
         && t.cert.peer != identity.peer_id
@@ -295,8 +301,14 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         sessions,
     };
     let net = net::spawn(&identity.keypair, net_cfg, links)?;
-    let storage =
-        crate::storage::Storage::spawn(identity.peer_id, shards, net.clone(), liveness.clone(), reputation.clone());
+    let storage = crate::storage::Storage::spawn(
+        identity.peer_id,
+        shards,
+        net.clone(),
+        liveness.clone(),
+        reputation.clone(),
+        store_cache,
+    );
 
     // Set-up is done: from here on the daemon needs only its maps and, at
     // exit, to detach XDP.

@@ -2,7 +2,10 @@
 //! bootstrapping from h1; h7 stores at most 1 MiB of shards.
 //!
 //! - h2 puts a small object from standard input with `replicate:3`; h3
-//!   reads it, may not remove it, h2 removes it, and it is gone.
+//!   reads it, may not remove it. One of its holders is killed; h2
+//!   removes it (the dead holder reported unreachable) and it is gone;
+//!   the holder restarts with its old copy, finds the tombstone and drops
+//!   the copy: the object stays removed.
 //! - h1 puts a 16 MiB object of random bytes with `rs:4+2` (16 segments,
 //!   96 shards, each segment's six on six distinct nodes, h7 within its
 //!   quota); h8 gets it back byte-identical.
@@ -12,6 +15,12 @@
 //!   no longer routes to it, every segment is back to six live shards
 //!   within 5 s; when the rule goes, it rejoins and drops the copies the
 //!   repair replaced, so that no shard is held beyond policy.
+//! - Uptime: h1 puts a `replicate:6` object; the rejoined node, dead to
+//!   h1 minutes ago, holds none of its six copies (seven good nodes).
+//! - Popularity: the rejoined node reads that object three times: it
+//!   caches the segment, serves the fourth read from its cache, and drops
+//!   it once no one has read it for 2 s (`--store-cache-cool 2s`; h8,
+//!   whose reads must test the holders, caches nothing).
 //!
 //! Then, three times:
 //!
@@ -105,11 +114,12 @@ fn declared_dead(tb: &Testbed, observer: usize, victims: &[usize]) -> Result<Ins
 }
 
 /// `store put -` with `replicate:3` from h2; read on h3; removed by its
-/// owner only; then gone.
-fn small_object_put_read_removed(ctl: &p2p_tests::Controller, tb: &Testbed) -> Result<()> {
+/// owner only, while one holder is down; gone, and still gone once that
+/// holder is back with its copy.
+fn small_object_put_read_removed(ctl: &p2p_tests::Controller, tb: &mut Testbed, pins: &mut PinSweep) -> Result<()> {
     use std::io::Write;
     use std::process::Stdio;
-    let h2 = &tb.specs[1];
+    let h2 = tb.specs[1].clone();
     let sock = h2.control_socket();
     let mut cmd = ctl.command();
     cmd.args(["store", "put", "-", "--redundancy", "replicate:3", "--json", "--instance", &h2.instance])
@@ -125,24 +135,90 @@ fn small_object_put_read_removed(ctl: &p2p_tests::Controller, tb: &Testbed) -> R
     ensure!(out.status.success(), "put -: {}", String::from_utf8_lossy(&out.stderr));
     let put: Value = serde_json::from_slice(&out.stdout)?;
     ensure!(put["segments"] == 1 && put["shards"] == 3 && put["redundancy"] == "replicate:3", "{put}");
-    let cid = put["cid"].as_str().context("cid")?;
-    let st = tb.node(2).cli(&["store", "status", cid])?;
+    let cid = put["cid"].as_str().context("cid")?.to_string();
+    let st = tb.node(2).cli(&["store", "status", &cid])?;
     ensure!(st["health"] == "full" && st["owner"] == h2.peer_id.as_str(), "{st}");
-    ensure!(get(tb, 2, cid, &tb.tmp.path().join("small"))? == text, "h3's copy of the small object");
-    let e = tb.node(2).cli(&["store", "rm", cid]).expect_err("h3 does not own it");
+    ensure!(get(tb, 2, &cid, &tb.tmp.path().join("small"))? == text, "h3's copy of the small object");
+    let e = tb.node(2).cli(&["store", "rm", &cid]).expect_err("h3 does not own it");
     ensure!(format!("{e:#}").contains("only its owner"), "{e:#}");
-    let rm = tb.node(1).cli(&["store", "rm", cid])?;
-    ensure!(rm["removed_from"].as_u64().is_some_and(|n| n >= 3) && rm["unreachable"] == serde_json::json!([]), "{rm}");
+
+    // A holder (not the owner) is down while the object is removed.
+    let absent = holders(tb, &st)?[0].iter().flatten().copied().find(|&h| h != 1).context("a holder but h2")?;
+    kill(tb, &[absent], pins);
+    let _ = std::fs::remove_dir_all(tb.specs[absent].pin_dir());
+    declared_dead(tb, 1, &[absent])?;
+    let rm = tb.node(1).cli(&["store", "rm", &cid])?;
+    let absent_id = tb.specs[absent].peer_id.clone();
+    ensure!(
+        rm["removed_from"].as_u64().is_some_and(|n| n >= 2) && rm["unreachable"] == serde_json::json!([absent_id]),
+        "{rm}"
+    );
     // (h3 reuses a manifest it read for half a second.)
+    let removed =
+        |tb: &Testbed, node: usize, name: &str, last: &mut String| match get(tb, node, &cid, &tb.tmp.path().join(name))
+        {
+            Ok(_) => None,
+            Err(e) => {
+                *last = format!("{e:#}");
+                last.contains("was removed by its owner").then_some(())
+            }
+        };
     let mut last = String::new();
-    let gone = wait_for(Duration::from_secs(3), || match get(tb, 2, cid, &tb.tmp.path().join("small-gone")) {
-        Ok(_) => None,
-        Err(e) => {
-            last = format!("{e:#}");
-            last.contains("no reachable node has its manifest").then_some(())
-        }
-    });
+    let gone = wait_for(Duration::from_secs(3), || removed(tb, 2, "small-gone", &mut last));
     ensure!(gone.is_some(), "after rm: {last}");
+
+    // Back with its old copy and manifest: the tombstone wins.
+    tb.launch(absent)?;
+    let mut held = Value::Null;
+    let dropped = wait_for(Duration::from_secs(30), || {
+        held = tb.node(absent).status().ok()?["store"].clone();
+        (held["shards"] == 0 && removed(tb, absent, "small-back", &mut last).is_some()).then_some(())
+    });
+    ensure!(dropped.is_some(), "h{} kept the removed object: {held} / {last}", absent + 1);
+    let ls = tb.node(absent).cli(&["store", "ls"])?;
+    ensure!(ls["objects"] == serde_json::json!([]), "h{} lists a removed object: {ls}", absent + 1);
+    ensure!(removed(tb, 2, "small-gone-2", &mut last).is_some(), "after h{} came back: {last}", absent + 1);
+    let mesh =
+        wait_for(Duration::from_secs(30), || (0..8).all(|i| tb.routed(i).is_ok_and(|r| r.0.len() == 7)).then_some(()));
+    ensure!(mesh.is_some(), "h{} did not rejoin after its restart", absent + 1);
+    eprintln!("small object removed while h{} was down; it dropped its copy when back", absent + 1);
+    Ok(())
+}
+
+/// h1 puts a one-segment `replicate:6` object: `flaky` (declared dead by
+/// h1 minutes ago) is not among its holders. `flaky` then reads it until
+/// it is hot: cached, served from the cache, dropped once cool.
+fn uptime_and_popularity(tb: &Testbed, flaky: usize) -> Result<()> {
+    let mut object = vec![0u8; 300 << 10];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut object)?;
+    let file = tb.tmp.path().join("hot.bin");
+    std::fs::write(&file, &object)?;
+    let put = tb.node(0).cli(&["store", "put", file.to_str().context("utf-8")?, "--redundancy", "replicate:6"])?;
+    let cid = put["cid"].as_str().context("cid")?.to_string();
+    let st = tb.node(0).cli(&["store", "status", &cid])?;
+    let placed: Vec<usize> = holders(tb, &st)?[0].iter().flatten().copied().collect();
+    ensure!(placed.len() == 6, "{st}");
+    ensure!(!placed.contains(&flaky), "h{} (recently dead) got a copy: {placed:?}", flaky + 1);
+
+    let cache = |what: &str| -> Result<u64> {
+        tb.node(flaky).status()?["store"][what].as_u64().with_context(|| format!("store.{what}"))
+    };
+    let mut times = Vec::new();
+    for read in 1..=4 {
+        let t = Instant::now();
+        ensure!(get(tb, flaky, &cid, &tb.tmp.path().join(format!("hot-{read}")))? == object, "read {read}");
+        times.push(t.elapsed());
+        let (cached, hits) = (cache("cached_segments")?, cache("cache_hits")?);
+        let want = match read {
+            1 | 2 => (0, 0),
+            3 => (1, 0),
+            _ => (1, 1),
+        };
+        ensure!((cached, hits) == want, "after read {read}: cached {cached}, hits {hits}, not {want:?}");
+    }
+    eprintln!("h{} reads of a hot 300 KiB object (`store get`, CLI included): {times:?}", flaky + 1);
+    let cooled = wait_for(Duration::from_secs(8), || (cache("cached_segments").ok()? == 0).then_some(()));
+    ensure!(cooled.is_some() && cache("cooled_total")? == 1, "h{} kept a cool segment", flaky + 1);
     Ok(())
 }
 
@@ -157,8 +233,9 @@ fn get(tb: &Testbed, node: usize, cid: &str, out: &Path) -> Result<Vec<u8>> {
 fn objects_survive_holder_deaths_and_are_repaired() -> Result<()> {
     let Some(env) = require("objects_survive_holder_deaths_and_are_repaired") else { return Ok(()) };
     let ctl = &env.ctl;
-    let mut tb = Testbed::prepare(ctl, 8, &["--kbucket-size", "20"], true, false)?;
+    let mut tb = Testbed::prepare(ctl, 8, &["--kbucket-size", "20", "--store-cache-cool", "2s"], true, false)?;
     tb.specs[6].extra_args.extend(["--store-quota".to_string(), "1MiB".to_string()]);
+    tb.specs[7].extra_args.extend(["--store-hot-reads".to_string(), "0".to_string()]);
     let mut pins = PinSweep(Vec::new());
     for i in 0..8 {
         tb.launch(i)?;
@@ -167,7 +244,7 @@ fn objects_survive_holder_deaths_and_are_repaired() -> Result<()> {
         wait_for(Duration::from_secs(60), || (0..8).all(|i| tb.routed(i).is_ok_and(|r| r.0.len() == 7)).then_some(()));
     ensure!(mesh.is_some(), "no full mesh: {:?}", (0..8).map(|i| tb.routed(i).map(|r| r.0)).collect::<Vec<_>>());
 
-    small_object_put_read_removed(ctl, &tb)?;
+    small_object_put_read_removed(ctl, &mut tb, &mut pins)?;
 
     let mut object = vec![0u8; 16 << 20];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut object)?;
@@ -236,6 +313,7 @@ fn objects_survive_holder_deaths_and_are_repaired() -> Result<()> {
         (once && held["shards"].as_u64() == Some(placed as u64)).then_some(())
     });
     ensure!(tidy.is_some(), "h{} holds copies beyond policy after rejoining: {:?}", victim + 1, last);
+    uptime_and_popularity(&tb, victim)?;
 
     let mut dead: HashSet<usize> = HashSet::new();
     let mut repair_times = Vec::new();

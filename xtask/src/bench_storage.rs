@@ -64,6 +64,57 @@ fn holders_live(status: &Value) -> bool {
     status["health"] == "full"
 }
 
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Popularity: a one-segment object (1 MiB, rs:4+2) read ten times by a
+/// node that holds none of its shards; reads 1–3 go to the holders (the
+/// third makes it hot), 4–10 to the reader's cache. Checked against the
+/// reader's own count of cache hits.
+fn hot_reads(tb: &Testbed) -> Result<Value> {
+    println!("==> popularity: read latency of a hot object (`store get`, whole command)");
+    let mut object = vec![0u8; 1 << 20];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut object)?;
+    let file = tb.tmp.path().join("hot.bin");
+    std::fs::write(&file, &object)?;
+    let put = tb.node(0).cli(&["store", "put", file.to_str().context("utf-8")?])?;
+    let cid = put["cid"].as_str().context("cid")?.to_string();
+    let st = tb.node(0).cli(&["store", "status", &cid])?;
+    let holders: Vec<&str> = st["segments"][0]["shards"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|x| x["holders"].as_array().into_iter().flatten().filter_map(|h| h.as_str()))
+        .collect();
+    let reader = (1..tb.specs.len())
+        .find(|&i| !holders.contains(&tb.specs[i].peer_id.as_str()))
+        .context("every node holds a shard")?;
+    let hits_before = tb.node(reader).status()?["store"]["cache_hits"].as_u64().unwrap_or(0);
+    let out = tb.tmp.path().join("hot-got.bin");
+    let mut ms = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        tb.node(reader).cli(&["store", "get", &cid, "-o", out.to_str().context("utf-8")?])?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        ensure!(std::fs::read(&out)? == object, "a hot read differs");
+    }
+    let hits = tb.node(reader).status()?["store"]["cache_hits"].as_u64().unwrap_or(0) - hits_before;
+    ensure!(hits == 7, "h{} counts {hits} cache hits over reads 4-10, not 7", reader + 1);
+    let (cold, hot) = (median(&mut ms[..3].to_vec()), median(&mut ms[3..].to_vec()));
+    println!(
+        "  h{} (no shard): cold reads {:.1?} ms (median {cold:.1}), hot reads median {hot:.1} ms (hot/cold {:.2}); cache hits counted by h{}: {hits}",
+        reader + 1,
+        &ms[..3],
+        hot / cold,
+        reader + 1
+    );
+    Ok(
+        json!({"object_mib": 1, "reads_ms": ms, "cold_median_ms": cold, "hot_median_ms": hot, "ratio_hot_cold": hot / cold, "cache_hits": hits}),
+    )
+}
+
 pub fn run(args: &BenchArgs, bin: PathBuf, tool: &Path) -> Result<Value> {
     if !p2p_tests::env::privileged() {
         bail!("the storage benchmark needs root (or CAP_BPF + CAP_NET_ADMIN + CAP_SYS_ADMIN)");
@@ -118,6 +169,8 @@ pub fn run(args: &BenchArgs, bin: PathBuf, tool: &Path) -> Result<Value> {
         put_mbs / tcp,
         get_mbs / tcp
     );
+
+    let hot = hot_reads(&tb)?;
 
     println!("==> repair after {} kills", args.kills);
     let mut rng = Rng::from_clock();
@@ -174,6 +227,7 @@ pub fn run(args: &BenchArgs, bin: PathBuf, tool: &Path) -> Result<Value> {
         "ratio_put_tcp": put_mbs / tcp,
         "ratio_get_tcp": get_mbs / tcp,
         "repair_ms": {"samples": times, "median": median, "p99": p99, "max": max},
+        "hot_read": hot,
         "max_vm_hwm_kib": hwm,
         "kernel": util::stdout_of("uname", ["-r"]).unwrap_or_default().trim(),
     }))

@@ -1,8 +1,11 @@
 //! A node's share of the stored objects, on disk under the state
 //! directory: `store/shards/<cid>` (verified against its CID on every
 //! read: a corrupt file is deleted and reported missing, so that it is
-//! repaired) and `store/manifests/<object cid>`. Shards count against
-//! `--store-quota`; a put over it is refused with the figures.
+//! repaired), `store/manifests/<object cid>`, and `store/cache/<segment
+//! hash>`: whole segments of objects read often here (popularity), kept
+//! while they are read. Shards and cached segments count against
+//! `--store-quota`; cached segments use at most a quarter of it and give
+//! way to shards; a shard put over the quota is refused with the figures.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -24,8 +27,15 @@ pub enum DiskError {
 pub struct ShardStore {
     dir: PathBuf,
     quota: u64,
-    used: Arc<Mutex<u64>>,
+    /// Bytes of shards and cached segments; of which cached segments.
+    used: Arc<Mutex<Used>>,
     corrupt: Arc<Mutex<u64>>,
+}
+
+#[derive(Debug, Default)]
+struct Used {
+    all: u64,
+    cache: u64,
 }
 
 fn io(path: &Path, e: std::io::Error) -> DiskError {
@@ -35,18 +45,24 @@ fn io(path: &Path, e: std::io::Error) -> DiskError {
 impl ShardStore {
     /// Opens (creating) `dir`; counts what it already holds.
     pub fn open(dir: &Path, quota: u64) -> Result<ShardStore, DiskError> {
-        for sub in ["shards", "manifests", "refs"] {
+        for sub in ["shards", "manifests", "refs", "cache"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| io(dir, e))?;
         }
-        let mut used = 0;
-        for e in std::fs::read_dir(dir.join("shards")).map_err(|e| io(dir, e))?.flatten() {
-            used += e.metadata().map(|m| m.len()).unwrap_or(0);
-        }
+        let size = |sub: &str| -> Result<u64, DiskError> {
+            let d = std::fs::read_dir(dir.join(sub)).map_err(|e| io(dir, e))?;
+            Ok(d.flatten().map(|e| e.metadata().map(|m| m.len()).unwrap_or(0)).sum())
+        };
+        let cache = size("cache")?;
+        let used = Used { all: size("shards")? + cache, cache };
         Ok(ShardStore { dir: dir.into(), quota, used: Arc::new(Mutex::new(used)), corrupt: Arc::new(Mutex::new(0)) })
     }
 
+    /// Bytes held: shards and cached segments.
     pub fn used(&self) -> u64 {
-        *self.used.lock().expect("not poisoned")
+        self.used.lock().expect("not poisoned").all
+    }
+    pub fn cache_used(&self) -> u64 {
+        self.used.lock().expect("not poisoned").cache
     }
     pub fn quota(&self) -> u64 {
         self.quota
@@ -87,14 +103,91 @@ impl ShardStore {
                 .and_then(|f| f.set_modified(std::time::SystemTime::now()));
             return Ok(());
         }
-        let mut used = self.used.lock().expect("not poisoned");
         let wanted = data.len() as u64;
-        if *used + wanted > self.quota {
-            return Err(DiskError::Full { used: *used, quota: self.quota, wanted });
+        // Cached segments give way, least recently read first.
+        let over = self.used().saturating_add(wanted).saturating_sub(self.quota);
+        if over > 0 && self.cache_used() > 0 {
+            let mut cached = self.cached_with_age();
+            cached.sort_by_key(|(_, age, _)| std::cmp::Reverse(*age));
+            let mut freed = 0;
+            for (c, _, len) in cached {
+                if freed >= over {
+                    break;
+                }
+                self.remove_cached(&c);
+                freed += len;
+            }
+        }
+        let mut used = self.used.lock().expect("not poisoned");
+        if used.all + wanted > self.quota {
+            return Err(DiskError::Full { used: used.all, quota: self.quota, wanted });
         }
         Self::write_atomic(&path, data)?;
-        *used += wanted;
+        used.all += wanted;
         Ok(())
+    }
+
+    fn cache_path(&self, hash: &Cid) -> PathBuf {
+        self.dir.join("cache").join(hash.to_string())
+    }
+
+    /// Caches a segment that hashes to `hash`, if a quarter of the quota
+    /// leaves room (false: not cached).
+    pub fn put_cached(&self, hash: &Cid, data: &[u8]) -> bool {
+        let path = self.cache_path(hash);
+        if Cid::of(data) != *hash || path.exists() {
+            return false;
+        }
+        let mut used = self.used.lock().expect("not poisoned");
+        let wanted = data.len() as u64;
+        if used.all + wanted > self.quota || used.cache + wanted > self.quota / 4 {
+            return false;
+        }
+        if Self::write_atomic(&path, data).is_err() {
+            return false;
+        }
+        used.all += wanted;
+        used.cache += wanted;
+        true
+    }
+
+    /// A cached segment, if held and intact; reading it marks it read now.
+    pub fn get_cached(&self, hash: &Cid) -> Option<Vec<u8>> {
+        let path = self.cache_path(hash);
+        let data = std::fs::read(&path).ok()?;
+        if Cid::of(&data) != *hash {
+            log::warn!("store: cached segment {hash} is corrupt on disk; deleted");
+            self.remove_cached(hash);
+            return None;
+        }
+        let _ = std::fs::File::options()
+            .append(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        Some(data)
+    }
+
+    /// Cached segments: hash, time since last read, bytes.
+    pub fn cached_with_age(&self) -> Vec<(Cid, std::time::Duration, u64)> {
+        let Ok(d) = std::fs::read_dir(self.dir.join("cache")) else { return Vec::new() };
+        d.flatten()
+            .filter_map(|e| {
+                let hash: Cid = e.file_name().to_str()?.parse().ok()?;
+                let m = e.metadata().ok()?;
+                Some((hash, m.modified().ok()?.elapsed().unwrap_or_default(), m.len()))
+            })
+            .collect()
+    }
+
+    pub fn remove_cached(&self, hash: &Cid) {
+        let path = self.cache_path(hash);
+        if let Ok(m) = std::fs::metadata(&path)
+            && std::fs::remove_file(&path).is_ok()
+        {
+            let mut used = self.used.lock().expect("not poisoned");
+            used.all = used.all.saturating_sub(m.len());
+            used.cache = used.cache.saturating_sub(m.len());
+        }
     }
 
     /// The shard's bytes if held and intact; a corrupt copy is deleted.
@@ -164,7 +257,7 @@ impl ShardStore {
             && std::fs::remove_file(&path).is_ok()
         {
             let mut used = self.used.lock().expect("not poisoned");
-            *used = used.saturating_sub(m.len());
+            used.all = used.all.saturating_sub(m.len());
         }
     }
 
@@ -180,6 +273,12 @@ impl ShardStore {
 
     pub fn get_manifest(&self, object: &Cid) -> Option<Vec<u8>> {
         std::fs::read(self.manifest_path(object)).ok()
+    }
+
+    /// How long ago the manifest held here was last written.
+    pub fn manifest_age(&self, object: &Cid) -> Option<std::time::Duration> {
+        let m = std::fs::metadata(self.manifest_path(object)).ok()?;
+        Some(m.modified().ok()?.elapsed().unwrap_or_default())
     }
 
     pub fn remove_manifest(&self, object: &Cid) {
@@ -230,6 +329,33 @@ mod tests {
         assert_eq!((s.used(), s.corrupt()), (0, 1));
         s.put_manifest(&Cid::of(b"obj"), b"{}").unwrap();
         assert_eq!(s.manifests(), vec![Cid::of(b"obj")]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn cached_segments_use_a_quarter_of_the_quota_and_give_way_to_shards() {
+        let d = tmp("cache");
+        let s = ShardStore::open(&d, 36).unwrap();
+        let (c1, c2, c3) = (b"cached-1".to_vec(), b"cached-2".to_vec(), b"cached-3".to_vec());
+        assert!(!s.put_cached(&Cid::of(&c2), &c1), "wrong hash");
+        assert!(s.put_cached(&Cid::of(&c1), &c1));
+        assert!(!s.put_cached(&Cid::of(&c2), &c2), "over a quarter of 36 bytes");
+        assert_eq!((s.used(), s.cache_used()), (8, 8));
+        assert_eq!(s.get_cached(&Cid::of(&c1)), Some(c1.clone()));
+        assert_eq!(ShardStore::open(&d, 36).unwrap().cache_used(), 8, "reopened");
+        // 32 bytes of shards fit only once the cached segment is dropped.
+        for i in 0..4u8 {
+            let shard = vec![i; 8];
+            s.put_shard(None, &Cid::of(&shard), &shard).unwrap();
+        }
+        assert_eq!((s.used(), s.cache_used()), (32, 0));
+        assert_eq!(s.get_cached(&Cid::of(&c1)), None);
+        assert!(!s.put_cached(&Cid::of(&c3), &c3), "no room left");
+        s.remove_shard(&Cid::of(&[0u8; 8]));
+        assert!(s.put_cached(&Cid::of(&c3), &c3));
+        std::fs::write(d.join("cache").join(Cid::of(&c3).to_string()), b"tampered").unwrap();
+        assert_eq!(s.get_cached(&Cid::of(&c3)), None, "a corrupt cached segment is not served");
+        assert_eq!((s.used(), s.cache_used(), s.cached_with_age().len()), (24, 0, 0));
         let _ = std::fs::remove_dir_all(&d);
     }
 }

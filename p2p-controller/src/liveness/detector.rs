@@ -113,6 +113,10 @@ struct Peer {
     heard_from: Source,
     /// When it was declared dead, and by what.
     died: Option<(Instant, Source)>,
+    /// Times declared dead while known here, and the last time (kept
+    /// after it comes back: its uptime record, for storage placement).
+    deaths: u32,
+    last_death: Option<Instant>,
     /// Answered (any evidence) since it entered the maps.
     answered: bool,
     /// Outstanding direct PING: msg_id and when sent.
@@ -196,6 +200,8 @@ impl Detector {
                 heard: now,
                 heard_from: Source::Probe,
                 died: None,
+                deaths: 0,
+                last_death: None,
                 answered: false,
                 probe: None,
                 indirect: None,
@@ -305,6 +311,8 @@ impl Detector {
             let latency = now.saturating_duration_since(p.heard);
             p.state = State::Dead;
             p.died = Some((now, Source::Connection));
+            p.deaths += 1;
+            p.last_death = Some(now);
             self.hist_record(latency);
         }
     }
@@ -388,6 +396,8 @@ impl Detector {
                     if now.saturating_duration_since(since) >= t.suspicion {
                         p.state = State::Dead;
                         p.died = Some((now, Source::Probe));
+                        p.deaths += 1;
+                        p.last_death = Some(now);
                         let latency = silent;
                         out.push(Action::Dead {
                             node: id,
@@ -443,6 +453,8 @@ impl Detector {
                             Some((_, s)) => s.name().into(),
                             None => p.heard_from.name().into(),
                         },
+                        deaths: p.deaths,
+                        last_death_ms: p.last_death.map(|t| now.saturating_duration_since(t).as_millis() as u64),
                     },
                 )
             })
@@ -625,7 +637,12 @@ mod tests {
         });
         let ping = ping.expect("dead peers are PINGed back");
         assert_eq!(d.pong(ping, node(1), t + 601 * MS), Some(Action::Alive { node: node(1) }));
-        assert_eq!(d.view(t + 602 * MS).iter().find(|(n, _)| *n == node(1)).unwrap().1.source, "probe");
+        let back = d.view(t + 602 * MS).into_iter().find(|(n, _)| *n == node(1)).unwrap().1;
+        assert_eq!(back.source, "probe");
+        // Its death stays on record (storage avoids flaky holders).
+        assert_eq!((back.state.as_str(), back.deaths, back.last_death_ms), ("alive", 1, Some(602)));
+        let never = d.view(t + 602 * MS).into_iter().find(|(n, _)| *n == node(2)).unwrap().1;
+        assert_eq!((never.deaths, never.last_death_ms), (0, None));
     }
 
     #[test]

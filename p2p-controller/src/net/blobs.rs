@@ -36,11 +36,24 @@ impl Blobs {
     }
 }
 
-/// (object, revision, owner) a manifest's JSON claims, read without the
-/// storage component's types (it validates the rest when it uses one).
-fn manifest_header(bytes: &[u8]) -> Option<(String, u64, String)> {
+/// What a manifest's JSON claims, read without the storage component's
+/// types (it validates the rest when it uses one).
+struct Header {
+    cid: String,
+    revision: u64,
+    owner: String,
+    /// A tombstone (the object was removed).
+    removed: bool,
+}
+
+fn manifest_header(bytes: &[u8]) -> Option<Header> {
     let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    Some((v["cid"].as_str()?.to_string(), v["revision"].as_u64()?, v["owner"].as_str()?.to_string()))
+    Some(Header {
+        cid: v["cid"].as_str()?.to_string(),
+        revision: v["revision"].as_u64()?,
+        owner: v["owner"].as_str()?.to_string(),
+        removed: v["removed"].as_bool().unwrap_or(false),
+    })
 }
 
 impl EventLoop {
@@ -76,18 +89,20 @@ impl EventLoop {
                 None => StoreResponse::NotFound,
             },
             StoreRequest::PutManifest { object, manifest } => {
-                let Some((cid, revision, owner)) = manifest_header(&manifest) else {
+                let Some(new) = manifest_header(&manifest) else {
                     return StoreResponse::Refused("malformed manifest".into());
                 };
-                if cid != object.to_string() {
-                    return StoreResponse::Refused(format!("the manifest is of {cid}, not {object}"));
+                if new.cid != object.to_string() {
+                    return StoreResponse::Refused(format!("the manifest is of {}, not {object}", new.cid));
                 }
-                if let Some((_, held, held_owner)) = disk.get_manifest(&object).as_deref().and_then(manifest_header) {
-                    if held_owner != owner {
-                        return StoreResponse::Refused(format!("{object} belongs to {held_owner}"));
+                if let Some(held) = disk.get_manifest(&object).as_deref().and_then(manifest_header) {
+                    // After a tombstone, anyone may put the object again.
+                    if held.owner != new.owner && !held.removed {
+                        return StoreResponse::Refused(format!("{object} belongs to {}", held.owner));
                     }
-                    if held > revision {
-                        return StoreResponse::Done; // ours is newer: keep it
+                    // Ours is newer, or a tombstone of the same revision: keep it.
+                    if (held.revision, held.removed) > (new.revision, new.removed) {
+                        return StoreResponse::Done;
                     }
                 }
                 match disk.put_manifest(&object, &manifest) {
@@ -100,12 +115,16 @@ impl EventLoop {
                 None => StoreResponse::NotFound,
             },
             StoreRequest::Remove { object, shards } => {
-                if let Some((_, _, owner)) = disk.get_manifest(&object).as_deref().and_then(manifest_header)
-                    && owner != peer.to_string()
+                let held = disk.get_manifest(&object).as_deref().and_then(manifest_header);
+                if let Some(h) = &held
+                    && h.owner != peer.to_string()
                 {
-                    return StoreResponse::Refused(format!("only its owner {owner} may remove {object}"));
+                    return StoreResponse::Refused(format!("only its owner {} may remove {object}", h.owner));
                 }
-                disk.remove_manifest(&object);
+                // A tombstone stays (the owner sends it to the manifest's holders).
+                if !held.is_some_and(|h| h.removed) {
+                    disk.remove_manifest(&object);
+                }
                 for s in shards {
                     disk.release(&s, &object);
                 }

@@ -1,7 +1,11 @@
 //! The manifest of an object (version 1, JSON; README "Storage"): what
 //! `get` needs to rebuild it and what repair keeps current. Stored on the
 //! nodes closest to the object's CID (`manifest_holders`), each keeping
-//! the highest `revision`; only `owner` may remove the object.
+//! the highest `revision`; only `owner` may remove the object. Removal
+//! leaves a tombstone: the manifest with `removed: true` and a higher
+//! revision, kept by the same nodes for a day so that a holder that was
+//! away when the object was removed drops its copies instead of
+//! repairing them back.
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +31,9 @@ pub struct Manifest {
     /// Peer IDs of the nodes that hold this manifest.
     pub manifest_holders: Vec<String>,
     pub segments: Vec<Segment>,
+    /// A tombstone: the owner removed the object (absent: false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +86,13 @@ impl Manifest {
         Ok(m)
     }
 
+    /// Whether this copy replaces `other`: a higher revision, or a
+    /// tombstone of the same revision (a stale holder's repair must not
+    /// bring a removed object back).
+    pub fn supersedes(&self, other: &Manifest) -> bool {
+        (self.revision, self.removed) > (other.revision, other.removed)
+    }
+
     /// Every shard CID it names, once.
     pub fn shard_cids(&self) -> Vec<Cid> {
         let mut v: Vec<Cid> = self.segments.iter().flat_map(|s| s.shards.iter().map(|x| x.cid)).collect();
@@ -109,6 +123,7 @@ mod tests {
             revision: 1,
             manifest_holders: vec!["p0".into()],
             segments: vec![seg(0, 10), seg(1, 10), seg(2, 5)],
+            removed: false,
         }
     }
 
@@ -134,5 +149,19 @@ mod tests {
         assert!(Manifest::decode(&m.cid, &v2.encode()).unwrap_err().contains("version 2"));
         assert!(Manifest::decode(&m.cid, b"{").is_err());
         assert_eq!(m.shard_cids().len(), 9);
+        assert!(!text.contains("removed"), "{text}");
+    }
+
+    #[test]
+    fn tombstones_win_ties_and_lose_to_later_revisions() {
+        let m = sample();
+        let mut dead = m.clone();
+        dead.removed = true;
+        assert!(String::from_utf8(dead.encode()).unwrap().contains(r#""removed":true"#));
+        assert_eq!(Manifest::decode(&m.cid, &dead.encode()).unwrap(), dead);
+        assert!(dead.supersedes(&m) && !m.supersedes(&dead) && !m.supersedes(&m));
+        let mut again = m.clone();
+        again.revision = 2;
+        assert!(again.supersedes(&dead) && !dead.supersedes(&again));
     }
 }

@@ -9,6 +9,12 @@
 //! [`Storage`] is cloned into the control API's handlers; it talks to the
 //! swarm through [`NetHandle`] (requests to other nodes) and reads the
 //! churn detector's view through [`LivenessHandle`].
+//!
+//! Popularity: a node that serves `get` counts how often each segment is
+//! read through it; a segment read [`CachePolicy::hot_reads`] times within
+//! [`HOT_WINDOW`] is kept whole in its cache (near its readers: here), and
+//! later reads come from there, verified; a cached segment not read for
+//! [`CachePolicy::cool`] is dropped.
 
 pub mod erasure;
 pub mod manifest;
@@ -55,10 +61,18 @@ const UNCLAIMED_GRACE: Duration = Duration::from_secs(600);
 const TAKEOVER: Duration = Duration::from_secs(2);
 /// How long a manifest read for `get` or `status` is reused.
 const MANIFEST_TTL: Duration = Duration::from_millis(500);
+/// A node declared dead this recently is a poor holder (placed on last).
+const FLAKY: Duration = Duration::from_secs(600);
+/// Reads of a segment counted for popularity within this window.
+pub const HOT_WINDOW: Duration = Duration::from_secs(60);
 /// Segments a repair rebuilds at once.
 const REPAIR_PARALLEL: usize = 8;
-/// Nodes asked for the newest manifest when collecting garbage.
-const GC_ASK: usize = 3;
+/// Nodes asked for an object's newest manifest: its closest (placement
+/// puts at most `redundancy.total()` copies there, repair keeps them there).
+const MANIFEST_ASK: usize = 8;
+/// How long a tombstone (a removed object's manifest) is kept: a holder
+/// away for longer may bring the object back.
+const TOMBSTONE_KEEP: Duration = Duration::from_secs(24 * 3600);
 
 struct Upload {
     redundancy: Redundancy,
@@ -67,6 +81,15 @@ struct Upload {
     segment_size: u64,
     segments: Vec<Segment>,
     touched: Instant,
+}
+
+/// When a segment read here is cached here, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct CachePolicy {
+    /// Reads within [`HOT_WINDOW`] that make a segment hot (0: never cache).
+    pub hot_reads: u32,
+    /// A cached segment not read for this long is dropped.
+    pub cool: Duration,
 }
 
 #[derive(Default)]
@@ -78,6 +101,10 @@ struct Counters {
     sweeps: u64,
     /// Shard copies dropped by garbage collection.
     collected: u64,
+    /// Segment reads served from the cache; segments cached; dropped cool.
+    cache_hits: u64,
+    cached: u64,
+    cooled: u64,
 }
 
 struct Inner {
@@ -93,6 +120,9 @@ struct Inner {
     manifests: Mutex<HashMap<Cid, (Instant, Manifest)>>,
     /// Since when each object held here has needed repair.
     degraded: Mutex<HashMap<Cid, Instant>>,
+    cache: CachePolicy,
+    /// Recent `get` reads through this node, by segment hash.
+    reads: Mutex<HashMap<Cid, Vec<Instant>>>,
 }
 
 /// Clones share one storage component.
@@ -113,6 +143,7 @@ impl Storage {
         net: NetHandle,
         liveness: LivenessHandle,
         reputation: ReputationHandle,
+        cache: CachePolicy,
     ) -> Storage {
         let s = Storage {
             inner: Arc::new(Inner {
@@ -126,6 +157,8 @@ impl Storage {
                 counters: Mutex::new(Counters::default()),
                 manifests: Mutex::new(HashMap::new()),
                 degraded: Mutex::new(HashMap::new()),
+                cache,
+                reads: Mutex::new(HashMap::new()),
             }),
         };
         let sweeper = s.clone();
@@ -145,7 +178,8 @@ impl Storage {
     }
 
     /// Live nodes that may hold something: this one and every peer that
-    /// is connected or routed to, unless the churn detector calls it dead.
+    /// is connected or routed to, unless the churn detector calls it dead;
+    /// poor (placed on last) if banned, suspect, or dead within [`FLAKY`].
     async fn candidates(&self) -> Vec<Candidate> {
         let mut out = vec![Candidate { peer: self.me(), node: self.inner.node, ip: None, poor: false }];
         let Ok(view) = self.inner.net.view().await else { return out };
@@ -156,7 +190,10 @@ impl Storage {
                 continue;
             }
             let ip = p.overlay.as_deref().and_then(|o| o.parse::<SocketAddr>().ok()).map(|a| a.ip());
-            out.push(Candidate { peer, node, ip, poor: p.state.contains("banned") });
+            let flaky = live.get(&node).is_some_and(|l| {
+                l.state == "suspect" || l.last_death_ms.is_some_and(|ms| Duration::from_millis(ms) < FLAKY)
+            });
+            out.push(Candidate { peer, node, ip, poor: p.state.contains("banned") || flaky });
         }
         out
     }
@@ -427,6 +464,14 @@ impl Storage {
         }
         let cid = Cid(*u.hasher.finalize().as_bytes());
         let cands = self.candidates().await;
+        // Put again (after a removal, or by its owner): a later revision.
+        let revision = match self.newest_manifest(&cid, &cands).await {
+            Some(old) if !old.removed && old.owner != self.me() => {
+                return Err(Error::Usage(format!("{cid} is already stored by {}", old.owner)));
+            }
+            Some(old) => old.revision + 1,
+            None => 1,
+        };
         let holders: Vec<String> =
             placement::choose(&cid.key(), &cands, u.redundancy.total(), &[]).into_iter().map(|c| c.peer).collect();
         let m = Manifest {
@@ -436,9 +481,10 @@ impl Storage {
             segment_size: u.segment_size,
             redundancy: u.redundancy,
             owner: self.me(),
-            revision: 1,
+            revision,
             manifest_holders: holders,
             segments: u.segments,
+            removed: false,
         };
         let stored = self.push_manifest(&m).await;
         if stored == 0 {
@@ -514,19 +560,64 @@ impl Storage {
                 "{cid}: no reachable node has its manifest (not stored, removed, or its holders are down)"
             ))
         })?;
+        if m.removed {
+            return Err(Error::Remote(format!("{cid} was removed by its owner {}", m.owner)));
+        }
         self.inner.manifests.lock().expect("not poisoned").insert(*cid, (Instant::now(), m.clone()));
         Ok(m)
     }
 
-    /// Segment `index` of `cid`, verified.
+    /// Segment `index` of `cid`, verified: from the cache if it is hot
+    /// here, else from its shards' holders (then cached if now hot).
     pub async fn get_segment(&self, cid: &Cid, index: u64) -> Result<Vec<u8>> {
         let m = self.manifest(cid).await?;
         let seg = m
             .segments
             .get(index as usize)
             .ok_or_else(|| Error::Usage(format!("{cid} has {} segments, not {}", m.segments.len(), index + 1)))?;
+        if let Some(data) = self.inner.disk.get_cached(&seg.hash) {
+            self.inner.counters.lock().expect("not poisoned").cache_hits += 1;
+            return Ok(data);
+        }
+        let hot = self.read_is_hot(&seg.hash);
         let live = Self::live_set(&self.candidates().await);
-        self.read_segment(&m, seg, &live).await
+        let data = self.read_segment(&m, seg, &live).await?;
+        let me = self.me();
+        let holds_a_shard = seg.shards.iter().any(|x| x.holders.contains(&me));
+        if hot && !holds_a_shard && self.inner.disk.put_cached(&seg.hash, &data) {
+            log::info!("store: segment {index} of {cid} is read often here: cached");
+            self.inner.counters.lock().expect("not poisoned").cached += 1;
+        }
+        Ok(data)
+    }
+
+    /// Counts a read of segment `hash`; whether it has been read
+    /// `hot_reads` times within [`HOT_WINDOW`].
+    fn read_is_hot(&self, hash: &Cid) -> bool {
+        let need = self.inner.cache.hot_reads as usize;
+        if need == 0 {
+            return false;
+        }
+        let now = Instant::now();
+        let mut reads = self.inner.reads.lock().expect("not poisoned");
+        reads.retain(|_, r| {
+            r.retain(|t| now.duration_since(*t) < HOT_WINDOW);
+            !r.is_empty()
+        });
+        let r = reads.entry(*hash).or_default();
+        r.push(now);
+        r.len() >= need
+    }
+
+    /// Drops cached segments not read for [`CachePolicy::cool`].
+    fn cool_down(&self) {
+        for (hash, idle, _) in self.inner.disk.cached_with_age() {
+            if idle >= self.inner.cache.cool {
+                self.inner.disk.remove_cached(&hash);
+                log::info!("store: cached segment {hash} not read for {idle:?}: dropped");
+                self.inner.counters.lock().expect("not poisoned").cooled += 1;
+            }
+        }
     }
 
     // ---------------------------------------------------------------- status, ls, rm
@@ -585,6 +676,7 @@ impl Storage {
             .manifests()
             .into_iter()
             .filter_map(|c| Manifest::decode(&c, &self.inner.disk.get_manifest(&c)?).ok())
+            .filter(|m| !m.removed)
             .map(|m| StoreObject {
                 cid: m.cid.to_string(),
                 size: m.size,
@@ -596,9 +688,11 @@ impl Storage {
             .collect()
     }
 
-    /// Removes `cid` everywhere this node can reach (owner only).
+    /// Removes `cid` everywhere this node can reach (owner only), and
+    /// leaves a tombstone with the manifest's holders.
     pub async fn rm(&self, cid: &Cid) -> Result<(u64, Vec<String>)> {
-        let m = self.manifest(cid).await?;
+        self.inner.manifests.lock().expect("not poisoned").remove(cid);
+        let mut m = self.manifest(cid).await?;
         if m.owner != self.me() {
             return Err(Error::Usage(format!("{cid} belongs to {}; only its owner may remove it", m.owner)));
         }
@@ -622,6 +716,10 @@ impl Storage {
                 _ => missed.push(n),
             }
         }
+        m.revision += 1;
+        m.removed = true;
+        let kept = self.push_manifest(&m).await;
+        log::info!("store: {cid} removed; its tombstone is kept by {kept} of {} nodes", m.manifest_holders.len());
         Ok((done, missed))
     }
 
@@ -638,6 +736,7 @@ impl Storage {
         if pass % GC_EVERY == 0 {
             self.collect_garbage().await;
         }
+        self.cool_down();
         let objects = self.inner.disk.manifests();
         if objects.is_empty() {
             return;
@@ -648,6 +747,12 @@ impl Storage {
             let Some(m) = self.inner.disk.get_manifest(&cid).and_then(|b| Manifest::decode(&cid, &b).ok()) else {
                 continue;
             };
+            if m.removed {
+                if self.inner.disk.manifest_age(&cid).is_some_and(|a| a > TOMBSTONE_KEEP) {
+                    self.inner.disk.remove_manifest(&cid);
+                }
+                continue;
+            }
             // Needs repair: a shard or a manifest holder without a live node.
             let degraded =
                 m.segments.iter().flat_map(|s| &s.shards).any(|x| !x.holders.iter().any(|h| live.contains(h)))
@@ -800,23 +905,17 @@ impl Storage {
     /// and those of the live nodes closest to the CID.
     async fn newest_manifest(&self, object: &Cid, cands: &[Candidate]) -> Option<Manifest> {
         let mut best = self.inner.disk.get_manifest(object).and_then(|b| Manifest::decode(object, &b).ok());
-        // Closest first, until GC_ASK copies were seen (or everyone asked).
-        let mut seen = 0;
-        for c in placement::choose(&object.key(), cands, cands.len(), &[self.me()]) {
-            if seen >= GC_ASK {
-                break;
-            }
-            let Ok(StoreResponse::Data(b)) = self.send(&c.peer, StoreRequest::GetManifest { object: *object }).await
-            else {
-                continue;
-            };
+        // The closest nodes, where placement put the manifest, all at once.
+        let ask = placement::choose(&object.key(), cands, MANIFEST_ASK, &[self.me()]);
+        let answers = futures::future::join_all(
+            ask.iter().map(|c| self.send(&c.peer, StoreRequest::GetManifest { object: *object })),
+        )
+        .await;
+        for (c, answer) in ask.iter().zip(answers) {
+            let Ok(StoreResponse::Data(b)) = answer else { continue };
             match Manifest::decode(object, &b) {
-                Ok(m) => {
-                    seen += 1;
-                    if best.as_ref().is_none_or(|x| m.revision > x.revision) {
-                        best = Some(m);
-                    }
-                }
+                Ok(m) if best.as_ref().is_none_or(|x| m.supersedes(x)) => best = Some(m),
+                Ok(_) => {}
                 Err(e) => log::warn!("store: {} sent a bad manifest: {e}", c.peer),
             }
         }
@@ -849,13 +948,11 @@ impl Storage {
                     e.insert(self.newest_manifest(&object, &cands).await);
                 }
                 let Some(Some(m)) = newest.get(&object) else { continue };
-                let placed_here =
-                    m.segments.iter().flat_map(|s| &s.shards).any(|x| x.cid == cid && x.holders.contains(&me));
+                let placed_here = !m.removed
+                    && m.segments.iter().flat_map(|s| &s.shards).any(|x| x.cid == cid && x.holders.contains(&me));
                 if !placed_here {
-                    log::info!(
-                        "store: shard {cid} of {object} is no longer placed here (revision {}): dropped",
-                        m.revision
-                    );
+                    let why = if m.removed { "was removed" } else { "is no longer placed here" };
+                    log::info!("store: shard {cid} of {object} {why} (revision {}): dropped", m.revision);
                     disk.release(&cid, &object);
                     self.inner.counters.lock().expect("not poisoned").collected += 1;
                 }
@@ -869,7 +966,7 @@ impl Storage {
                 e.insert(self.newest_manifest(&object, &cands).await);
             }
             if let Some(Some(m)) = newest.get(&object)
-                && m.revision > local.revision
+                && m.supersedes(&local)
             {
                 if m.manifest_holders.contains(&me) {
                     let _ = disk.put_manifest(&object, &m.encode());
@@ -893,6 +990,11 @@ impl Storage {
             repaired_shards: c.repaired_shards,
             lost_segments: c.lost_segments,
             collected_shards: c.collected,
+            cached_segments: self.inner.disk.cached_with_age().len() as u64,
+            cache_bytes: self.inner.disk.cache_used(),
+            cache_hits: c.cache_hits,
+            cached_total: c.cached,
+            cooled_total: c.cooled,
         }
     }
 }

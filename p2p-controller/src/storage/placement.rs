@@ -1,6 +1,6 @@
 //! Where shards and manifests go: the nodes closest to the key (Kademlia's
 //! XOR distance), one per IPv4 /24 or IPv6 /64 while there are enough
-//! distinct prefixes, nodes with a poor reputation last.
+//! distinct prefixes, poor nodes (banned, suspect, or recently dead) last.
 
 use std::net::IpAddr;
 
@@ -12,7 +12,7 @@ pub struct Candidate {
     pub peer: String,
     pub node: NodeId,
     pub ip: Option<IpAddr>,
-    /// Banned or reputation below the threshold: used only if nothing else.
+    /// Banned, suspect or recently declared dead: used only if nothing else.
     pub poor: bool,
 }
 
