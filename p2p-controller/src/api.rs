@@ -70,6 +70,10 @@ pub enum Request {
     /// One segment (base64), all but the last of the first one's length.
     StorePutSegment {
         upload: u64,
+        /// Segments may be sent concurrently, each with its index (absent:
+        /// the one after the last sent).
+        #[serde(default)]
+        index: Option<u64>,
         data: String,
     },
     /// The object is complete: its manifest is stored, its CID returned.

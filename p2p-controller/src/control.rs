@@ -249,9 +249,9 @@ async fn dispatch(ctx: &Ctx, req: Request) -> Result<String> {
             let r: crate::storage::erasure::Redundancy = redundancy.parse().map_err(Error::Usage)?;
             ok_line(&api::StoreUpload { upload: ctx.storage.put_begin(r) })
         }
-        Request::StorePutSegment { upload, data } => {
+        Request::StorePutSegment { upload, index, data } => {
             let data = B64.decode(data).map_err(|e| Error::Usage(format!("segment data: {e}")))?;
-            ctx.storage.put_segment(upload, data).await?;
+            ctx.storage.put_segment(upload, index, data).await?;
             ok_line(&serde_json::json!({}))
         }
         Request::StorePutEnd { upload } => ok_line(&ctx.storage.put_end(upload).await?),

@@ -17,6 +17,8 @@ use crate::storage::SEGMENT_SIZE;
 
 /// Segments `get` asks the daemon for at once.
 const GET_WINDOW: u64 = 4;
+/// Segments `put` sends at once (the daemon places them concurrently).
+const PUT_WINDOW: usize = 4;
 
 fn bar(len: Option<u64>, what: &str) -> indicatif::ProgressBar {
     if !std::io::stderr().is_terminal() {
@@ -60,19 +62,45 @@ pub fn run(cmd: StoreCommand, instance: &str, socket: impl Fn(&crate::cli::Clien
             };
             let up: api::StoreUpload = control::call(&path, instance, &Request::StorePutBegin { redundancy })?;
             let pb = bar(len, "put");
-            let mut buf = vec![0u8; SEGMENT_SIZE];
-            loop {
-                let n = fill(&mut input, &mut buf)
-                    .map_err(|e| Error::File { path: file.clone(), reason: format!("read: {e}") })?;
-                if n == 0 {
-                    break;
+            let mut bufs = vec![vec![0u8; SEGMENT_SIZE]; PUT_WINDOW];
+            let mut index = 0u64;
+            let mut ended = false;
+            while !ended {
+                // Up to PUT_WINDOW segments read, then sent at once.
+                let mut batch: Vec<(u64, &[u8])> = Vec::new();
+                for buf in bufs.iter_mut() {
+                    let n = fill(&mut input, buf)
+                        .map_err(|e| Error::File { path: file.clone(), reason: format!("read: {e}") })?;
+                    if n > 0 {
+                        batch.push((index, &buf[..n]));
+                        index += 1;
+                    }
+                    if n < SEGMENT_SIZE {
+                        ended = true;
+                        break;
+                    }
                 }
-                let req = Request::StorePutSegment { upload: up.upload, data: B64.encode(&buf[..n]) };
-                let _: serde_json::Value = control::call(&path, instance, &req)?;
-                pb.inc(n as u64);
-                if n < buf.len() {
-                    break;
+                let sent: Vec<Result<()>> = std::thread::scope(|s| {
+                    let handles: Vec<_> = batch
+                        .iter()
+                        .map(|&(i, data)| {
+                            let (path, upload) = (&path, up.upload);
+                            s.spawn(move || -> Result<()> {
+                                let req = Request::StorePutSegment { upload, index: Some(i), data: B64.encode(data) };
+                                let _: serde_json::Value = control::call(path, instance, &req)?;
+                                Ok(())
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().unwrap_or_else(|_| Err(Error::Remote("a segment sender panicked".into()))))
+                        .collect()
+                });
+                for r in sent {
+                    r?;
                 }
+                pb.inc(batch.iter().map(|(_, d)| d.len() as u64).sum());
             }
             pb.finish_and_clear();
             let v: api::StorePut = control::call(&path, instance, &Request::StorePutEnd { upload: up.upload })?;

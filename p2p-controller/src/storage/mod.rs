@@ -74,12 +74,24 @@ const MANIFEST_ASK: usize = 8;
 /// away for longer may bring the object back.
 const TOMBSTONE_KEEP: Duration = Duration::from_secs(24 * 3600);
 
+/// How far ahead of the first segment not yet received an upload's
+/// segments may arrive (they are placed concurrently; the object's hash
+/// takes them in order, so those ahead wait in memory).
+pub const PUT_AHEAD: u64 = 8;
+
 struct Upload {
     redundancy: Redundancy,
+    /// The object's hash over segments 0..hashed.
     hasher: blake3::Hasher,
+    hashed: u64,
     size: u64,
-    segment_size: u64,
-    segments: Vec<Segment>,
+    segments: std::collections::BTreeMap<u64, Segment>,
+    /// Placed segments after a gap, waiting to be hashed.
+    unhashed: std::collections::BTreeMap<u64, Vec<u8>>,
+    /// Segments being placed.
+    in_flight: HashSet<u64>,
+    /// The index a segment sent without one gets.
+    next: u64,
     touched: Instant,
 }
 
@@ -336,48 +348,65 @@ impl Storage {
             Upload {
                 redundancy,
                 hasher: blake3::Hasher::new(),
+                hashed: 0,
                 size: 0,
-                segment_size: 0,
-                segments: Vec::new(),
+                segments: Default::default(),
+                unhashed: Default::default(),
+                in_flight: HashSet::new(),
+                next: 0,
                 touched: Instant::now(),
             },
         );
         id
     }
 
-    /// Encodes and places one segment of upload `id`.
-    pub async fn put_segment(&self, id: u64, data: Vec<u8>) -> Result<()> {
+    /// Encodes and places segment `index` (None: the one after the last
+    /// sent) of upload `id`; segments may arrive out of order, up to
+    /// [`PUT_AHEAD`] ahead, and be placed concurrently.
+    pub async fn put_segment(&self, id: u64, index: Option<u64>, data: Vec<u8>) -> Result<()> {
+        let no_upload = || Error::Usage(format!("no upload {id} (expired?)"));
         let (redundancy, index) = {
             let mut uploads = self.inner.uploads.lock().expect("not poisoned");
-            let u = uploads.get_mut(&id).ok_or_else(|| Error::Usage(format!("no upload {id} (expired?)")))?;
+            let u = uploads.get_mut(&id).ok_or_else(no_upload)?;
             if data.is_empty() || data.len() > MAX_SEGMENT {
                 return Err(Error::Usage(format!("a segment has 1 to {MAX_SEGMENT} bytes, not {}", data.len())));
             }
-            if u.segments.last().is_some_and(|s| s.size < u.segment_size)
-                || (u.segment_size > 0 && data.len() as u64 > u.segment_size)
-            {
-                return Err(Error::Usage(
-                    "segments after the first must be as long as it, the last may be shorter".into(),
-                ));
+            let index = index.unwrap_or(u.next);
+            if u.segments.contains_key(&index) || u.in_flight.contains(&index) {
+                return Err(Error::Usage(format!("segment {index} was sent twice")));
             }
-            if u.segment_size == 0 {
-                u.segment_size = data.len() as u64;
+            if index >= u.hashed + PUT_AHEAD {
+                return Err(Error::Usage(format!(
+                    "segment {index} is {PUT_AHEAD} or more ahead of segment {}, the first not yet received",
+                    u.hashed
+                )));
             }
+            u.in_flight.insert(index);
+            u.next = u.next.max(index + 1);
             u.touched = Instant::now();
-            (u.redundancy, u.segments.len() as u64)
+            (u.redundancy, index)
         };
         let hash = Cid::of(&data);
-        let shards = erasure::encode(redundancy, &data).map_err(remote)?;
-        let cands = self.candidates().await;
-        let placed = self
-            .place(None, hash.key(), shards, &cands, &[])
-            .await
-            .map_err(|e| Error::Remote(format!("segment {index}: {e}")))?;
+        let placed = match erasure::encode(redundancy, &data).map_err(remote) {
+            Ok(shards) => {
+                let cands = self.candidates().await;
+                self.place(None, hash.key(), shards, &cands, &[])
+                    .await
+                    .map_err(|e| Error::Remote(format!("segment {index}: {e}")))
+            }
+            Err(e) => Err(e),
+        };
         let mut uploads = self.inner.uploads.lock().expect("not poisoned");
-        let u = uploads.get_mut(&id).ok_or_else(|| Error::Usage(format!("no upload {id} (expired?)")))?;
-        u.hasher.update(&data);
-        u.size += data.len() as u64;
-        u.segments.push(Segment { index, size: data.len() as u64, hash, shards: placed });
+        let u = uploads.get_mut(&id).ok_or_else(no_upload)?;
+        u.in_flight.remove(&index);
+        let placed = placed?;
+        u.segments.insert(index, Segment { index, size: data.len() as u64, hash, shards: placed });
+        u.unhashed.insert(index, data);
+        while let Some(d) = u.unhashed.remove(&u.hashed) {
+            u.hasher.update(&d);
+            u.size += d.len() as u64;
+            u.hashed += 1;
+        }
         Ok(())
     }
 
@@ -462,6 +491,16 @@ impl Storage {
         if u.segments.is_empty() {
             return Err(Error::Usage("an empty object cannot be stored".into()));
         }
+        if !u.in_flight.is_empty() || !u.unhashed.is_empty() {
+            let missing: Vec<u64> = (0..u.next).filter(|i| !u.segments.contains_key(i)).collect();
+            return Err(Error::Usage(format!("segments {missing:?} were not placed: the object is incomplete")));
+        }
+        let segments: Vec<Segment> = u.segments.into_values().collect();
+        let segment_size = segments[0].size;
+        let last = segments.len() - 1;
+        if segments.iter().enumerate().any(|(i, s)| s.size > segment_size || (i < last && s.size < segment_size)) {
+            return Err(Error::Usage("segments after the first must be as long as it, the last may be shorter".into()));
+        }
         let cid = Cid(*u.hasher.finalize().as_bytes());
         let cands = self.candidates().await;
         // Put again (after a removal, or by its owner): a later revision.
@@ -478,12 +517,12 @@ impl Storage {
             version: manifest::VERSION,
             cid,
             size: u.size,
-            segment_size: u.segment_size,
+            segment_size,
             redundancy: u.redundancy,
             owner: self.me(),
             revision,
             manifest_holders: holders,
-            segments: u.segments,
+            segments,
             removed: false,
         };
         let stored = self.push_manifest(&m).await;
