@@ -177,7 +177,23 @@ pub fn run(args: &BenchArgs, bin: PathBuf, tool: &Path) -> Result<Value> {
     let mut times = Vec::new();
     for kill in 1..=args.kills {
         check_interrupt()?;
-        let victim = 1 + rng.below(n - 2);
+        // A node holding shards of the object (one restarted by an earlier
+        // kill may hold none: its death would cost no repair).
+        let st = tb.node(0).cli(&["store", "status", &cid])?;
+        let holding: Vec<usize> = (1..n - 1)
+            .filter(|&i| {
+                let id = tb.specs[i].peer_id.as_str();
+                st["segments"].as_array().into_iter().flatten().any(|s| {
+                    s["shards"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|x| x["live_holders"].as_array().is_some_and(|h| h.iter().any(|h| h == id)))
+                })
+            })
+            .collect();
+        ensure!(!holding.is_empty(), "kill {kill}: no node but h1 and h8 holds a shard");
+        let victim = holding[rng.below(holding.len())];
         let spec = tb.nodes[victim].take().context("running")?.kill9();
         let declared =
             wait_for(Duration::from_secs(10), || (!tb.routed(0).ok()?.0.contains(&victim)).then(Instant::now))

@@ -48,10 +48,15 @@ pub const MAX_SEGMENT: usize = 4 << 20;
 const SWEEP: Duration = Duration::from_secs(1);
 /// Uploads idle this long are dropped.
 const UPLOAD_IDLE: Duration = Duration::from_secs(300);
-/// Garbage collection every this many sweeps; the responsible node sends
-/// its manifest to the holders every `REFRESH_EVERY` sweeps.
-const GC_EVERY: u64 = 5;
+/// How often garbage is collected; the responsible node sends its
+/// manifest to the holders every `REFRESH_EVERY` sweeps.
+const GC_EVERY: Duration = Duration::from_secs(5);
 const REFRESH_EVERY: u64 = 10;
+/// A node asked for a manifest answers within this (a peer that died but
+/// is not yet declared dead must not stall a read or a repair).
+const MANIFEST_WAIT: Duration = Duration::from_secs(2);
+/// The same for a shard: past this, a read asks another holder or shard.
+const SHARD_WAIT: Duration = Duration::from_secs(5);
 /// A shard is collected only this long after it was last written (a
 /// repair's new holder gets its shard before the manifest that names it).
 const GC_GRACE: Duration = Duration::from_secs(10);
@@ -182,6 +187,18 @@ impl Storage {
                 sweeper.sweep().await;
             }
         });
+        // Garbage collection asks other nodes for manifests: its own task,
+        // so that a slow answer never holds up a repair.
+        let collector = s.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(GC_EVERY);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t.tick().await;
+            loop {
+                t.tick().await;
+                collector.collect_garbage().await;
+            }
+        });
         s
     }
 
@@ -246,7 +263,8 @@ impl Storage {
                 }
                 continue;
             }
-            match self.send(h, StoreRequest::GetShard { cid: shard.cid }).await {
+            let answer = tokio::time::timeout(SHARD_WAIT, self.send(h, StoreRequest::GetShard { cid: shard.cid }));
+            match answer.await.unwrap_or_else(|_| Err(format!("{h}: no answer within {SHARD_WAIT:?}"))) {
                 Ok(StoreResponse::Data(d)) if Cid::of(&d) == shard.cid => return (Some(d), failed),
                 Ok(StoreResponse::Data(_)) => {
                     // An honest holder checks its copy before sending it.
@@ -764,17 +782,13 @@ impl Storage {
 
     // ---------------------------------------------------------------- repair
 
-    /// One pass over the manifests held here (see the module doc); every
-    /// [`GC_EVERY`] passes, garbage collection too.
+    /// One pass over the manifests held here (see the module doc).
     async fn sweep(&self) {
         let pass = {
             let mut c = self.inner.counters.lock().expect("not poisoned");
             c.sweeps += 1;
             c.sweeps
         };
-        if pass % GC_EVERY == 0 {
-            self.collect_garbage().await;
-        }
         self.cool_down();
         let objects = self.inner.disk.manifests();
         if objects.is_empty() {
@@ -946,12 +960,12 @@ impl Storage {
         let mut best = self.inner.disk.get_manifest(object).and_then(|b| Manifest::decode(object, &b).ok());
         // The closest nodes, where placement put the manifest, all at once.
         let ask = placement::choose(&object.key(), cands, MANIFEST_ASK, &[self.me()]);
-        let answers = futures::future::join_all(
-            ask.iter().map(|c| self.send(&c.peer, StoreRequest::GetManifest { object: *object })),
-        )
+        let answers = futures::future::join_all(ask.iter().map(|c| {
+            tokio::time::timeout(MANIFEST_WAIT, self.send(&c.peer, StoreRequest::GetManifest { object: *object }))
+        }))
         .await;
         for (c, answer) in ask.iter().zip(answers) {
-            let Ok(StoreResponse::Data(b)) = answer else { continue };
+            let Ok(Ok(StoreResponse::Data(b))) = answer else { continue };
             match Manifest::decode(object, &b) {
                 Ok(m) if best.as_ref().is_none_or(|x| m.supersedes(x)) => best = Some(m),
                 Ok(_) => {}
