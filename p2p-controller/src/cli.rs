@@ -502,6 +502,11 @@ pub struct RunArgs {
     /// Control socket [default: /run/p2p-nos/<instance>.sock]
     #[arg(long)]
     pub control_socket: Option<PathBuf>,
+    /// Serve Prometheus/OpenMetrics metrics at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9475): datapath counters, peers, detection latency, map
+    /// sync, bans, link keys, storage, and libp2p's own. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Repeatable. An IP address sets the overlay socket's bind address
     /// (default ::, both families); a multiaddr (/ip4/0.0.0.0/tcp/N,
     /// /ip6/::/udp/N/quic-v1, …) is a libp2p listen address, replacing the

@@ -408,7 +408,8 @@ fn answered_by(ctx: &Ctx, from: Option<libp2p::PeerId>) -> String {
     }
 }
 
-async fn status(ctx: &Ctx) -> Result<api::Status> {
+/// What `status` answers (also read by the metrics server).
+pub async fn status(ctx: &Ctx) -> Result<api::Status> {
     let net = ctx.net.status().await?;
     let liveness = ctx.liveness.status().await;
     let routed = ctx.overlay.routing().peers().count();

@@ -238,6 +238,14 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
     };
     let listen = SocketAddr::new(listen_ip, args.overlay_port);
     let socket = bind_overlay(listen)?;
+    // Bound before the datapath is set up: a taken address fails the start
+    // with nothing attached.
+    let metrics_listener = match args.metrics {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
+    let mut metrics_registry = prometheus_client::registry::Registry::default();
+    let libp2p_metrics = metrics_listener.as_ref().map(|_| libp2p::metrics::Metrics::new(&mut metrics_registry));
 
     let pin_dir = paths::pin_dir(&instance);
     let socket_path = args.control_socket.clone().unwrap_or_else(|| paths::control_socket(&instance));
@@ -299,6 +307,7 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         reputation: reputation.clone(),
         bans: bans_rx,
         sessions,
+        metrics: libp2p_metrics,
     };
     let net = net::spawn(&identity.keypair, net_cfg, links)?;
     let storage = crate::storage::Storage::spawn(
@@ -338,6 +347,11 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         privileges,
         storage,
     };
+    if let Some(listener) = metrics_listener {
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        crate::metrics::serve(listener, metrics_registry, ctx.clone(), pin_dir.clone());
+        sys::say(format_args!("p2p-controller: metrics at http://{addr}/metrics"));
+    }
     control::serve(ctx, &socket_path)?;
     cleanup.socket_path = Some(socket_path.clone());
 

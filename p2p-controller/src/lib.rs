@@ -18,6 +18,7 @@ pub mod identity;
 pub mod liveness;
 pub mod maps_cmd;
 pub mod mapsync;
+pub mod metrics;
 pub mod net;
 pub mod overlay;
 pub mod paths;

@@ -90,6 +90,9 @@ fn bad_run_settings_are_refused_before_anything_changes() {
     assert_clean_failure(&run(&["--max-peers", "0"]), "--max-peers");
     assert_clean_failure(&run(&["--link-rotate", "5m"]), "--link-rotate");
     assert_clean_failure(&run(&["--auth", "sometimes"]), "--auth");
+    assert_clean_failure(&run(&["--metrics", "localhost"]), "--metrics");
+    assert_clean_failure(&run(&["--store-cache-cool", "forever"]), "--store-cache-cool");
+    assert_clean_failure(&run(&["--store-hot-reads", "many"]), "--store-hot-reads");
     let peers = d.join("peers.json");
     let id = "aa".repeat(32);
     std::fs::write(&peers, format!(r#"[{{"node_id": "{id}", "addr": "10.0.0.2", "port": 9470}}]"#)).unwrap();
@@ -248,6 +251,22 @@ fn port_in_use_is_reported() {
         .unwrap();
     assert_clean_failure(&o, "already in use");
     assert!(!std::path::Path::new("/run/p2p-nos/cli-test-port.lock").exists(), "a failed start leaves no lock file");
+    // The metrics address taken: refused before the datapath is set up.
+    let web = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics = web.local_addr().unwrap().to_string();
+    drop(holder);
+    let o = bin()
+        .args(["--instance", "cli-test-port", "run", "--datapath", "userspace", "--overlay-port", &port])
+        .args(["--no-mdns", "--p2p-port", "0", "--metrics", &metrics])
+        .arg("--state-dir")
+        .arg(d.join("s"))
+        .arg("--control-socket")
+        .arg(d.join("c.sock"))
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, &format!("--metrics {metrics}: cannot listen"));
+    assert!(!std::path::Path::new("/run/p2p-nos/cli-test-port.lock").exists(), "a failed start leaves no lock file");
+    assert!(!d.join("c.sock").exists(), "nor a control socket");
 }
 
 #[test]

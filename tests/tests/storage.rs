@@ -24,6 +24,12 @@
 //!   it once no one has read it for 2 s (`--store-cache-cool 2s`; h8,
 //!   whose reads must test the holders, caches nothing).
 //!
+//! - Metrics (`run --metrics 127.0.0.1:9475` on every node, scraped with
+//!   curl in its namespace): OpenMetrics text with libp2p's families; h1
+//!   shows seven alive peers and PONGs counted by its datapath; the
+//!   corrupt shard's holder counts it; after the kills, every node's
+//!   repaired shards and h1's detections equal what `status` says.
+//!
 //! Then, three times:
 //!
 //! 1. two holders killed (-9): once h1 no longer routes to them (their
@@ -224,6 +230,49 @@ fn uptime_and_popularity(tb: &Testbed, flaky: usize) -> Result<()> {
     Ok(())
 }
 
+/// Node `i`'s `/metrics` (its `--metrics 127.0.0.1:9475`, in its
+/// namespace): the body, after checking the headers and the end marker.
+fn scrape(tb: &Testbed, i: usize) -> Result<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &tb.specs[i].netns, "curl", "-sS", "-i", "--max-time", "5"])
+        .arg("http://127.0.0.1:9475/metrics")
+        .output()?;
+    ensure!(out.status.success(), "curl h{}: {}", i + 1, String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout)?.replace("\r\n", "\n");
+    let (head, body) = text.split_once("\n\n").context("no header/body split")?;
+    ensure!(head.starts_with("HTTP/1.1 200"), "h{}: {head}", i + 1);
+    ensure!(
+        head.to_lowercase().contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "h{}: {head}",
+        i + 1
+    );
+    ensure!(body.ends_with("# EOF\n"), "h{}: no # EOF at the end", i + 1);
+    Ok(body.to_string())
+}
+
+/// The value of the sample `name{labels}` (exactly as written).
+fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Metrics equal to `status`: `metric` read between two `status` reads of
+/// `field` lies between them (counters that may move meanwhile).
+fn metric_matches_status(tb: &Testbed, i: usize, sample: &str, field: &[&str]) -> Result<f64> {
+    let read = || -> Result<f64> {
+        let mut v = tb.node(i).status()?;
+        for f in field {
+            v = v[*f].clone();
+        }
+        v.as_f64().with_context(|| format!("status {field:?}"))
+    };
+    let before = read()?;
+    let body = scrape(tb, i)?;
+    let after = read()?;
+    let m = metric(&body, sample).with_context(|| format!("h{} has no {sample}", i + 1))?;
+    ensure!(before <= m && m <= after, "h{}: {sample} {m}, status {field:?} {before}..{after}", i + 1);
+    Ok(m)
+}
+
 fn get(tb: &Testbed, node: usize, cid: &str, out: &Path) -> Result<Vec<u8>> {
     let o = out.to_str().context("utf-8")?;
     let v = tb.node(node).cli(&["store", "get", cid, "-o", o])?;
@@ -235,7 +284,8 @@ fn get(tb: &Testbed, node: usize, cid: &str, out: &Path) -> Result<Vec<u8>> {
 fn objects_survive_holder_deaths_and_are_repaired() -> Result<()> {
     let Some(env) = require("objects_survive_holder_deaths_and_are_repaired") else { return Ok(()) };
     let ctl = &env.ctl;
-    let mut tb = Testbed::prepare(ctl, 8, &["--kbucket-size", "20", "--store-cache-cool", "2s"], true, false)?;
+    let args = ["--kbucket-size", "20", "--store-cache-cool", "2s", "--metrics", "127.0.0.1:9475"];
+    let mut tb = Testbed::prepare(ctl, 8, &args, true, false)?;
     tb.specs[6].extra_args.extend(["--store-quota".to_string(), "1MiB".to_string()]);
     tb.specs[7].extra_args.extend(["--store-hot-reads".to_string(), "0".to_string()]);
     let mut pins = PinSweep(Vec::new());
@@ -245,6 +295,13 @@ fn objects_survive_holder_deaths_and_are_repaired() -> Result<()> {
     let mesh =
         wait_for(Duration::from_secs(60), || (0..8).all(|i| tb.routed(i).is_ok_and(|r| r.0.len() == 7)).then_some(()));
     ensure!(mesh.is_some(), "no full mesh: {:?}", (0..8).map(|i| tb.routed(i).map(|r| r.0)).collect::<Vec<_>>());
+
+    let m = scrape(&tb, 0)?;
+    ensure!(metric(&m, r#"p2p_nos_peers{state="alive"}"#) == Some(7.0), "h1 metrics: {m}");
+    ensure!(metric(&m, "p2p_nos_routed_peers") == Some(7.0), "h1 metrics: {m}");
+    ensure!(m.contains(&format!(r#"peer_id="{}""#, tb.specs[0].peer_id)), "h1 metrics: {m}");
+    ensure!(metric(&m, r#"p2p_nos_datapath_packets_total{counter="pong"}"#).is_some_and(|v| v > 0.0), "{m}");
+    ensure!(m.lines().any(|l| l.starts_with("libp2p_swarm_connections_established_total")), "no libp2p metrics: {m}");
 
     small_object_put_read_removed(ctl, &mut tb, &mut pins)?;
 
@@ -278,6 +335,8 @@ fn objects_survive_holder_deaths_and_are_repaired() -> Result<()> {
     ensure!(get(&tb, 7, &cid, &tb.tmp.path().join("got-corrupt"))? == object, "read with a corrupt shard");
     let st = tb.node(holder).status()?["store"].clone();
     ensure!(st["corrupt_shards"] == 1, "h{}: {st}", holder + 1);
+    let m = scrape(&tb, holder)?;
+    ensure!(metric(&m, "p2p_nos_store_corrupt_shards_total") == Some(1.0), "h{} metrics: {m}", holder + 1);
     ensure!(std::fs::read(&path).ok() == Some(intact), "the corrupt shard was not given back intact");
 
     // A holder cut off on the bridge, then back.
@@ -366,6 +425,19 @@ fn objects_survive_holder_deaths_and_are_repaired() -> Result<()> {
         .map(|i| tb.node(i).status().map(|s| s["store"]["repaired_shards"].as_u64().unwrap_or(0)).unwrap_or(0))
         .sum();
     ensure!(summary > 0, "no node reports repaired shards in status.store");
+    let mut from_metrics = 0.0;
+    for i in (0..8).filter(|i| !dead.contains(i)) {
+        from_metrics +=
+            metric_matches_status(&tb, i, "p2p_nos_store_repaired_shards_total", &["store", "repaired_shards"])?;
+    }
+    ensure!(from_metrics > 0.0, "no node's metrics show repaired shards");
+    let detections = metric_matches_status(
+        &tb,
+        0,
+        "p2p_nos_detection_latency_seconds_count",
+        &["liveness", "detection", "detections"],
+    )?;
+    ensure!(detections >= 4.0, "h1 detected the four killed nodes: {detections}");
     let h7 = tb.node(6).status()?["store"].clone();
     ensure!(h7["used_bytes"].as_u64().is_some_and(|u| u <= 1 << 20), "h7 over its quota: {h7}");
 

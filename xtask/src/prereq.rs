@@ -6,9 +6,18 @@ use std::path::{Path, PathBuf};
 /// System packages: LLVM for bpf-linker (and what it links against), and the
 /// tools the tests and README use.
 /// iptables: the namespace tests drop traffic on the testbed's bridge
-/// (a vanished host, random loss).
-pub const APT_PACKAGES: [&str; 8] =
-    ["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "bpftool", "iproute2", "ethtool", "iptables"];
+/// (a vanished host, random loss). curl: they scrape `run --metrics`.
+pub const APT_PACKAGES: [&str; 9] = [
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "bpftool",
+    "iproute2",
+    "ethtool",
+    "iptables",
+    "curl",
+];
 pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 pub const BPFFS: &str = "/sys/fs/bpf";
 pub const MIN_KERNEL: (u32, u32) = (5, 15);

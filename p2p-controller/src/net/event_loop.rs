@@ -54,6 +54,8 @@ pub struct EventLoop {
     /// A re-bootstrap after peers died: refills buckets they leave empty.
     pub(super) rebootstrap_at: Option<Instant>,
     pub(super) dht: Dht,
+    /// libp2p's metrics (`--metrics`), fed every swarm event.
+    pub(super) metrics: Option<libp2p::metrics::Metrics>,
     pub(super) pubsub: Pubsub,
     pub(super) probes: Probes,
     /// Anchored networks only: who has proven membership.
@@ -139,6 +141,7 @@ impl EventLoop {
             bootstrap_queries: HashSet::new(),
             rebootstrap_at: None,
             dht: Dht::default(),
+            metrics: None,
             pubsub: Pubsub::default(),
             probes: Probes::default(),
             overlay,
@@ -236,6 +239,17 @@ impl EventLoop {
     }
 
     fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>, probe_tx: &mpsc::Sender<Answered>) {
+        if let Some(m) = &self.metrics {
+            use libp2p::metrics::Recorder;
+            match &ev {
+                SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => m.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => m.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => m.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => m.record(e),
+                _ => {}
+            }
+            m.record(&ev);
+        }
         match ev {
             SwarmEvent::Behaviour(BehaviourEvent::Probe(e)) => self.on_probe(e, probe_tx),
             SwarmEvent::Behaviour(BehaviourEvent::Member(e)) => self.on_member(e),

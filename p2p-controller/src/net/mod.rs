@@ -259,6 +259,8 @@ pub struct Links {
     pub bans: mpsc::Receiver<reputation::Event>,
     /// End-to-end session keys (the exchange puts them there).
     pub sessions: crate::e2e::Sessions,
+    /// `--metrics`: libp2p's own metrics, recorded from the swarm's events.
+    pub metrics: Option<libp2p::metrics::Metrics>,
 }
 
 /// Builds the swarm, starts listening and spawns its task.
@@ -277,6 +279,7 @@ pub fn spawn(keypair: &Keypair, cfg: NetConfig, links: Links) -> Result<NetHandl
     )?;
     let mut lp = lp;
     lp.dht.signer = Some(keypair.clone());
+    lp.metrics = links.metrics;
     tokio::spawn(lp.run(rx, links.liveness, links.bans));
     Ok(NetHandle { tx })
 }

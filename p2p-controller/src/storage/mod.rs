@@ -78,6 +78,8 @@ const MANIFEST_ASK: usize = 8;
 /// How long a tombstone (a removed object's manifest) is kept: a holder
 /// away for longer may bring the object back.
 const TOMBSTONE_KEEP: Duration = Duration::from_secs(24 * 3600);
+/// A tombstone's revision is its object's plus this.
+const TOMBSTONE_STEP: u64 = 1 << 32;
 
 /// How far ahead of the first segment not yet received an upload's
 /// segments may arrive (they are placed concurrently; the object's hash
@@ -773,7 +775,8 @@ impl Storage {
                 _ => missed.push(n),
             }
         }
-        m.revision += 1;
+        // Far above any revision a stale holder's repairs could reach.
+        m.revision += TOMBSTONE_STEP;
         m.removed = true;
         let kept = self.push_manifest(&m).await;
         log::info!("store: {cid} removed; its tombstone is kept by {kept} of {} nodes", m.manifest_holders.len());
@@ -822,6 +825,26 @@ impl Storage {
             if !responsible && !takeover {
                 continue;
             }
+            // Repair from the newest revision (this copy may be stale: a
+            // node back from a restart or a cut sees holders missing that
+            // are not); a tombstone ends it.
+            let m = match since {
+                Some(_) => match self.newest_manifest(&cid, &cands).await {
+                    Some(n) if n.removed => {
+                        log::info!("store: {cid} was removed while this node was away: not repaired");
+                        let _ = self.inner.disk.put_manifest(&cid, &n.encode());
+                        continue;
+                    }
+                    Some(n) if n.supersedes(&m) => {
+                        if n.manifest_holders.contains(&self.me()) {
+                            let _ = self.inner.disk.put_manifest(&cid, &n.encode());
+                        }
+                        n
+                    }
+                    _ => m,
+                },
+                None => m,
+            };
             if !responsible {
                 log::info!("store: {cid} degraded for {:?}: repairing it from here", since.map(|t| t.elapsed()));
             }
