@@ -152,7 +152,7 @@ impl Collector for NodeCollector {
         {
             let mut m = e.encode_descriptor("p2p_nos_node", "This node", None, MetricType::Info)?;
             let labels = [
-                ("instance", s.instance.as_str()),
+                ("instance_name", s.instance.as_str()),
                 ("peer_id", s.peer_id.as_str()),
                 ("node_id", s.node_id.as_str()),
                 ("datapath", s.datapath.as_str()),

@@ -273,6 +273,35 @@ fn metric_matches_status(tb: &Testbed, i: usize, sample: &str, field: &[&str]) -
     Ok(m)
 }
 
+/// Every metric deploy/grafana/p2p-nos.json queries is one a node serves.
+fn dashboard_uses_only_served_metrics(body: &str) -> Result<()> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/p2p-nos.json");
+    let dash: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    // Sample names, and families declared (one with no samples yet: no bans).
+    let served: HashSet<&str> = body
+        .lines()
+        .filter_map(|l| match l.strip_prefix("# TYPE ") {
+            Some(t) => t.split(' ').next(),
+            None if l.starts_with('#') => None,
+            None => l.split(['{', ' ']).next(),
+        })
+        .collect();
+    let mut used = 0;
+    for panel in dash["panels"].as_array().context("panels")? {
+        for target in panel["targets"].as_array().context("targets")? {
+            let expr = target["expr"].as_str().context("expr")?;
+            for name in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if name.starts_with("p2p_nos_") || name.starts_with("libp2p_") {
+                    ensure!(served.contains(name), "the dashboard's {name:?} is not served (panel {})", panel["title"]);
+                    used += 1;
+                }
+            }
+        }
+    }
+    ensure!(used >= 10, "the dashboard queries {used} metrics");
+    Ok(())
+}
+
 fn get(tb: &Testbed, node: usize, cid: &str, out: &Path) -> Result<Vec<u8>> {
     let o = out.to_str().context("utf-8")?;
     let v = tb.node(node).cli(&["store", "get", cid, "-o", o])?;
@@ -438,6 +467,7 @@ fn objects_survive_holder_deaths_and_are_repaired() -> Result<()> {
         &["liveness", "detection", "detections"],
     )?;
     ensure!(detections >= 4.0, "h1 detected the four killed nodes: {detections}");
+    dashboard_uses_only_served_metrics(&scrape(&tb, 0)?)?;
     let h7 = tb.node(6).status()?["store"].clone();
     ensure!(h7["used_bytes"].as_u64().is_some_and(|u| u <= 1 << 20), "h7 over its quota: {h7}");
 

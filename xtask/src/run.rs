@@ -82,8 +82,13 @@ fn testbed(ctl: Controller, args: &RunArgs) -> Result<()> {
         "==> testbed: {n} nodes on a bridge (10.99.0.1-{n}/24), each in its own network namespace; \
          node 1 first, the others bootstrap from it (Kademlia k = {k})"
     );
-    let tb = Testbed::start(&ctl, n, &["--kbucket-size", &k], true, false)?;
+    // Each node serves /metrics on its own namespace's loopback.
+    let tb = Testbed::start(&ctl, n, &["--kbucket-size", &k, "--metrics", "127.0.0.1:9475"], true, false)?;
     say!("==> all {n} controllers up; logs and state in {}", tb.tmp.path().display());
+    say!("==> metrics (OpenMetrics text) of each node, from its namespace:");
+    for (i, s) in tb.specs.iter().enumerate() {
+        say!("    h{}: ip netns exec {} curl -s http://127.0.0.1:9475/metrics", i + 1, s.netns);
+    }
     let started = Instant::now();
     match tb.wait_converged(Duration::from_secs(60)) {
         Ok(t) => {
