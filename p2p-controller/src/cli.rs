@@ -201,6 +201,15 @@ pub enum Command {
     ///   p2p-controller ca revoke 1
     #[command(subcommand, verbatim_doc_comment)]
     Ca(CaCommand),
+    /// Configuration files for `run --config FILE` (TOML: every `run`
+    /// option, keyed by its long name; the command line overrides the file).
+    ///
+    /// Examples:
+    ///   p2p-controller config example > /etc/p2p-nos/node.toml
+    ///   p2p-controller config check /etc/p2p-nos/node.toml
+    ///   p2p-controller run --config /etc/p2p-nos/node.toml --iface eth1
+    #[command(subcommand, verbatim_doc_comment)]
+    Config(ConfigCommand),
     /// Attach the pass-through XDP program until interrupted. A veth only
     /// delivers redirected or XDP_TX'd frames when its peer runs XDP: test
     /// rigs put this on bridge-side veth ends and on benchmark generators.
@@ -213,6 +222,20 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         xdp_mode: AttachMode,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Check a file as `run --config FILE` would (keys, values, the files
+    /// it names), without running anything; errors name the line.
+    Check {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a file with every `run` option at its default, commented out,
+    /// with its help (deploy/p2p-nos.toml).
+    Example,
 }
 
 #[derive(Subcommand, Debug)]
@@ -430,6 +453,11 @@ pub enum DatapathKind {
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
+    /// Read options from this TOML file (keys: these options' long names,
+    /// e.g. `store-quota = "2GiB"`, `bootstrap = ["/ip4/…"]`); options on
+    /// the command line override it. See `config example`.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Enter this network namespace first (setns on /run/netns/NAME; mounts untouched, so pins stay visible).
     #[arg(long)]
     pub netns: Option<String>,

@@ -126,9 +126,26 @@ pub fn run(args: RunArgs, instance: String) -> Result<()> {
     rt.block_on(run_async(args, instance))
 }
 
-async fn run_async(args: RunArgs, instance: String) -> Result<()> {
-    let xdp = args.datapath == DatapathKind::Xdp;
-    if xdp && args.ifaces.is_empty() {
+/// What `run` reads from its options and files, all checked.
+struct Inputs {
+    listen_ip: IpAddr,
+    net_cfg: NetConfig,
+    rate: mapsync::RatePolicy,
+    timing: liveness::Timing,
+    reputation_cfg: reputation::Config,
+    burst_ms: u64,
+    peers: Vec<files::PeerSpec>,
+    records: Vec<files::RecordSpec>,
+    state_dir: PathBuf,
+    store_quota: u64,
+    store_cache: crate::storage::CachePolicy,
+}
+
+/// Every check of the options and the files they name that `run` makes
+/// before it changes anything (a key created, a lock taken, a program
+/// attached); `config check` runs the same.
+fn checked_inputs(args: &RunArgs, instance: &str) -> Result<Inputs> {
+    if args.datapath == DatapathKind::Xdp && args.ifaces.is_empty() {
         return Err(Error::Usage(
             "--datapath xdp needs at least one --iface to attach to (or use --datapath userspace)".into(),
         ));
@@ -138,16 +155,12 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
             return Err(Error::NoInterface(iface.clone()));
         }
     }
-    if xdp {
-        sys::check_privileges(args.netns.is_some())?;
-        sys::check_bpffs()?;
-    }
     // Every input is checked before anything is changed (a key created,
     // a lock taken, a program attached).
-    let (listen_ip, mut net_cfg) = net_config(&args)?;
-    let rate = rate_policy(&args)?;
-    let timing = liveness_timing(&args)?;
-    let reputation_cfg = reputation_config(&args)?;
+    let (listen_ip, mut net_cfg) = net_config(args)?;
+    let rate = rate_policy(args)?;
+    let timing = liveness_timing(args)?;
+    let reputation_cfg = reputation_config(args)?;
     let burst_ms = units::parse_duration(&args.rate_burst).ok().flatten().unwrap_or_default().as_millis() as u64;
     let peers = match &args.peers {
         Some(p) => files::load_peers(p, None)?,
@@ -184,8 +197,8 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         Some(p) => files::load_records(p)?,
         None => Vec::new(),
     };
-    let state_dir = args.state_dir.clone().unwrap_or_else(|| paths::state_dir(&instance));
-    net_cfg.trust = trust_config(&args, &state_dir)?;
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| paths::state_dir(instance));
+    net_cfg.trust = trust_config(args, &state_dir)?;
     if net_cfg.trust.is_none() {
         net_cfg.known_peers = Some(net::known::KnownPeers::load(&state_dir.join(paths::KNOWN_PEERS_FILE))?);
     }
@@ -196,6 +209,45 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
             .map_err(|e| Error::Usage(format!("--store-cache-cool {e}")))?
             .ok_or_else(|| Error::Usage("--store-cache-cool must be finite (e.g. 5m)".into()))?,
     };
+    Ok(Inputs {
+        listen_ip,
+        net_cfg,
+        rate,
+        timing,
+        reputation_cfg,
+        burst_ms,
+        peers,
+        records,
+        state_dir,
+        store_quota,
+        store_cache,
+    })
+}
+
+/// `config check`: the options' and files' checks, nothing changed.
+pub fn check(args: &RunArgs, instance: &str) -> Result<()> {
+    checked_inputs(args, instance).map(|_| ())
+}
+
+async fn run_async(args: RunArgs, instance: String) -> Result<()> {
+    let xdp = args.datapath == DatapathKind::Xdp;
+    let Inputs {
+        listen_ip,
+        mut net_cfg,
+        rate,
+        timing,
+        reputation_cfg,
+        burst_ms,
+        peers,
+        records,
+        state_dir,
+        store_quota,
+        store_cache,
+    } = checked_inputs(&args, &instance)?;
+    if xdp {
+        sys::check_privileges(args.netns.is_some())?;
+        sys::check_bpffs()?;
+    }
     let (identity, created) = Identity::load_or_create(&state_dir)?;
     if let Some(t) = &net_cfg.trust
         && t.cert.peer != identity.peer_id

@@ -8,6 +8,7 @@ pub mod api;
 pub mod blobs;
 pub mod ca_cmd;
 pub mod cli;
+pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;

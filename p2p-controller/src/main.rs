@@ -2,14 +2,33 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use p2p_controller::api::{self, Request};
-use p2p_controller::cli::{Cli, ClientArgs, Command, DhtCommand, MapsWhich, PubsubCommand, RateCommand};
+use p2p_controller::cli::{Cli, ClientArgs, Command, ConfigCommand, DhtCommand, MapsWhich, PubsubCommand, RateCommand};
+use p2p_controller::config::{self, Config};
 use p2p_controller::error::{Error, Result};
 use p2p_controller::{ca_cmd, control, daemon, dataplane, identity, maps_cmd, paths, sys};
 use serde_json::json;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
+    // `run --config FILE`: the file's options join the command line first.
+    let (argv, config) = match config::merge_argv(std::env::args_os().collect()) {
+        Ok(x) => x,
+        Err(e) => {
+            sys::say(format_args!("p2p-controller: error: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // A bad value that came from the file: its line.
+            if let Some(m) = config.as_ref().and_then(|c| c.locate(&e.to_string())) {
+                sys::say(format_args!("p2p-controller: error: {m}"));
+                return ExitCode::from(2);
+            }
+            e.exit()
+        }
+    };
     if !matches!(cli.command, Command::Run(_) | Command::XdpPass { .. }) {
         // A client whose reader went away (`status | head`) ends quietly,
         // as Unix tools do; the daemon ignores SIGPIPE and writes nothing
@@ -20,10 +39,30 @@ fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            sys::say(format_args!("p2p-controller: error: {e}"));
+            let msg = e.to_string();
+            let msg = config.and_then(|c| c.locate(&msg)).unwrap_or(msg);
+            sys::say(format_args!("p2p-controller: error: {msg}"));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `config check`: the file read as `run --config` reads it, then every
+/// check `run` makes before it changes anything.
+fn config_check(file: &std::path::Path, instance: &str, json: bool) -> Result<()> {
+    let cfg = Config::load(file)?;
+    let located = |msg: String| Error::Usage(cfg.locate(&msg).unwrap_or(msg));
+    let mut argv = vec!["p2p-controller".to_string(), "--instance".into(), instance.into(), "run".into()];
+    argv.extend(cfg.args());
+    let cli = Cli::try_parse_from(&argv).map_err(|e| located(e.to_string()))?;
+    let Command::Run(args) = cli.command else { return Err(Error::Usage("not a run command".into())) };
+    daemon::check(&args, instance).map_err(|e| located(e.to_string()))?;
+    if json {
+        print_json(&json!({"ok": true, "file": file, "options": cfg.len()}));
+    } else {
+        println!("{}: ok ({} options)", file.display(), cfg.len());
+    }
+    Ok(())
 }
 
 fn socket_path(client: &ClientArgs, instance: &str) -> std::path::PathBuf {
@@ -340,6 +379,11 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Ca(cmd) => ca_cmd::run(cmd),
+        Command::Config(ConfigCommand::Check { file, json }) => config_check(&file, &instance, json),
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", config::example());
+            Ok(())
+        }
         Command::XdpPass { netns, ifaces, xdp_mode } => {
             // Blocked from the start: a stop request is taken, not fatal.
             let set = sys::block_signals();

@@ -443,3 +443,67 @@ fn ca_issues_checks_and_revokes_certificates() {
     assert_clean_failure(&bin().args(["ca", "show", certs]).output().unwrap(), "node.cert");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn config_files_are_checked_line_by_line_and_the_command_line_wins() {
+    let d = tmp("config");
+    let file = |name: &str, text: &str| {
+        let p = d.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let check = |p: &std::path::Path| bin().args(["config", "check", "--json"]).arg(p).output().unwrap();
+    let good = file(
+        "good.toml",
+        "# a node\ndatapath = \"userspace\"\nkbucket-size = 8\nno-mdns = true\nbootstrap = [\"/ip4/10.0.0.1/tcp/9471\"]\nstore-quota = \"2GiB\"\n",
+    );
+    let o = check(&good);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["ok"].as_bool(), v["options"].as_u64()), (Some(true), Some(5)), "{v}");
+    // Unknown key, a value clap refuses, a value `run` refuses: each names its line.
+    let o = check(&file("unknown.toml", "kbucket-size = 8\n\nstore_quota = \"1GiB\"\n"));
+    assert_clean_failure(&o, "line 3: unknown key \"store_quota\" (did you mean store-quota?)");
+    let o = check(&file("clap.toml", "datapath = \"userspace\"\nkbucket-size = \"many\"\n"));
+    assert_clean_failure(&o, "line 2: kbucket-size");
+    let o = check(&file("run.toml", "datapath = \"userspace\"\n\nrate-default = \"fast\"\n"));
+    assert_clean_failure(&o, "line 3: rate-default");
+    let o = check(&file("syntax.toml", "datapath = \"userspace\"\nkbucket-size = = 3\n"));
+    assert_clean_failure(&o, "line 2");
+    let o = check(&d.join("absent.toml"));
+    assert_clean_failure(&o, "cannot read");
+    // `run --config`: the file's bad value is refused with its line before
+    // anything is made; the same option on the command line wins.
+    let bad = file("bad-port.toml", "datapath = \"userspace\"\noverlay-port = 0\n");
+    let run = |extra: &[&str]| {
+        bin()
+            .args(["--instance", "cli-test-config", "run", "--config"])
+            .arg(&bad)
+            .args(["--state-dir"])
+            .arg(d.join("state"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    assert_clean_failure(&run(&[]), "line 2: overlay-port");
+    assert_clean_failure(&run(&["--overlay-port", "9470", "--kbucket-size", "0"]), "--kbucket-size");
+    let o = run(&["--overlay-port", "9470", "--kbucket-size", "0"]);
+    assert!(
+        !stderr(&o).contains("bad-port.toml"),
+        "an error about a command-line option names no file: {}",
+        stderr(&o)
+    );
+    assert!(!d.join("state").join("node.key").exists(), "nothing was created");
+}
+
+#[test]
+fn deploy_config_is_the_documented_example() {
+    let o = bin().args(["config", "example"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let example = String::from_utf8(o.stdout).unwrap();
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/p2p-nos.toml")).unwrap();
+    assert_eq!(shipped, example, "deploy/p2p-nos.toml is stale: p2p-controller config example > deploy/p2p-nos.toml");
+    for key in ["store-quota", "metrics", "bootstrap", "trust-anchor", "rate-default"] {
+        assert!(example.contains(&format!("\n#{key} = ")), "{key} missing");
+    }
+}
