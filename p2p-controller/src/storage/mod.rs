@@ -63,7 +63,12 @@ const GC_GRACE: Duration = Duration::from_secs(10);
 /// A shard no object claimed (its put never ended) goes after this long.
 const UNCLAIMED_GRACE: Duration = Duration::from_secs(600);
 /// An object degraded this long is repaired by any holder of its manifest.
+/// An object degraded this long, plus [`TAKEOVER_PER_SEGMENT`] for each
+/// of its segments (the time its responsible node may need to rebuild
+/// them: other holders joining a repair in progress only slow it down),
+/// is repaired by any holder of its manifest.
 const TAKEOVER: Duration = Duration::from_secs(2);
+const TAKEOVER_PER_SEGMENT: Duration = Duration::from_millis(20);
 /// How long a manifest read for `get` or `status` is reused.
 const MANIFEST_TTL: Duration = Duration::from_millis(500);
 /// A node declared dead this recently is a poor holder (placed on last).
@@ -818,9 +823,10 @@ impl Storage {
                 if degraded { Some(*d.entry(cid).or_insert_with(Instant::now)) } else { d.remove(&cid).and(None) }
             };
             // The responsible node repairs; any other holder takes over once
-            // an object stays degraded for TAKEOVER (the responsible node
+            // an object stays degraded for TAKEOVER+ (the responsible node
             // may lack the manifest, or see the network otherwise).
-            let takeover = since.is_some_and(|t| t.elapsed() >= TAKEOVER);
+            let patience = TAKEOVER + TAKEOVER_PER_SEGMENT * m.segments.len() as u32;
+            let takeover = since.is_some_and(|t| t.elapsed() >= patience);
             let responsible = self.responsible(&m, &live);
             if !responsible && !takeover {
                 continue;
