@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 /// tools the tests and README use.
 /// iptables: the namespace tests drop traffic on the testbed's bridge
 /// (a vanished host, random loss). curl: they scrape `run --metrics`.
-pub const APT_PACKAGES: [&str; 9] = [
+/// systemd: `systemd-analyze` checks deploy/p2p-nos@.service.
+pub const APT_PACKAGES: [&str; 10] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
@@ -17,6 +18,7 @@ pub const APT_PACKAGES: [&str; 9] = [
     "ethtool",
     "iptables",
     "curl",
+    "systemd",
 ];
 pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 pub const BPFFS: &str = "/sys/fs/bpf";

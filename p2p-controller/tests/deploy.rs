@@ -1,0 +1,42 @@
+//! deploy/: the systemd unit passes `systemd-analyze verify` and scores
+//! at most 3.0 ("OK") in `systemd-analyze security` (offline: no systemd
+//! needs to run here). Skipped where systemd-analyze is missing.
+
+use std::path::Path;
+use std::process::Command;
+
+fn analyze(args: &[&str], dir: &Path) -> Option<std::process::Output> {
+    Command::new("systemd-analyze").args(args).current_dir(dir).output().ok()
+}
+
+#[test]
+fn systemd_unit_verifies_and_is_confined() {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/p2p-nos@.service")).unwrap();
+    let dir = std::env::temp_dir().join(format!("p2p-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // An instance of the template, pointing at the binary just built
+    // (verify checks that ExecStart's program exists).
+    let name = "p2p-nos@test.service";
+    std::fs::write(dir.join(name), unit.replace("/usr/local/bin/p2p-controller", env!("CARGO_BIN_EXE_p2p-controller")))
+        .unwrap();
+    let Some(verify) = analyze(&["verify", &format!("./{name}")], &dir) else {
+        eprintln!("skipped: systemd-analyze not found (apt install systemd)");
+        return;
+    };
+    let err = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success() && err.trim().is_empty(), "systemd-analyze verify: {err}");
+    let sec = analyze(&["security", "--offline=yes", "--no-pager", &format!("./{name}")], &dir).unwrap();
+    let out = String::from_utf8_lossy(&sec.stdout);
+    let score: f64 = out
+        .lines()
+        .find_map(|l| {
+            l.split_once("Overall exposure level for p2p-nos@test.service: ")?.1.split(' ').next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no score: {out}{}", String::from_utf8_lossy(&sec.stderr)));
+    eprintln!("systemd-analyze security: {score}");
+    assert!(score <= 3.0, "exposure {score} (was 2.5): {out}");
+    for line in ["CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN", "NoNewPrivileges=yes", "ProtectSystem=strict"] {
+        assert!(unit.contains(line), "{line}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
