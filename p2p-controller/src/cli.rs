@@ -232,6 +232,10 @@ pub enum ConfigCommand {
         file: PathBuf,
         #[arg(long)]
         json: bool,
+        /// `run` options given beside the file (they override it), as a
+        /// unit or a DaemonSet would: `config check node.toml --iface eth0`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "RUN_OPTION")]
+        run_options: Vec<String>,
     },
     /// Print a file with every `run` option at its default, commented out,
     /// with its help (deploy/p2p-nos.toml).

@@ -138,11 +138,6 @@ impl Config {
         self.args.is_empty()
     }
 
-    /// The file's options as `run` arguments.
-    pub fn args(&self) -> Vec<String> {
-        self.args_except(&[])
-    }
-
     /// The file's arguments but those of `given` options.
     fn args_except(&self, given: &[String]) -> Vec<String> {
         self.args.iter().filter(|(k, _)| !given.contains(k)).flat_map(|(_, a)| a.iter().cloned()).collect()

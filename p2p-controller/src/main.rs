@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use p2p_controller::api::{self, Request};
 use p2p_controller::cli::{Cli, ClientArgs, Command, ConfigCommand, DhtCommand, MapsWhich, PubsubCommand, RateCommand};
-use p2p_controller::config::{self, Config};
+use p2p_controller::config;
 use p2p_controller::error::{Error, Result};
 use p2p_controller::{ca_cmd, control, daemon, dataplane, identity, maps_cmd, paths, sys};
 use serde_json::json;
@@ -49,11 +49,13 @@ fn main() -> ExitCode {
 
 /// `config check`: the file read as `run --config` reads it, then every
 /// check `run` makes before it changes anything.
-fn config_check(file: &std::path::Path, instance: &str, json: bool) -> Result<()> {
-    let cfg = Config::load(file)?;
+fn config_check(file: &std::path::Path, instance: &str, json: bool, extra: &[String]) -> Result<()> {
+    let mut argv: Vec<std::ffi::OsString> = vec!["p2p-controller".into(), "--instance".into(), instance.into()];
+    argv.extend(["run".into(), "--config".into(), file.as_os_str().to_owned()]);
+    argv.extend(extra.iter().map(Into::into));
+    let (argv, cfg) = config::merge_argv(argv)?;
+    let cfg = cfg.unwrap_or_default();
     let located = |msg: String| Error::Usage(cfg.locate(&msg).unwrap_or(msg));
-    let mut argv = vec!["p2p-controller".to_string(), "--instance".into(), instance.into(), "run".into()];
-    argv.extend(cfg.args());
     let cli = Cli::try_parse_from(&argv).map_err(|e| located(e.to_string()))?;
     let Command::Run(args) = cli.command else { return Err(Error::Usage("not a run command".into())) };
     daemon::check(&args, instance).map_err(|e| located(e.to_string()))?;
@@ -379,7 +381,9 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Ca(cmd) => ca_cmd::run(cmd),
-        Command::Config(ConfigCommand::Check { file, json }) => config_check(&file, &instance, json),
+        Command::Config(ConfigCommand::Check { file, json, run_options }) => {
+            config_check(&file, &instance, json, &run_options)
+        }
         Command::Config(ConfigCommand::Example) => {
             print!("{}", config::example());
             Ok(())

@@ -368,11 +368,24 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 
 impl Scrape {
     async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        if req.uri().path() != "/metrics" {
-            return text(StatusCode::NOT_FOUND, "not found: this server has /metrics\n".into());
-        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "GET /metrics\n".into());
+            return text(StatusCode::METHOD_NOT_ALLOWED, "GET /metrics or /ready\n".into());
+        }
+        match req.uri().path() {
+            "/metrics" => {}
+            // For probes (Kubernetes): 200 once every routed peer answered
+            // (`status.ready`), 503 before.
+            "/ready" => {
+                return match crate::control::status(&self.ctx).await {
+                    Ok(s) if s.ready => text(StatusCode::OK, format!("ready: {} peers routed\n", s.peers)),
+                    Ok(s) => text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready: {} of {} routed peers answered\n", s.peers_answered, s.peers),
+                    ),
+                    Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
+                };
+            }
+            _ => return text(StatusCode::NOT_FOUND, "not found: this server has /metrics and /ready\n".into()),
         }
         let _one = self.lock.lock().await;
         *self.collector.0.lock().expect("not poisoned") = self.snapshot().await;

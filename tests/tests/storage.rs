@@ -26,7 +26,8 @@
 //!
 //! - Metrics (`run --metrics 127.0.0.1:9475` on every node, scraped with
 //!   curl in its namespace): OpenMetrics text with libp2p's families; h1
-//!   shows seven alive peers and PONGs counted by its datapath; the
+//!   shows seven alive peers and PONGs counted by its datapath, and its
+//!   `/ready` answers 200; the
 //!   corrupt shard's holder counts it; after the kills, every node's
 //!   repaired shards and h1's detections equal what `status` says.
 //!
@@ -331,6 +332,11 @@ fn objects_survive_holder_deaths_and_are_repaired() -> Result<()> {
     ensure!(m.contains(&format!(r#"peer_id="{}""#, tb.specs[0].peer_id)), "h1 metrics: {m}");
     ensure!(metric(&m, r#"p2p_nos_datapath_packets_total{counter="pong"}"#).is_some_and(|v| v > 0.0), "{m}");
     ensure!(m.lines().any(|l| l.starts_with("libp2p_swarm_connections_established_total")), "no libp2p metrics: {m}");
+    let ready = std::process::Command::new("ip")
+        .args(["netns", "exec", &tb.specs[0].netns, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg("http://127.0.0.1:9475/ready")
+        .output()?;
+    ensure!(ready.stdout == b"200", "h1 /ready: {}", String::from_utf8_lossy(&ready.stdout));
 
     small_object_put_read_removed(ctl, &mut tb, &mut pins)?;
 

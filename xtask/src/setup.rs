@@ -103,6 +103,30 @@ pub fn setup() -> Result<Summary> {
         }
     }
 
+    // 3b. Python tools the tests use.
+    let step = "pip: kubernetes-validate";
+    let found = || {
+        Command::new("python3")
+            .args(["-m", "kubernetes_validate", "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if found() {
+        report(step, "ok (found)");
+    } else {
+        report(step, "installing: python3 -m pip install kubernetes-validate");
+        let r = run_inherit(
+            Command::new("python3").args(["-m", "pip", "install", "-q", "kubernetes-validate"]),
+            "python3 -m pip install kubernetes-validate",
+        );
+        if r.is_ok() && found() {
+            report(step, "done (installed)");
+        } else {
+            // Not fatal: only the manifest test needs it, and it says it skipped.
+            report(step, "FAILED (the Kubernetes manifest test will say it skipped)");
+        }
+    }
+
     // 4. bpf-linker built against LLVM 22.
     let step = "bpf-linker";
     if let Some((path, ver)) = bpf_linker() {
