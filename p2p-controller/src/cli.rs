@@ -457,6 +457,10 @@ pub enum DatapathKind {
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
+    /// Log level of the daemon: error, warn, info, debug or trace (RUST_LOG,
+    /// when set, decides instead). Reloaded on SIGHUP.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: log::LevelFilter,
     /// Read options from this TOML file (keys: these options' long names,
     /// e.g. `store-quota = "2GiB"`, `bootstrap = ["/ip4/…"]`); options on
     /// the command line override it. See `config example`.

@@ -27,9 +27,11 @@ use crate::cli::{DatapathKind, RunArgs};
 use crate::dataplane::{self, Dataplane, LoadOptions};
 use crate::error::{Error, Result};
 use crate::identity::Identity;
+use crate::mapsync::MapSyncHandle;
 use crate::net::store::SharedStore;
 use crate::net::{self, NetConfig};
 use crate::overlay::OverlayConfig;
+use crate::reputation::ReputationHandle;
 use crate::userspace::Peer;
 use crate::{control, files, liveness, mapsync, overlay, paths, reputation, sys, trust, units};
 
@@ -230,6 +232,7 @@ pub fn check(args: &RunArgs, instance: &str) -> Result<()> {
 }
 
 async fn run_async(args: RunArgs, instance: String) -> Result<()> {
+    set_log_level(args.log_level);
     let xdp = args.datapath == DatapathKind::Xdp;
     let Inputs {
         listen_ip,
@@ -382,6 +385,7 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         );
     }
 
+    let reputation_reload = reputation.clone();
     let ctx = control::Ctx {
         instance: instance.clone(),
         peer_id: identity.peer_id.to_string(),
@@ -416,7 +420,7 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         socket_path.display()
     ));
 
-    wait_for_signal().await?;
+    wait_for_signal(&args, &sync, &reputation_reload).await?;
     // Leave first, so that peers drop this node from their maps at once:
     // nothing answers their PINGs any more (XDP without a heartbeat, the
     // relay stopped), then the connections close and their redials are
@@ -753,13 +757,102 @@ fn set_rcvbuf(sock: &std::net::UdpSocket, bytes: i32) {
     }
 }
 
-async fn wait_for_signal() -> Result<()> {
+/// Until SIGTERM or SIGINT; each SIGHUP reloads (see [`reload`]).
+async fn wait_for_signal(running: &RunArgs, sync: &MapSyncHandle, reputation: &ReputationHandle) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                if let Err(e) = reload(running, sync, reputation).await {
+                    log::error!("SIGHUP: nothing reloaded: {e}");
+                }
+            }
+        }
     }
+}
+
+/// SIGHUP: reads the command line and `--config` file again and applies
+/// what can change while running, rate budgets (operator class
+/// assignments kept), reputation and ban settings, and the log level,
+/// without touching the datapath's attachment; other options that changed
+/// are named as needing a restart.
+async fn reload(running: &RunArgs, sync: &MapSyncHandle, reputation: &ReputationHandle) -> Result<()> {
+    let (argv, cfg) = crate::config::merge_argv(std::env::args_os().collect())?;
+    let located = |msg: String| Error::Usage(cfg.as_ref().and_then(|c| c.locate(&msg)).unwrap_or(msg));
+    let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(&argv).map_err(|e| located(e.to_string()))?;
+    let crate::cli::Command::Run(new) = cli.command else { return Err(Error::Usage("not a run command".into())) };
+    let mut rate = rate_policy(&new).map_err(|e| located(e.to_string()))?;
+    let rep = reputation_config(&new).map_err(|e| located(e.to_string()))?;
+    rate.assigned = sync.rate().await.map_err(Error::Usage)?.assigned;
+    sync.set_rate(rate).await.map_err(Error::Usage)?;
+    reputation.set_config(rep).await;
+    set_log_level(new.log_level);
+    log::debug!("log level now {}", new.log_level);
+    let restart = restart_needed(running, &new);
+    log::info!(
+        "SIGHUP: reloaded rate budgets, reputation and ban settings, log level {}{}",
+        new.log_level,
+        if restart.is_empty() {
+            String::new()
+        } else {
+            format!("; changed but applied only at the next start: {}", restart.join(", "))
+        }
+    );
     Ok(())
+}
+
+/// The options a reload does not apply that differ between `old` and `new`.
+fn restart_needed(old: &RunArgs, new: &RunArgs) -> Vec<String> {
+    let reloadable = [
+        "rate_default",
+        "rate_nonpeer",
+        "rate_class",
+        "rate_burst",
+        "ban_threshold",
+        "score_half_life",
+        "ban_base",
+        "ban_max",
+        "prefix_ban_after",
+        "log_level",
+    ];
+    // Field by field from Debug's `Name { field: value, … }` (RunArgs is
+    // plain data): split at the top level's ", ".
+    let fields = |a: &RunArgs| -> Vec<(String, String)> {
+        let text = format!("{a:?}");
+        let inner = text.split_once(" { ").map(|(_, r)| r.trim_end_matches(" }")).unwrap_or("");
+        let (mut out, mut depth, mut quoted, mut start) = (Vec::new(), 0i32, false, 0);
+        let bytes = inner.as_bytes();
+        for (i, &b) in bytes.iter().enumerate() {
+            match b {
+                b'"' if i == 0 || bytes[i - 1] != b'\\' => quoted = !quoted,
+                b'[' | b'{' | b'(' if !quoted => depth += 1,
+                b']' | b'}' | b')' if !quoted => depth -= 1,
+                b',' if !quoted && depth == 0 => {
+                    out.push(inner[start..i].trim().to_string());
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        out.push(inner[start..].trim().to_string());
+        out.iter().filter_map(|f| f.split_once(": ")).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    };
+    let before = fields(old);
+    fields(new)
+        .into_iter()
+        .filter(|(k, v)| !reloadable.contains(&k.as_str()) && before.iter().any(|(bk, bv)| bk == k && bv != v))
+        .map(|(k, _)| format!("--{}", k.replace('_', "-")))
+        .collect()
+}
+
+/// `--log-level`, unless RUST_LOG decides.
+pub fn set_log_level(level: log::LevelFilter) {
+    if std::env::var_os("RUST_LOG").is_none() {
+        log::set_max_level(level);
+    }
 }

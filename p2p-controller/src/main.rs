@@ -9,7 +9,14 @@ use p2p_controller::{ca_cmd, control, daemon, dataplane, identity, maps_cmd, pat
 use serde_json::json;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // RUST_LOG, when set, decides; otherwise everything passes the filter
+    // and the level (`run --log-level`, SIGHUP) is the global maximum.
+    if std::env::var_os("RUST_LOG").is_some() {
+        env_logger::Builder::from_env(env_logger::Env::default()).init();
+    } else {
+        env_logger::Builder::new().filter_level(log::LevelFilter::Trace).init();
+        log::set_max_level(log::LevelFilter::Info);
+    }
     // `run --config FILE`: the file's options join the command line first.
     let (argv, config) = match config::merge_argv(std::env::args_os().collect()) {
         Ok(x) => x,

@@ -507,3 +507,67 @@ fn deploy_config_is_the_documented_example() {
         assert!(example.contains(&format!("\n#{key} = ")), "{key} missing");
     }
 }
+
+#[test]
+fn sighup_reloads_rates_bans_and_log_level_from_the_config() {
+    if !is_root() {
+        eprintln!("skipped: needs root (the run directory /run/p2p-nos)");
+        return;
+    }
+    let d = tmp("reload");
+    let (sock, conf, log) = (d.join("c.sock"), d.join("node.toml"), d.join("stderr"));
+    let probe = std::net::UdpSocket::bind("[::]:0").unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let write = |extra: &str| {
+        let base = format!("datapath = \"userspace\"\nno-mdns = true\np2p-port = 0\noverlay-port = {port}\n");
+        std::fs::write(&conf, format!("{base}{extra}")).unwrap();
+    };
+    write("rate-default = \"1000pps,1MB/s\"\nban-threshold = -100\n");
+    let mut child = bin()
+        .args(["--instance", "cli-test-reload", "run", "--config"])
+        .arg(&conf)
+        .arg("--state-dir")
+        .arg(d.join("s"))
+        .arg("--control-socket")
+        .arg(&sock)
+        .env_remove("RUST_LOG")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let ask = |what: &str| -> Option<serde_json::Value> {
+        let o = bin().args([what, "--json", "--control-socket"]).arg(&sock).output().ok()?;
+        o.status.success().then(|| serde_json::from_slice(&o.stdout).ok()).flatten()
+    };
+    let wait = |what: &str, ok: &dyn Fn(&serde_json::Value) -> bool| {
+        for _ in 0..100 {
+            if let Some(v) = ask(what).filter(|v| ok(v)) {
+                return Some(v);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        None
+    };
+    let default_rate = |v: &serde_json::Value| v["classes"]["default"].as_str().unwrap_or("").to_string();
+    let before = wait("rate", &|v| default_rate(v).contains("1000")).expect("daemon up with the file's rate");
+    let hup = |child: &std::process::Child| unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    // A bad file: nothing changes, the log says why and where.
+    write("rate-default = \"fast\"\n");
+    hup(&child);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(default_rate(&ask("rate").unwrap()), default_rate(&before));
+    // A good one: rates, ban settings and log level apply; kbucket-size waits for a restart.
+    write("rate-default = \"2000pps,2MB/s\"\nban-threshold = -50\nlog-level = \"debug\"\nkbucket-size = 9\n");
+    hup(&child);
+    let after = wait("rate", &|v| default_rate(v).contains("2000"));
+    let rep = wait("reputation", &|v| v["threshold"].as_f64() == Some(-50.0));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let exit = child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(after.is_some(), "rate not reloaded: {text}");
+    assert!(rep.is_some(), "ban threshold not reloaded: {text}");
+    assert!(text.contains("SIGHUP: nothing reloaded") && text.contains("line 5: rate-default"), "{text}");
+    assert!(text.contains("SIGHUP: reloaded") && text.contains("next start: --kbucket-size"), "{text}");
+    assert!(text.lines().any(|l| l.contains("DEBUG") && l.contains("log level now DEBUG")), "{text}");
+    assert!(exit.success(), "{exit:?}");
+}

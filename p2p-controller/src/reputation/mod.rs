@@ -61,10 +61,20 @@ type Reply<T> = oneshot::Sender<Result<T, String>>;
 
 enum Command {
     Report(Subject, Evidence, u64),
-    Block { target: BlockTarget, length: Option<Duration>, text: String, reply: Reply<BlockView> },
-    Unblock { target: BlockTarget, reply: Reply<bool> },
+    Block {
+        target: BlockTarget,
+        length: Option<Duration>,
+        text: String,
+        reply: Reply<BlockView>,
+    },
+    Unblock {
+        target: BlockTarget,
+        reply: Reply<bool>,
+    },
     View(oneshot::Sender<ReputationView>),
     NodeScores(oneshot::Sender<Vec<(NodeId, f64)>>),
+    /// New scoring and ban settings (SIGHUP); scores and bans in force stay.
+    SetConfig(Config),
 }
 
 /// Talks to the reputation task; clones share it.
@@ -97,6 +107,11 @@ impl ReputationHandle {
 
     pub async fn unblock(&self, target: BlockTarget) -> Result<bool, String> {
         self.call(|reply| Command::Unblock { target, reply }).await
+    }
+
+    /// Applies new settings to later evidence and bans.
+    pub async fn set_config(&self, cfg: Config) {
+        let _ = self.tx.send(Command::SetConfig(cfg)).await;
     }
 
     pub async fn view(&self) -> ReputationView {
@@ -214,6 +229,10 @@ impl Reputation {
             }
             Command::View(reply) => {
                 let _ = reply.send(self.view(now));
+            }
+            Command::SetConfig(cfg) => {
+                self.scores.policy = cfg.policy;
+                self.cfg = cfg;
             }
             Command::NodeScores(reply) => {
                 let v = self
