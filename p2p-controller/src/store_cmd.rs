@@ -1,6 +1,7 @@
 //! `store put|get|status|ls|rm`: the CLI side of storage. Objects travel
-//! to and from the daemon one segment per control request, so neither side
-//! holds more than a segment of them; progress bars on a terminal.
+//! to and from the daemon one segment per control request, four requests
+//! at a time, so neither side holds more than a few segments of them;
+//! progress bars on a terminal.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
