@@ -202,6 +202,33 @@ pub struct AuthStatus {
     pub refused: u64,
 }
 
+/// Values counted by bucket: `counts[i]` those ≤ `bounds[i]` (and above
+/// the one before), the last count those above every bound.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Histogram {
+    pub bounds: Vec<u64>,
+    pub counts: Vec<u64>,
+    pub count: u64,
+    pub sum: u64,
+    pub max: u64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &[u64]) -> Histogram {
+        Histogram { bounds: bounds.to_vec(), counts: vec![0; bounds.len() + 1], ..Histogram::default() }
+    }
+
+    pub fn record(&mut self, v: u64) {
+        let i = self.bounds.iter().position(|b| v <= *b).unwrap_or(self.bounds.len());
+        if let Some(c) = self.counts.get_mut(i) {
+            *c += 1;
+        }
+        self.count += 1;
+        self.sum += v;
+        self.max = self.max.max(v);
+    }
+}
+
 /// What map sync reports.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct SyncStats {
@@ -218,6 +245,9 @@ pub struct SyncStats {
     /// The latest peers that entered or left the maps (newest last, at most
     /// 64), with the CLOCK_MONOTONIC time the change was live.
     pub recent: Vec<MapChange>,
+    /// Every update's latency (routing change to maps live), µs.
+    #[serde(default)]
+    pub latency_us: Histogram,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -619,6 +649,10 @@ pub struct StoreRm {
 /// `status.store`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StoreSummary {
+    /// How long each repair took, ms (from the sweep's start to the new
+    /// manifest sent).
+    #[serde(default)]
+    pub repair_ms: Histogram,
     pub shards: u64,
     pub used_bytes: u64,
     pub quota_bytes: u64,
@@ -752,6 +786,16 @@ pub struct RateView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histogram_buckets_by_upper_bound() {
+        let mut h = Histogram::new(&[10, 100]);
+        for v in [0, 10, 11, 100, 101, 5000] {
+            h.record(v);
+        }
+        assert_eq!(h.counts, [2, 2, 2]);
+        assert_eq!((h.count, h.sum, h.max), (6, 5222, 5000));
+    }
 
     #[test]
     fn requests_read_as_documented() {

@@ -361,7 +361,7 @@ pub fn spawn(
         dp,
         slots: SlotTable::new(capacity),
         entries: Vec::new(),
-        stats: SyncStats::default(),
+        stats: SyncStats { latency_us: crate::api::Histogram::new(&SYNC_BOUNDS_US), ..SyncStats::default() },
         routing,
         blocks: HashMap::new(),
         rate: rate.clone(),
@@ -582,6 +582,9 @@ fn worker(mut w: Worker, rx: Receiver<Command>) {
     }
 }
 
+/// Buckets of the map-sync latency histogram, µs (the target is 100 ms).
+const SYNC_BOUNDS_US: [u64; 9] = [500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 250_000];
+
 fn record(stats: &mut SyncStats, plan: &Plan, took: Duration, result: Result<(), String>) {
     match result {
         Ok(()) => {
@@ -590,6 +593,7 @@ fn record(stats: &mut SyncStats, plan: &Plan, took: Duration, result: Result<(),
             stats.last_us = took.as_micros() as u64;
             stats.max_us = stats.max_us.max(stats.last_us);
             stats.over_100ms += u64::from(took > Duration::from_millis(100));
+            stats.latency_us.record(stats.last_us);
             log::debug!(
                 "map sync: {} peers (+{} -{} ~{}) live after {:?}",
                 plan.entries.len(),

@@ -87,6 +87,21 @@ fn single(
     sample(&mut m, kind, v.into())
 }
 
+/// A histogram in seconds from one counted in `scale` seconds.
+fn histogram(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    h: &crate::api::Histogram,
+    scale: f64,
+) -> std::fmt::Result {
+    let mut buckets: Vec<(f64, u64)> =
+        h.bounds.iter().map(|b| *b as f64 * scale).zip(h.counts.iter().copied()).collect();
+    buckets.push((f64::INFINITY, h.counts.get(h.bounds.len()).copied().unwrap_or(0)));
+    let mut m = e.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+    m.encode_histogram::<NoLabelSet>(h.sum as f64 * scale, h.count, &buckets, None)
+}
+
 /// One metric per label value.
 fn labelled<'a>(
     e: &mut DescriptorEncoder,
@@ -174,20 +189,21 @@ impl Collector for NodeCollector {
         single(&mut e, "p2p_nos_routed_peers", "Peers in the datapath's maps", None, Gauge, s.peers)?;
         single(&mut e, "p2p_nos_connected_peers", "libp2p connections' peers", None, Gauge, s.net.connected_peers)?;
         single(&mut e, "p2p_nos_kad_peers", "Peers in Kademlia's routing table", None, Gauge, s.kad_peers)?;
-        {
-            // The detector's buckets: `counts` has one more (the slowest).
-            let h = &l.detection;
-            let mut buckets: Vec<(f64, u64)> =
-                h.bounds_ms.iter().map(|b| *b as f64 / 1e3).zip(h.counts.iter().copied()).collect();
-            buckets.push((f64::INFINITY, h.counts.get(h.bounds_ms.len()).copied().unwrap_or(0)));
-            let mut m = e.encode_descriptor(
-                "p2p_nos_detection_latency",
-                "From a peer's last sign of life to its death being declared",
-                seconds,
-                MetricType::Histogram,
-            )?;
-            m.encode_histogram::<NoLabelSet>(h.sum_ms as f64 / 1e3, h.detections, &buckets, None)?;
-        }
+        let h = &l.detection;
+        let detection = crate::api::Histogram {
+            bounds: h.bounds_ms.clone(),
+            counts: h.counts.clone(),
+            count: h.detections,
+            sum: h.sum_ms,
+            max: h.max_ms,
+        };
+        histogram(
+            &mut e,
+            "p2p_nos_detection_latency",
+            "From a peer's last sign of life to its death being declared",
+            &detection,
+            1e-3,
+        )?;
         let ms = &s.map_sync;
         single(&mut e, "p2p_nos_map_sync_updates", "Routing changes applied to the maps", None, Counter, ms.updates)?;
         single(&mut e, "p2p_nos_map_sync_errors", "Map updates that failed", None, Counter, ms.errors)?;
@@ -206,6 +222,13 @@ impl Collector for NodeCollector {
             seconds,
             Gauge,
             ms.last_us as f64 / 1e6,
+        )?;
+        histogram(
+            &mut e,
+            "p2p_nos_map_sync_latency",
+            "From a routing-table change to the maps being live",
+            &ms.latency_us,
+            1e-6,
         )?;
         single(
             &mut e,
@@ -262,6 +285,13 @@ impl Collector for NodeCollector {
         )?;
         single(&mut e, "p2p_nos_link_key_refusals", "Link-key exchanges peers refused", None, Counter, a.refused)?;
         let st = &s.store;
+        histogram(
+            &mut e,
+            "p2p_nos_store_repair_duration",
+            "How long repairs made by this node took",
+            &st.repair_ms,
+            1e-3,
+        )?;
         single(&mut e, "p2p_nos_store_shards", "Shards held here", None, Gauge, st.shards)?;
         single(
             &mut e,

@@ -466,6 +466,10 @@ fn objects_survive_holder_deaths_and_are_repaired() -> Result<()> {
             metric_matches_status(&tb, i, "p2p_nos_store_repaired_shards_total", &["store", "repaired_shards"])?;
     }
     ensure!(from_metrics > 0.0, "no node's metrics show repaired shards");
+    for i in (0..8).filter(|i| !dead.contains(i)) {
+        metric_matches_status(&tb, i, "p2p_nos_store_repair_duration_seconds_count", &["store", "repairs"])?;
+    }
+    metric_matches_status(&tb, 0, "p2p_nos_map_sync_latency_seconds_count", &["map_sync", "updates"])?;
     let detections = metric_matches_status(
         &tb,
         0,

@@ -75,6 +75,8 @@ const MANIFEST_TTL: Duration = Duration::from_millis(500);
 const FLAKY: Duration = Duration::from_secs(600);
 /// Reads of a segment counted for popularity within this window.
 pub const HOT_WINDOW: Duration = Duration::from_secs(60);
+/// Buckets of the repair-time histogram, ms (the target is 5 s).
+const REPAIR_BOUNDS_MS: [u64; 8] = [250, 500, 1_000, 2_000, 3_000, 5_000, 10_000, 30_000];
 /// Segments a repair rebuilds at once.
 const REPAIR_PARALLEL: usize = 8;
 /// Nodes asked for an object's newest manifest: its closest (placement
@@ -125,6 +127,7 @@ struct Counters {
     sweeps: u64,
     /// Shard copies dropped by garbage collection.
     collected: u64,
+    repair_ms: crate::api::Histogram,
     /// Segment reads served from the cache; segments cached; dropped cool.
     cache_hits: u64,
     cached: u64,
@@ -178,7 +181,10 @@ impl Storage {
                 liveness,
                 reputation,
                 uploads: Mutex::new(HashMap::new()),
-                counters: Mutex::new(Counters::default()),
+                counters: Mutex::new(Counters {
+                    repair_ms: crate::api::Histogram::new(&REPAIR_BOUNDS_MS),
+                    ..Counters::default()
+                }),
                 manifests: Mutex::new(HashMap::new()),
                 degraded: Mutex::new(HashMap::new()),
                 cache,
@@ -865,6 +871,7 @@ impl Storage {
                     c.repairs += 1;
                     c.repaired_shards += n;
                     c.last_repair_ms = Some(ms);
+                    c.repair_ms.record(ms);
                 }
                 Err(e) => log::warn!("store: repair of {cid}: {e}"),
             }
@@ -1063,6 +1070,7 @@ impl Storage {
     pub fn summary(&self) -> crate::api::StoreSummary {
         let c = self.inner.counters.lock().expect("not poisoned");
         crate::api::StoreSummary {
+            repair_ms: c.repair_ms.clone(),
             shards: self.inner.disk.shard_count() as u64,
             used_bytes: self.inner.disk.used(),
             quota_bytes: self.inner.disk.quota(),
