@@ -229,6 +229,31 @@ impl Histogram {
     }
 }
 
+/// The detector's histogram under `status`'s names.
+impl From<&Histogram> for DetectionHistogram {
+    fn from(h: &Histogram) -> DetectionHistogram {
+        DetectionHistogram {
+            bounds_ms: h.bounds.clone(),
+            counts: h.counts.clone(),
+            detections: h.count,
+            max_ms: h.max,
+            sum_ms: h.sum,
+        }
+    }
+}
+
+impl From<&DetectionHistogram> for Histogram {
+    fn from(h: &DetectionHistogram) -> Histogram {
+        Histogram {
+            bounds: h.bounds_ms.clone(),
+            counts: h.counts.clone(),
+            count: h.detections,
+            sum: h.sum_ms,
+            max: h.max_ms,
+        }
+    }
+}
+
 /// What map sync reports.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct SyncStats {

@@ -212,6 +212,24 @@ pub fn merge_argv(argv: Vec<OsString>) -> Result<(Vec<OsString>, Option<Config>)
     Ok((out, Some(cfg)))
 }
 
+/// Every `run` option's raw values in `argv` (defaults included), by long
+/// name, as clap reads them (to tell which options two command lines set
+/// differently).
+pub fn run_option_values(argv: &[OsString]) -> Result<BTreeMap<String, Vec<OsString>>> {
+    let cmd = Cli::command();
+    let matches = cmd.clone().try_get_matches_from(argv).map_err(|e| Error::Usage(e.to_string()))?;
+    let (Some(("run", run)), Some(spec)) = (matches.subcommand(), cmd.find_subcommand("run")) else {
+        return Err(Error::Usage("not a run command".into()));
+    };
+    Ok(spec
+        .get_arguments()
+        .filter_map(|a| {
+            let values = run.try_get_raw(a.get_id().as_str()).ok().flatten();
+            Some((a.get_long()?.to_string(), values.map(|v| v.map(OsString::from).collect()).unwrap_or_default()))
+        })
+        .collect())
+}
+
 /// `config example`: every `run` option, commented out at its default,
 /// with its help. deploy/p2p-nos.toml is this output.
 pub fn example() -> String {

@@ -233,6 +233,8 @@ pub fn check(args: &RunArgs, instance: &str) -> Result<()> {
 
 async fn run_async(args: RunArgs, instance: String) -> Result<()> {
     set_log_level(args.log_level);
+    // What it started with, for SIGHUP to tell which options changed.
+    let started_argv = crate::config::merge_argv(std::env::args_os().collect())?.0;
     let xdp = args.datapath == DatapathKind::Xdp;
     let Inputs {
         listen_ip,
@@ -420,7 +422,7 @@ async fn run_async(args: RunArgs, instance: String) -> Result<()> {
         socket_path.display()
     ));
 
-    wait_for_signal(&args, &sync, &reputation_reload).await?;
+    wait_for_signal(&started_argv, &sync, &reputation_reload).await?;
     // Leave first, so that peers drop this node from their maps at once:
     // nothing answers their PINGs any more (XDP without a heartbeat, the
     // relay stopped), then the connections close and their redials are
@@ -758,7 +760,11 @@ fn set_rcvbuf(sock: &std::net::UdpSocket, bytes: i32) {
 }
 
 /// Until SIGTERM or SIGINT; each SIGHUP reloads (see [`reload`]).
-async fn wait_for_signal(running: &RunArgs, sync: &MapSyncHandle, reputation: &ReputationHandle) -> Result<()> {
+async fn wait_for_signal(
+    started: &[std::ffi::OsString],
+    sync: &MapSyncHandle,
+    reputation: &ReputationHandle,
+) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -768,7 +774,7 @@ async fn wait_for_signal(running: &RunArgs, sync: &MapSyncHandle, reputation: &R
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => {
-                if let Err(e) = reload(running, sync, reputation).await {
+                if let Err(e) = reload(started, sync, reputation).await {
                     log::error!("SIGHUP: nothing reloaded: {e}");
                 }
             }
@@ -781,7 +787,7 @@ async fn wait_for_signal(running: &RunArgs, sync: &MapSyncHandle, reputation: &R
 /// assignments kept), reputation and ban settings, and the log level,
 /// without touching the datapath's attachment; other options that changed
 /// are named as needing a restart.
-async fn reload(running: &RunArgs, sync: &MapSyncHandle, reputation: &ReputationHandle) -> Result<()> {
+async fn reload(started: &[std::ffi::OsString], sync: &MapSyncHandle, reputation: &ReputationHandle) -> Result<()> {
     let (argv, cfg) = crate::config::merge_argv(std::env::args_os().collect())?;
     let located = |msg: String| Error::Usage(cfg.as_ref().and_then(|c| c.locate(&msg)).unwrap_or(msg));
     let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(&argv).map_err(|e| located(e.to_string()))?;
@@ -793,7 +799,7 @@ async fn reload(running: &RunArgs, sync: &MapSyncHandle, reputation: &Reputation
     reputation.set_config(rep).await;
     set_log_level(new.log_level);
     log::debug!("log level now {}", new.log_level);
-    let restart = restart_needed(running, &new);
+    let restart = restart_needed(started, &argv)?;
     log::info!(
         "SIGHUP: reloaded rate budgets, reputation and ban settings, log level {}{}",
         new.log_level,
@@ -806,48 +812,28 @@ async fn reload(running: &RunArgs, sync: &MapSyncHandle, reputation: &Reputation
     Ok(())
 }
 
-/// The options a reload does not apply that differ between `old` and `new`.
-fn restart_needed(old: &RunArgs, new: &RunArgs) -> Vec<String> {
-    let reloadable = [
-        "rate_default",
-        "rate_nonpeer",
-        "rate_class",
-        "rate_burst",
-        "ban_threshold",
-        "score_half_life",
-        "ban_base",
-        "ban_max",
-        "prefix_ban_after",
-        "log_level",
-    ];
-    // Field by field from Debug's `Name { field: value, … }` (RunArgs is
-    // plain data): split at the top level's ", ".
-    let fields = |a: &RunArgs| -> Vec<(String, String)> {
-        let text = format!("{a:?}");
-        let inner = text.split_once(" { ").map(|(_, r)| r.trim_end_matches(" }")).unwrap_or("");
-        let (mut out, mut depth, mut quoted, mut start) = (Vec::new(), 0i32, false, 0);
-        let bytes = inner.as_bytes();
-        for (i, &b) in bytes.iter().enumerate() {
-            match b {
-                b'"' if i == 0 || bytes[i - 1] != b'\\' => quoted = !quoted,
-                b'[' | b'{' | b'(' if !quoted => depth += 1,
-                b']' | b'}' | b')' if !quoted => depth -= 1,
-                b',' if !quoted && depth == 0 => {
-                    out.push(inner[start..i].trim().to_string());
-                    start = i + 1;
-                }
-                _ => {}
-            }
-        }
-        out.push(inner[start..].trim().to_string());
-        out.iter().filter_map(|f| f.split_once(": ")).map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    };
-    let before = fields(old);
-    fields(new)
+/// Options a reload applies (long names).
+const RELOADABLE: [&str; 10] = [
+    "rate-default",
+    "rate-nonpeer",
+    "rate-class",
+    "rate-burst",
+    "ban-threshold",
+    "score-half-life",
+    "ban-base",
+    "ban-max",
+    "prefix-ban-after",
+    "log-level",
+];
+
+/// The options a reload does not apply that `new` sets otherwise than `old`.
+fn restart_needed(old: &[std::ffi::OsString], new: &[std::ffi::OsString]) -> Result<Vec<String>> {
+    let (before, after) = (crate::config::run_option_values(old)?, crate::config::run_option_values(new)?);
+    Ok(after
         .into_iter()
-        .filter(|(k, v)| !reloadable.contains(&k.as_str()) && before.iter().any(|(bk, bv)| bk == k && bv != v))
-        .map(|(k, _)| format!("--{}", k.replace('_', "-")))
-        .collect()
+        .filter(|(k, v)| !RELOADABLE.contains(&k.as_str()) && before.get(k) != Some(v))
+        .map(|(k, _)| format!("--{k}"))
+        .collect())
 }
 
 /// `--log-level`, unless RUST_LOG decides.

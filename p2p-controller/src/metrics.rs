@@ -189,19 +189,11 @@ impl Collector for NodeCollector {
         single(&mut e, "p2p_nos_routed_peers", "Peers in the datapath's maps", None, Gauge, s.peers)?;
         single(&mut e, "p2p_nos_connected_peers", "libp2p connections' peers", None, Gauge, s.net.connected_peers)?;
         single(&mut e, "p2p_nos_kad_peers", "Peers in Kademlia's routing table", None, Gauge, s.kad_peers)?;
-        let h = &l.detection;
-        let detection = crate::api::Histogram {
-            bounds: h.bounds_ms.clone(),
-            counts: h.counts.clone(),
-            count: h.detections,
-            sum: h.sum_ms,
-            max: h.max_ms,
-        };
         histogram(
             &mut e,
             "p2p_nos_detection_latency",
             "From a peer's last sign of life to its death being declared",
-            &detection,
+            &(&l.detection).into(),
             1e-3,
         )?;
         let ms = &s.map_sync;

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use p2p_common::id::NodeId;
 
-use crate::api::{DetectionHistogram, PeerLiveness};
+use crate::api::{DetectionHistogram, Histogram, PeerLiveness};
 
 /// Silence allowed a peer that has not answered since it entered the maps
 /// (or came back) before its first miss counts. Before, such a peer was
@@ -156,7 +156,7 @@ pub struct Detector {
     timing: Timing,
     peers: HashMap<NodeId, Peer>,
     next_msg_id: u64,
-    hist: DetectionHistogram,
+    hist: Histogram,
 }
 
 /// Upper bounds (ms) of the detection-latency histogram's buckets; the
@@ -169,11 +169,7 @@ impl Detector {
             timing,
             peers: HashMap::new(),
             next_msg_id: rand::random::<u64>() | 1,
-            hist: DetectionHistogram {
-                bounds_ms: HIST_BOUNDS_MS.to_vec(),
-                counts: vec![0; HIST_BOUNDS_MS.len() + 1],
-                ..Default::default()
-            },
+            hist: Histogram::new(&HIST_BOUNDS_MS),
         }
     }
 
@@ -318,12 +314,7 @@ impl Detector {
     }
 
     fn hist_record(&mut self, latency: Duration) {
-        let ms = latency.as_millis() as u64;
-        let i = HIST_BOUNDS_MS.iter().position(|b| ms <= *b).unwrap_or(HIST_BOUNDS_MS.len());
-        self.hist.counts[i] += 1;
-        self.hist.detections += 1;
-        self.hist.max_ms = self.hist.max_ms.max(ms);
-        self.hist.sum_ms += ms;
+        self.hist.record(latency.as_millis() as u64);
     }
 
     /// Advances every peer's state to `now`.
@@ -430,7 +421,7 @@ impl Detector {
     }
 
     pub fn histogram(&self) -> DetectionHistogram {
-        self.hist.clone()
+        (&self.hist).into()
     }
 
     /// What `peers` shows of each peer the detector knows.
